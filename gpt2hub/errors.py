@@ -1,0 +1,37 @@
+"""The errors gpt2hub raises: each carries one line a user can act on."""
+
+
+class Gpt2hubError(Exception):
+    """Base of every error gpt2hub reports to the user as one line."""
+
+
+class UnknownRelease(Gpt2hubError):
+    """A name that no manifest knows."""
+
+
+class ManifestError(Gpt2hubError):
+    """A manifest file that is missing, unreadable or malformed."""
+
+
+class CheckpointError(Gpt2hubError):
+    """A TensorFlow checkpoint that is damaged or not a checkpoint at all."""
+
+
+class ChecksumError(CheckpointError):
+    """Bytes whose checksum differs from the one recorded for them."""
+
+
+class DownloadError(Gpt2hubError):
+    """A transfer that failed after its retries."""
+
+
+class ConversionError(Gpt2hubError):
+    """Input that cannot be converted, or an output that may not be written."""
+
+
+class VerificationError(Gpt2hubError):
+    """A verification that could not run (a failed check is a report row, not this)."""
+
+
+class MirrorError(Gpt2hubError):
+    """An upload that failed or a destination that cannot be used."""

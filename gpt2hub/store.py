@@ -1,0 +1,89 @@
+"""Where releases live on disk: `<home>/<name>/<format>/`, and what state each is in."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+HOME_ENV = "GPT2HUB_HOME"
+FORMATS = ("original", "safetensors", "pytorch", "gguf")
+VERIFIED_RECORD = ".gpt2hub-verified.json"  # written by pull once every file checked out
+PARTIAL_SUFFIX = ".part"
+
+
+def home() -> Path:
+    """$GPT2HUB_HOME, else the user's cache folder (`$XDG_CACHE_HOME` or `~/.cache`) + `/gpt2hub`."""
+    if os.environ.get(HOME_ENV):
+        return Path(os.environ[HOME_ENV]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser() / "gpt2hub"
+
+
+def release_dir(name: str, fmt: str = "original") -> Path:
+    """The folder of one format of one release (it may not exist yet)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
+    return home() / name / fmt
+
+
+def read_verified(name: str) -> dict | None:
+    """The record pull left after verifying a release, or None."""
+    path = release_dir(name) / VERIFIED_RECORD
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_verified(name: str, record: dict) -> Path:
+    path = release_dir(name) / VERIFIED_RECORD
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def original_state(name: str) -> str:
+    """'verified' (every recorded file present at its recorded size), 'partial' or 'absent'."""
+    folder = release_dir(name)
+    record = read_verified(name)
+    if record is not None:
+        files = record.get("files", {})
+        if files and all(_size(folder / f) == info.get("size") for f, info in files.items()):
+            return "verified"
+    if folder.is_dir() and any(p.name != VERIFIED_RECORD for p in folder.iterdir()):
+        return "partial"
+    return "absent"
+
+
+def converted_formats(name: str) -> list[str]:
+    """Formats other than the original that have a finished output folder."""
+    return [f for f in FORMATS[1:] if _finished(release_dir(name, f))]
+
+
+def _finished(folder: Path) -> bool:
+    # Converters build their output under a temporary name and rename it into place,
+    # so a folder at the final path with a visible file in it is complete.
+    return folder.is_dir() and any(not p.name.startswith(".") for p in folder.iterdir())
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def status(manifest) -> dict:
+    """A release's registry facts and local state, as `gpt2hub list` shows them."""
+    return {
+        "name": manifest.name,
+        "aliases": list(manifest.aliases),
+        "parameters": manifest.parameters,
+        "download_size": manifest.download_size,
+        "download_size_known": manifest.download_size_known,
+        "state": original_state(manifest.name),
+        "formats": converted_formats(manifest.name),
+        "path": str(home() / manifest.name),
+    }

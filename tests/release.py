@@ -1,0 +1,345 @@
+"""Write complete GPT-2 release folders in OpenAI's exact layout, for tests and benchmarks.
+
+A release folder holds the seven files OpenAI publishes per model size:
+
+    checkpoint  encoder.json  hparams.json  model.ckpt.data-00000-of-00001
+    model.ckpt.index  model.ckpt.meta  vocab.bpe
+
+The checkpoint is written by TensorFlow itself (tf.compat.v1 graph, RefVariables, Saver V2), with
+the variables named and shaped as openai/gpt-2 `src/model.py` creates them. Values are random but
+"trained-looking" (small weights, LayerNorm gains near 1), seeded per variable, so a given
+(seed, variable name, shape) always gets the same values.
+
+Vocabulary: `vocab="auto"` copies OpenAI's real encoder.json / vocab.bpe from ../shared/fixtures
+when that folder exists, else generates a small genuine byte-level BPE (`vocab="generated"`).
+
+CLI (benchmarks):  python -m tests.release DIR --shape 124M [--seed N] [--vocab auto|real|generated]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+_SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+_REAL = _SHARED / "fixtures" / "openai-124M-real"
+
+REAL_FIXTURES: Path | None = _REAL if (_REAL / "encoder.json").is_file() else None
+"""OpenAI's real 124M files (six of seven, plus the data file's first 3 MiB), or None."""
+
+SHAPES = {
+    "tiny": dict(n_layer=2, n_embd=64, n_head=4, n_ctx=64),
+    "124M": dict(n_layer=12, n_embd=768, n_head=12, n_ctx=1024),
+    "1558M": dict(n_layer=48, n_embd=1600, n_head=25, n_ctx=1024),
+}
+
+RELEASE_FILES = (
+    "checkpoint",
+    "encoder.json",
+    "hparams.json",
+    "model.ckpt.data-00000-of-00001",
+    "model.ckpt.index",
+    "model.ckpt.meta",
+    "vocab.bpe",
+)
+
+# OpenAI's `checkpoint` file, 77 bytes. TF's Saver(save_relative_paths=True) writes exactly this.
+CHECKPOINT_TEXT = b'model_checkpoint_path: "model.ckpt"\nall_model_checkpoint_paths: "model.ckpt"\n'
+
+ENDOFTEXT = "<|endoftext|>"
+
+# The pre-tokenizer of openai/gpt-2 src/encoder.py (used with the `regex` module).
+GPT2_PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+DEFAULT_GENERATED_MERGES = 300
+
+# Training text for the generated BPE: fixed, so the generated vocabulary never changes.
+BPE_TRAINING_TEXT = """\
+The quick brown fox jumps over the lazy dog. It's a sentence that uses every letter of the alphabet,
+and typists have practised on it for more than a hundred years.
+
+A language model reads text as a sequence of tokens. The tokenizer splits the text into words, then
+merges the most frequent pairs of bytes into longer pieces, again and again, until the vocabulary
+is large enough. Common words such as "the", "and", "of" and "to" become single tokens; rare words
+are spelled out from smaller pieces, and any byte at all can still be written, so nothing is lost.
+
+In 2019 the model was released in four sizes: 124M, 355M, 774M and 1558M parameters. Each release
+holds a checkpoint, the hyper-parameters, the encoder and the merges. We'll download the files,
+check their sizes and hashes, and convert them to other formats. They're large, so the download
+must resume where it stopped, and it shouldn't trust a file until every byte has been verified.
+
+She said: "I've read the paper twice, and I'd read it again." He didn't agree; he thought the
+results were interesting but the method wasn't new. Still, they both wanted to run the model on
+their own machines, with their own prompts, and see what it would write next.
+"""
+
+
+# --------------------------------------------------------------------------------------------
+# Variables
+
+
+def tf_variable_shapes(*, n_layer: int, n_embd: int, n_vocab: int, n_ctx: int) -> dict[str, tuple[int, ...]]:
+    """TF variable name -> shape, in the order openai/gpt-2 src/model.py creates them."""
+    shapes: dict[str, tuple[int, ...]] = {
+        "model/wpe": (n_ctx, n_embd),
+        "model/wte": (n_vocab, n_embd),
+    }
+    for i in range(n_layer):
+        h = f"model/h{i}"
+        shapes.update(
+            {
+                f"{h}/ln_1/g": (n_embd,),
+                f"{h}/ln_1/b": (n_embd,),
+                f"{h}/attn/c_attn/w": (1, n_embd, 3 * n_embd),  # conv1d weight: [1, in, out]
+                f"{h}/attn/c_attn/b": (3 * n_embd,),
+                f"{h}/attn/c_proj/w": (1, n_embd, n_embd),
+                f"{h}/attn/c_proj/b": (n_embd,),
+                f"{h}/ln_2/g": (n_embd,),
+                f"{h}/ln_2/b": (n_embd,),
+                f"{h}/mlp/c_fc/w": (1, n_embd, 4 * n_embd),
+                f"{h}/mlp/c_fc/b": (4 * n_embd,),
+                f"{h}/mlp/c_proj/w": (1, 4 * n_embd, n_embd),
+                f"{h}/mlp/c_proj/b": (n_embd,),
+            }
+        )
+    shapes["model/ln_f/g"] = (n_embd,)
+    shapes["model/ln_f/b"] = (n_embd,)
+    return shapes
+
+
+def variable_value(name: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """The float32 value write_release gives variable `name`: seeded by (seed, name) only."""
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    a = rng.standard_normal(shape, dtype=np.float32)
+    leaf = name.rsplit("/", 1)[1]
+    if leaf == "g":  # LayerNorm gain
+        a *= np.float32(0.1)
+        a += np.float32(1.0)
+    elif name.endswith("ln_1/b") or name.endswith("ln_2/b") or name == "model/ln_f/b":
+        a *= np.float32(0.05)
+    elif leaf == "b":
+        a *= np.float32(0.01)
+    elif leaf == "wpe":
+        a *= np.float32(0.01)
+    else:  # wte and conv1d weights
+        a *= np.float32(0.02)
+    return a
+
+
+def _write_checkpoint(out: Path, shapes: dict[str, tuple[int, ...]], seed: int) -> None:
+    """Create the variables in a private tf.compat.v1 graph, fill them one at a time, Saver.save.
+
+    Each variable gets a cheap zeros initializer; its value is fed into the initializer's input,
+    so only one numpy array exists at a time besides the variables (peak ~ model size + largest
+    tensor), which keeps the 1558M shape (6.2 GB) well inside 24 GB.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        variables = []
+        with v1.variable_scope("model"):
+            for name, shape in shapes.items():
+                variables.append(
+                    v1.get_variable(
+                        name.removeprefix("model/"),
+                        shape,
+                        dtype=tf.float32,
+                        initializer=v1.zeros_initializer(),
+                        use_resource=False,  # TF 1.x RefVariable (VariableV2), as in OpenAI's graph
+                    )
+                )
+        saver = v1.train.Saver(save_relative_paths=True)
+        with v1.Session(graph=graph) as sess:
+            for var, (name, shape) in zip(variables, shapes.items()):
+                value = variable_value(name, shape, seed)
+                sess.run(var.initializer, feed_dict={var.initializer.inputs[1]: value})
+                del value
+            saver.save(sess, str(out / "model.ckpt"), write_meta_graph=True)
+    # TF already writes OpenAI's relative form with save_relative_paths=True; pin the bytes anyway.
+    (out / "checkpoint").write_bytes(CHECKPOINT_TEXT)
+
+
+# --------------------------------------------------------------------------------------------
+# hparams.json
+
+
+def format_hparams(*, n_vocab: int, n_ctx: int, n_embd: int, n_head: int, n_layer: int) -> str:
+    """hparams.json text exactly as OpenAI's (key order, 2-space indent, trailing newline)."""
+    h = {"n_vocab": n_vocab, "n_ctx": n_ctx, "n_embd": n_embd, "n_head": n_head, "n_layer": n_layer}
+    return json.dumps(h, indent=2) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Byte-level BPE
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """openai/gpt-2 src/encoder.py: byte -> printable unicode character, in encoder.json order."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def train_bpe(text: str, n_merges: int) -> list[tuple[str, str]]:
+    """Learn `n_merges` GPT-2 style merges from `text` (pre-tokenized with GPT2_PAT).
+
+    Ties on pair frequency break on the pair itself, so the result is deterministic. A pair whose
+    concatenation is already a token is never chosen, so every merge makes a new, unique token
+    (tiktoken requires that).
+    """
+    import regex
+
+    b2u = bytes_to_unicode()
+    words = Counter(tuple(b2u[b] for b in w.encode("utf-8")) for w in regex.findall(GPT2_PAT, text))
+    vocab = set(b2u.values())
+    merges: list[tuple[str, str]] = []
+    while len(merges) < n_merges:
+        pairs: Counter[tuple[str, str]] = Counter()
+        for word, count in words.items():
+            for pair in zip(word, word[1:]):
+                if pair[0] + pair[1] not in vocab:
+                    pairs[pair] += count
+        if not pairs:
+            raise ValueError(f"the BPE training text supports only {len(merges)} merges, not {n_merges}")
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merged = best[0] + best[1]
+        merges.append(best)
+        vocab.add(merged)
+        new_words: Counter[tuple[str, str]] = Counter()
+        for word, count in words.items():
+            out, i = [], 0
+            while i < len(word):
+                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
+                    out.append(merged)
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            new_words[tuple(out)] += count
+        words = new_words
+    return merges
+
+
+def generated_vocab(n_vocab: int | None = None) -> tuple[str, str]:
+    """(encoder.json text, vocab.bpe text) of a small genuine byte-level BPE.
+
+    Ids: the 256 byte tokens in bytes_to_unicode order, then one per merge, then <|endoftext|>,
+    so n_vocab = 256 + merges + 1 (default 557).
+    """
+    n_merges = DEFAULT_GENERATED_MERGES if n_vocab is None else n_vocab - 257
+    if n_merges < 0:
+        raise ValueError(f"n_vocab={n_vocab}: a byte-level BPE needs at least 257 tokens")
+    merges = train_bpe(BPE_TRAINING_TEXT, n_merges)
+    encoder = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    for a, b in merges:
+        encoder[a + b] = len(encoder)
+    encoder[ENDOFTEXT] = len(encoder)
+    vocab_bpe = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)
+    return json.dumps(encoder), vocab_bpe
+
+
+def tiktoken_encoding(release_dir: str | os.PathLike[str]):
+    """A tiktoken.Encoding for a release folder's encoder.json + vocab.bpe (GPT-2 regex)."""
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    d = Path(release_dir)
+    ranks = data_gym_to_mergeable_bpe_ranks(str(d / "vocab.bpe"), str(d / "encoder.json"))
+    eot = json.loads((d / "encoder.json").read_text(encoding="utf-8"))[ENDOFTEXT]
+    return tiktoken.Encoding(
+        name=f"gpt2-release-{d.name}",
+        pat_str=r50k_pat_str,
+        mergeable_ranks=ranks,
+        special_tokens={ENDOFTEXT: eot},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The release
+
+
+def write_release(
+    dir: str | os.PathLike[str],
+    *,
+    n_layer: int,
+    n_embd: int,
+    n_head: int,
+    n_ctx: int,
+    n_vocab: int | None = None,
+    seed: int = 0,
+    vocab: str = "auto",
+) -> Path:
+    """Write a complete GPT-2 release (the seven OpenAI files) into `dir`; return it as a Path.
+
+    vocab: "auto" (real OpenAI files if REAL_FIXTURES, else generated), "real" or "generated".
+    n_vocab: None means the vocabulary's size (50257 for the real one, 557 for the generated one);
+    with the generated vocabulary it sets the number of merges (n_vocab - 257).
+    """
+    if n_embd % n_head:
+        raise ValueError(f"n_embd={n_embd} is not a multiple of n_head={n_head}")
+    if vocab == "auto":
+        vocab = "real" if REAL_FIXTURES is not None else "generated"
+    out = Path(dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if vocab == "real":
+        if REAL_FIXTURES is None:
+            raise FileNotFoundError(f"{_REAL}: real GPT-2 fixtures not found")
+        encoder_text = (REAL_FIXTURES / "encoder.json").read_text(encoding="utf-8")
+        real_n_vocab = len(json.loads(encoder_text))
+        if n_vocab not in (None, real_n_vocab):
+            raise ValueError(f"n_vocab={n_vocab} does not match the real vocabulary ({real_n_vocab} tokens)")
+        for name in ("encoder.json", "vocab.bpe"):
+            shutil.copyfile(REAL_FIXTURES / name, out / name)
+        n_vocab = real_n_vocab
+    elif vocab == "generated":
+        encoder_text, bpe_text = generated_vocab(n_vocab)
+        (out / "encoder.json").write_text(encoder_text, encoding="utf-8")
+        (out / "vocab.bpe").write_text(bpe_text, encoding="utf-8")
+        n_vocab = len(json.loads(encoder_text))
+    else:
+        raise ValueError(f"vocab={vocab!r}: expected 'auto', 'real' or 'generated'")
+
+    (out / "hparams.json").write_text(
+        format_hparams(n_vocab=n_vocab, n_ctx=n_ctx, n_embd=n_embd, n_head=n_head, n_layer=n_layer),
+        encoding="utf-8",
+    )
+    shapes = tf_variable_shapes(n_layer=n_layer, n_embd=n_embd, n_vocab=n_vocab, n_ctx=n_ctx)
+    _write_checkpoint(out, shapes, seed)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import time
+
+    p = argparse.ArgumentParser(prog="python -m tests.release", description=__doc__.split("\n")[0])
+    p.add_argument("dir", type=Path)
+    p.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vocab", choices=("auto", "real", "generated"), default="auto")
+    p.add_argument("--n-vocab", type=int, default=None)
+    a = p.parse_args(argv)
+    t0 = time.perf_counter()
+    out = write_release(a.dir, **SHAPES[a.shape], n_vocab=a.n_vocab, seed=a.seed, vocab=a.vocab)
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    print(f"{out}: {a.shape} release, {size:,} bytes, {time.perf_counter() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
