@@ -130,5 +130,36 @@ def manifest_create(folder: Path, name: str, aliases: tuple[str, ...], n_head: i
     click.echo(f"wrote {output} ({len(m.files)} files, {len(m.tensors)} tensors, {m.parameters:,} parameters)")
 
 
+@main.command()
+@json_option
+def doctor(as_json: bool) -> None:
+    """Extras installed, home and free disk, available consumers, GPU."""
+    from .doctor import diagnose
+
+    report = diagnose()
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+        return
+    click.echo(f"home:  {report['home']} ({_size(report['free_bytes'])} free)")
+    click.echo(f"gpu:   {report['gpu'] or 'none seen (CPU only)'}")
+    rows = [["EXTRA", "PACKAGE", "VERSION", "ENABLES"]]
+    for extra, e in report["extras"].items():
+        rows.append([extra, e["package"], e["version"] or "not installed", e["for"]])
+    click.echo(_table(rows))
+    missing = [x for x, e in report["extras"].items() if not e["version"]]
+    if missing:
+        click.echo(f"\ninstall what is missing with: pip install 'gpt2hub[{','.join(missing)}]'")
+
+
+@main.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script, e.g. `eval "$(gpt2hub completion bash)"`."""
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    click.echo(cls(main, {}, "gpt2hub", "_GPT2HUB_COMPLETE").source())
+
+
 if __name__ == "__main__":
     main()
