@@ -59,7 +59,10 @@ class HParams:
         missing = [k for k in HPARAM_KEYS if k not in data]
         if missing:
             raise ConversionError(f"{source}: missing {', '.join(missing)}")
-        return cls(**{k: data[k] for k in HPARAM_KEYS})  # type: ignore[arg-type]
+        try:
+            return cls(**{k: data[k] for k in HPARAM_KEYS})  # type: ignore[arg-type]
+        except ConversionError as e:  # name the file the bad value came from
+            raise ConversionError(f"{source}: {str(e).removeprefix('hparams: ')}") from None
 
     @classmethod
     def from_file(cls, path: Path) -> "HParams":

@@ -31,9 +31,10 @@ def read_verified(name: str) -> dict | None:
     """The record pull left after verifying a release, or None."""
     path = release_dir(name) / VERIFIED_RECORD
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
 
 
 def write_verified(name: str, record: dict) -> Path:
@@ -49,8 +50,9 @@ def original_state(name: str) -> str:
     folder = release_dir(name)
     record = read_verified(name)
     if record is not None:
-        files = record.get("files", {})
-        if files and all(_size(folder / f) == info.get("size") for f, info in files.items()):
+        files = record.get("files")
+        if isinstance(files, dict) and files and all(
+                isinstance(info, dict) and _size(folder / f) == info.get("size") for f, info in files.items()):
             return "verified"
     if folder.is_dir() and any(p.name != VERIFIED_RECORD for p in folder.iterdir()):
         return "partial"

@@ -168,13 +168,21 @@ class BundleHeader:
     producer: int
 
 
+def _wire(field: int, wire: int, expected: int, what: str) -> None:
+    """Reject a known field sent with the wrong wire type (its value would have the wrong kind)."""
+    if wire != expected:
+        raise CheckpointError(f"{what}: field {field} has wire type {wire}, expected {expected}")
+
+
 def _parse_shape(buf: bytes, what: str) -> tuple[int, ...]:
     dims = []
-    for field, _, value in _fields(buf, what):
+    for field, wire, value in _fields(buf, what):
         if field == 2:
+            _wire(field, wire, 2, what)
             size = 0
-            for f, _, v in _fields(value, what):  # type: ignore[arg-type]
+            for f, w, v in _fields(value, what):  # type: ignore[arg-type]
                 if f == 1:
+                    _wire(f, w, 0, what)
                     size = v if v < 1 << 63 else v - (1 << 64)  # int64
             if size < 0:
                 raise CheckpointError(f"{what}: negative dimension {size}")
@@ -224,14 +232,17 @@ def encode_entry(e: TensorEntry) -> bytes:
 def parse_header(value: bytes) -> BundleHeader:
     what = "model.ckpt.index: bundle header"
     num_shards, endianness, producer = 0, 0, 0
-    for field, _, v in _fields(value, what):
+    for field, wire, v in _fields(value, what):
+        if field in (1, 2, 3):
+            _wire(field, wire, 2 if field == 3 else 0, what)
         if field == 1:
             num_shards = v
         elif field == 2:
             endianness = v
         elif field == 3:
-            for f, _, pv in _fields(v, what):  # type: ignore[arg-type]
+            for f, w, pv in _fields(v, what):  # type: ignore[arg-type]
                 if f == 1:
+                    _wire(f, w, 0, what)
                     producer = pv
     if num_shards < 1 or num_shards > 1 << 16:
         raise CheckpointError(f"{what}: implausible shard count {num_shards}")
@@ -373,6 +384,15 @@ def data_filename(prefix: Path, shard: int, num_shards: int) -> Path:
     return prefix.with_name(f"{prefix.name}.data-{shard:05d}-of-{num_shards:05d}")
 
 
+def _string_crc(raw: memoryview, count: int, what: str) -> int:
+    """The CRC32C TF records for a string tensor: lengths are varints on disk but checksummed as uint32s."""
+    pos, crc = 0, 0
+    for _ in range(count):
+        n, pos = _varint(raw, pos, len(raw), what)
+        crc = crc32c(struct.pack("<I", n & 0xFFFFFFFF), crc)
+    return crc32c(raw[pos:], crc)  # the stored checksum of the lengths, then the string bytes
+
+
 class Checkpoint:
     """An open tensor bundle: entries by name, tensors as read-only memory-mapped arrays."""
 
@@ -385,7 +405,7 @@ class Checkpoint:
         self.data_paths = [data_filename(self.prefix, i, self.header.num_shards) for i in range(self.header.num_shards)]
         self._maps: dict[int, np.memmap | bytes] = {}
         for e in self.entries.values():
-            if e.sliced or e.dtype_code % 100 == DT_STRING:
+            if e.sliced:
                 continue
             size = self._shard_size(e.shard_id)
             if e.offset + e.size > size:
@@ -436,7 +456,8 @@ class Checkpoint:
     def verify(self, name: str) -> None:
         """Check one tensor's bytes against the masked CRC32C in the index."""
         e = self._entry(name)
-        actual = crc32c(self.raw(name))
+        raw = self.raw(name)
+        actual = _string_crc(raw, e.numel, name) if e.dtype_code % 100 == DT_STRING else crc32c(raw)
         if actual != unmask_crc(e.crc32c):
             raise ChecksumError(
                 f"{self.data_paths[e.shard_id].name}: {name} fails its CRC32C "
@@ -445,7 +466,7 @@ class Checkpoint:
     def verify_all(self, progress: Callable[[int], None] | None = None) -> None:
         """Check every tensor's CRC32C; `progress` is called with each tensor's byte count."""
         for name, e in self.entries.items():
-            if e.sliced or e.dtype_code % 100 == DT_STRING:
+            if e.sliced:
                 continue
             self.verify(name)
             if progress:
@@ -544,25 +565,32 @@ def write_checkpoint(prefix: Path | str, tensors: Iterable[tuple[str, np.ndarray
     entries: dict[str, TensorEntry] = {}
     data_path = data_filename(prefix, 0, 1)
     tmp = data_path.with_name(data_path.name + ".tmp")
-    offset, last = 0, None
-    with open(tmp, "wb") as f:
-        for name, array in tensors:
-            key = name.encode()
-            if last is not None and key <= last:
-                raise CheckpointError(f"write_checkpoint: {name} is out of sorted order")
-            last = key
-            array = np.ascontiguousarray(array)
-            code = DTYPE_CODES.get(array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype)
-            if code is None:
-                raise CheckpointError(f"write_checkpoint: {name} has unsupported dtype {array.dtype}")
-            raw = memoryview(array.astype(array.dtype.newbyteorder("<"), copy=False)).cast("B")
-            f.write(raw)
-            entries[name] = TensorEntry(name, code, tuple(array.shape), 0, offset, len(raw), mask_crc(crc32c(raw)))
-            offset += len(raw)
-    items = [(HEADER_KEY, encode_header(1))] + [(n.encode(), encode_entry(e)) for n, e in entries.items()]
     index_path = prefix.with_name(prefix.name + ".index")
     index_tmp = index_path.with_name(index_path.name + ".tmp")
-    index_tmp.write_bytes(build_table(items))
-    os.replace(tmp, data_path)
-    os.replace(index_tmp, index_path)
+    try:
+        offset, last = 0, None
+        with open(tmp, "wb") as f:
+            for name, array in tensors:
+                key = name.encode()
+                if last is not None and key <= last:
+                    raise CheckpointError(f"write_checkpoint: {name} is out of sorted order")
+                last = key
+                array = np.asarray(array)  # not ascontiguousarray: it turns a scalar into shape (1,)
+                little = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+                code = DTYPE_CODES.get(little)
+                if code is None:
+                    raise CheckpointError(f"write_checkpoint: {name} has unsupported dtype {array.dtype}")
+                # A flat uint8 view: memoryview.cast refuses 0-size and 0-d arrays.
+                raw = np.ascontiguousarray(array, dtype=little).reshape(-1).view(np.uint8)
+                f.write(raw)
+                entries[name] = TensorEntry(name, code, tuple(array.shape), 0, offset, raw.nbytes, mask_crc(crc32c(raw)))
+                offset += raw.nbytes
+        items = [(HEADER_KEY, encode_header(1))] + [(n.encode(), encode_entry(e)) for n, e in entries.items()]
+        index_tmp.write_bytes(build_table(items))
+        os.replace(tmp, data_path)
+        os.replace(index_tmp, index_path)
+    except BaseException:  # leave nothing half-written behind
+        tmp.unlink(missing_ok=True)
+        index_tmp.unlink(missing_ok=True)
+        raise
     return entries
