@@ -1,0 +1,410 @@
+"""A reference GPT-2 in PyTorch with the semantics of openai/gpt-2 src/model.py, and its loaders.
+
+tanh GELU; LayerNorm with biased variance and eps 1e-5; attention scaled by 1/sqrt(head_dim) under a
+causal mask counted from the lower-right corner (a query sees the whole cache); tied output head; a
+KV cache (`past`). Weights keep the checkpoints' Conv1D (in, out) layout and HF's GPT2Model names,
+so the TF checkpoint and HF files load without transposes; only GGUF stores them (out, in).
+Read top to bottom: LayerNorm -> Conv1D -> Attention -> MLP -> Block -> GPT -> loaders.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import CheckpointError, ConversionError, Gpt2hubError
+from .layout import SCOPE, HParams, check_shapes
+
+# `activation_function` of an HF config -> F.gelu's `approximate`. GPT-2 is "gelu_new" (tanh).
+ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "none"}
+
+# Names and layouts are the converters' tables (gpt2hub.converters.hf / .gguf): parameters are named
+# as in HF's GPT2Model, and a GGUF rule with transpose=True marks a Conv1D weight, (in, out) in the
+# checkpoint and HF files but (out, in) in GGUF.
+
+# HF config.json key for each GPTConfig field.
+HF_CONFIG_KEYS = {
+    "n_vocab": "vocab_size", "n_ctx": "n_positions", "n_embd": "n_embd", "n_head": "n_head",
+    "n_layer": "n_layer", "eps": "layer_norm_epsilon", "activation": "activation_function",
+}
+# GGUF metadata key for each GPTConfig field (n_vocab comes from token_embd's shape).
+GGUF_CONFIG_KEYS = {
+    "n_ctx": "gpt2.context_length", "n_embd": "gpt2.embedding_length", "n_head": "gpt2.attention.head_count",
+    "n_layer": "gpt2.block_count", "eps": "gpt2.attention.layer_norm_epsilon",
+}
+# Tensors in HF files that are not parameters: causal-mask buffers, and the head tied to wte.
+HF_SKIPPED = (".attn.bias", ".attn.masked_bias", "lm_head.weight")
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """hparams.json's five numbers plus what converted formats may (wrongly) change."""
+
+    n_vocab: int
+    n_ctx: int
+    n_embd: int
+    n_head: int
+    n_layer: int
+    eps: float = 1e-5
+    activation: str = "gelu_new"
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ConversionError(f"activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        if self.n_embd % self.n_head:
+            raise ConversionError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+
+    @classmethod
+    def from_hparams(cls, h: HParams) -> "GPTConfig":
+        return cls(h.n_vocab, h.n_ctx, h.n_embd, h.n_head, h.n_layer)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+# --- the model ------------------------------------------------------------------------------
+
+
+class LayerNorm(nn.Module):
+    """openai `norm`: (x - mean) * rsqrt(biased variance + eps) * g + b over the last axis."""
+
+    def __init__(self, n: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n))
+        self.bias = nn.Parameter(torch.zeros(n))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+class Conv1D(nn.Module):
+    """openai `conv1d`: x @ w + b with w stored (in, out)."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_in, n_out))
+        self.bias = nn.Parameter(torch.zeros(n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.addmm(self.bias, x.reshape(-1, x.size(-1)), self.weight)  # (B*T, out)
+        return y.view(*x.shape[:-1], -1)
+
+
+def causal_mask(t: int, s: int, device: torch.device) -> torch.Tensor:
+    """openai `attention_mask(nd=t, ns=s)`: query i sees key j iff j <= i + (s - t)."""
+    return torch.ones(t, s, dtype=torch.bool, device=device).tril(diagonal=s - t)  # (T, Tp+T)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.c_attn = Conv1D(cfg.n_embd, 3 * cfg.n_embd)  # q | k | v, contiguous thirds
+        self.c_proj = Conv1D(cfg.n_embd, cfg.n_embd)
+
+    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if past is not None:
+            k = torch.cat((past[0], k), dim=2)  # (B, nh, Tp+T, hs)
+            v = torch.cat((past[1], v), dim=2)  # (B, nh, Tp+T, hs)
+        # softmax(q k^T / sqrt(hs), masked) v. A masked score of -inf (SDPA) or openai's -1e10 both
+        # become exactly 0 after exp, so the result is the same.
+        if T == 1:
+            y = F.scaled_dot_product_attention(q, k, v)  # one query sees every key
+        elif past is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, k.size(2), x.device))
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads merged
+        return self.c_proj(y), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = Conv1D(cfg.n_embd, 4 * cfg.n_embd)
+        self.c_proj = Conv1D(4 * cfg.n_embd, cfg.n_embd)
+        self.approximate = ACTIVATIONS[cfg.activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # approximate="tanh" is 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), openai's gelu
+        return self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate))  # (B, T, C)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = LayerNorm(cfg.n_embd, cfg.eps)
+        self.attn = Attention(cfg)
+        self.ln_2 = LayerNorm(cfg.n_embd, cfg.eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, past=None):
+        a, present = self.attn(self.ln_1(x), past)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, present
+
+
+Past = list[tuple[torch.Tensor, torch.Tensor]]
+"""The KV cache: per layer (k, v), each (B, nh, T, hs). openai stacks it as [B, L, 2, nh, T, hs]."""
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.n_vocab, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.n_ctx, cfg.n_embd)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = LayerNorm(cfg.n_embd, cfg.eps)
+
+    def forward(self, idx: torch.Tensor, past: Past | None = None, last_only: bool = False) -> tuple[torch.Tensor, Past]:
+        """Logits (B, T, n_vocab) (or (B, 1, n_vocab) with last_only) and the extended cache."""
+        B, T = idx.shape
+        start = 0 if past is None else past[0][0].size(2)
+        if start + T > self.config.n_ctx:
+            raise Gpt2hubError(f"{start + T} positions exceed the model's context of {self.config.n_ctx}")
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
+        presents: Past = []
+        for i, block in enumerate(self.h):
+            x, present = block(x, None if past is None else past[i])
+            presents.append(present)
+        x = self.ln_f(x)
+        if last_only:
+            x = x[:, -1:, :]  # (B, 1, C)
+        return F.linear(x, self.wte.weight), presents  # tied head: (B, T, n_vocab)
+
+    @property
+    def device(self) -> torch.device:
+        return self.wte.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.wte.weight.dtype
+
+
+# --- devices ----------------------------------------------------------------------------------
+
+
+def resolve_device(name: str | torch.device = "cpu") -> torch.device:
+    """A torch device by name, or a one-line error when it is not there."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise Gpt2hubError(f"--device {name}: not a device name (use cpu or cuda)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise Gpt2hubError(f"--device {name}: PyTorch {torch.__version__} here has no CUDA device; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise Gpt2hubError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+        # Exact fp32 matmuls: TF32 would put ~1e-3 errors into every logit.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    elif device.type != "cpu":
+        raise Gpt2hubError(f"--device {name}: only cpu and cuda are supported")
+    return device
+
+
+# --- loaders ----------------------------------------------------------------------------------
+
+
+def _from_numpy(a: np.ndarray) -> torch.Tensor:
+    # Read-only memory maps: torch warns that writes would fail. We never write to them.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a)
+
+
+def from_tensors(cfg: GPTConfig, tensors: Mapping[str, torch.Tensor], source: str,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> GPT:
+    """A GPT whose parameters are `tensors` (GPT2Model names, Conv1D layout), moved to device/dtype.
+
+    fp32 CPU tensors are used as they are (no copy: a memory-mapped checkpoint stays mapped).
+    """
+    with torch.device("meta"):
+        model = GPT(cfg)
+    expected = {n: p.shape for n, p in model.named_parameters()}
+    missing = [n for n in expected if n not in tensors]
+    if missing:
+        raise ConversionError(f"{source}: {len(missing)} tensors missing, e.g. {missing[0]}")
+    extra = sorted(n for n in tensors if n not in expected)
+    if extra:
+        raise ConversionError(f"{source}: {len(extra)} unexpected tensors, e.g. {extra[0]}")
+    state = {}
+    for name, shape in expected.items():
+        t = tensors[name]
+        if tuple(t.shape) != tuple(shape):
+            raise ConversionError(f"{source}: {name} has shape {list(t.shape)}, config implies {list(shape)}")
+        state[name] = t.to(device=device, dtype=dtype)
+    model.load_state_dict(state, assign=True)
+    return model.eval().requires_grad_(False)
+
+
+def _rules(fmt: str, n_layer: int) -> dict:
+    """TF variable name -> that format's Rule (output name with the layer filled in, layout)."""
+    import importlib
+
+    from gpt2hub.converters import Rule
+
+    tables = importlib.import_module(f"gpt2hub.converters.{fmt}")
+    rules = {SCOPE + k: r for k, r in tables.GLOBAL_RULES.items()}
+    for i in range(n_layer):
+        rules.update({f"{SCOPE}h{i}/{k}": Rule(r.name.format(i=i), r.transpose, r.keep_f32) for k, r in tables.BLOCK_RULES.items()})
+    return rules
+
+
+def tf_names(n_layer: int) -> dict[str, str]:
+    """TF variable name -> parameter name: model/h3/attn/c_attn/w -> h.3.attn.c_attn.weight."""
+    return {tf: rule.name for tf, rule in _rules("hf", n_layer).items()}
+
+
+def from_checkpoint(folder: Path | str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> GPT:
+    """The model straight from OpenAI's TF checkpoint folder (hparams.json + model.ckpt.*), zero-copy."""
+    from .tfcheckpoint import Checkpoint
+
+    folder = Path(folder)
+    h = HParams.from_file(folder / "hparams.json")
+    ckpt = Checkpoint(folder)
+    try:
+        check_shapes(h, ckpt.shapes(), str(ckpt.index_path))
+    except ConversionError as e:
+        raise CheckpointError(str(e)) from None
+    cfg = GPTConfig.from_hparams(h)
+    with torch.device("meta"):
+        shapes = {n: p.shape for n, p in GPT(cfg).named_parameters()}
+    tensors = {param: _from_numpy(ckpt.tensor(tf)).view(shapes[param])  # [1, in, out] -> (in, out)
+               for tf, param in tf_names(h.n_layer).items()}
+    return from_tensors(cfg, tensors, str(folder), device, dtype)
+
+
+def hf_config(folder: Path) -> GPTConfig:
+    """GPTConfig from an HF config.json; HF's own defaults where a key is absent."""
+    path = folder / "config.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConversionError(f"{path}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise ConversionError(f"{path}: not valid JSON ({e})") from None
+    defaults = {"eps": 1e-5, "activation": "gelu_new"}
+    values = {}
+    for field, key in HF_CONFIG_KEYS.items():
+        if key in data:
+            values[field] = data[key]
+        elif field in defaults:
+            values[field] = defaults[field]
+        else:
+            raise ConversionError(f"{path}: missing {key}")
+    return GPTConfig(**values)
+
+
+def _hf_weight_files(folder: Path) -> list[Path]:
+    for single, index in (("model.safetensors", "model.safetensors.index.json"),
+                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if (folder / single).is_file():
+            return [folder / single]
+        if (folder / index).is_file():
+            try:
+                weight_map = json.loads((folder / index).read_text())["weight_map"]
+            except (OSError, ValueError, KeyError) as e:
+                raise ConversionError(f"{folder / index}: not a shard index ({e})") from None
+            return [folder / f for f in sorted(set(weight_map.values()))]
+    raise ConversionError(f"{folder}: no model.safetensors or pytorch_model.bin (or their shard indexes)")
+
+
+def _read_hf_file(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such file (named in the shard index)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # torch raises many types for a damaged file
+        raise ConversionError(f"{path}: not a PyTorch state dict ({type(e).__name__}: {e})") from None
+
+
+def from_hf_folder(folder: Path | str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> GPT:
+    """The model from an HF-layout folder: config.json + model.safetensors / pytorch_model.bin (+ shards)."""
+    folder = Path(folder)
+    cfg = hf_config(folder)
+    tensors: dict[str, torch.Tensor] = {}
+    for path in _hf_weight_files(folder):
+        for name, t in _read_hf_file(path).items():
+            name = name.removeprefix("transformer.")
+            if not name.endswith(HF_SKIPPED):
+                tensors[name] = t
+    return from_tensors(cfg, tensors, str(folder), device, dtype)
+
+
+def gguf_config(reader, source: str) -> GPTConfig:
+    """GPTConfig from a GGUF file's gpt2.* metadata."""
+    arch = reader.get_field("general.architecture")
+    if arch is None or arch.contents() != "gpt2":
+        raise ConversionError(f"{source}: general.architecture is {arch.contents() if arch else None!r}, not 'gpt2'")
+    values = {}
+    for field, key in GGUF_CONFIG_KEYS.items():
+        f = reader.get_field(key)
+        if f is None:
+            raise ConversionError(f"{source}: no {key} in the metadata")
+        values[field] = f.contents()
+    embd = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    if embd is None:
+        raise ConversionError(f"{source}: no token_embd.weight tensor")
+    values["n_vocab"] = int(embd.shape[1])  # GGUF dims are (ne0=n_embd, ne1=n_vocab)
+    values["eps"] = float(values["eps"])
+    return GPTConfig(**{k: v if k == "eps" else int(v) for k, v in values.items()})
+
+
+def from_gguf(path: Path | str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> GPT:
+    """The model from a GGUF file (dequantized), through the gguf library's reader and name map."""
+    import gguf
+
+    path = Path(path)
+    try:
+        reader = gguf.GGUFReader(path)
+    except (OSError, ValueError) as e:
+        raise ConversionError(f"{path}: not a GGUF file ({e})") from None
+    cfg = gguf_config(reader, str(path))
+    by_name = {t.name: t for t in reader.tensors}
+    params = tf_names(cfg.n_layer)
+    tensors = {}
+    for tf, rule in _rules("gguf", cfg.n_layer).items():
+        t = by_name.get(rule.name)
+        if t is None:
+            raise ConversionError(f"{path}: no tensor {rule.name}")
+        a = t.data if t.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16) \
+            else gguf.quants.dequantize(t.data, t.tensor_type)
+        a = _from_numpy(np.asarray(a))
+        tensors[params[tf]] = a.T if rule.transpose else a  # GGUF stores Conv1D weights (out, in)
+    return from_tensors(cfg, tensors, str(path), device, dtype)
+
+
+def load(path: Path | str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> GPT:
+    """The model from any format gpt2hub reads: a TF checkpoint folder, an HF folder or a .gguf file."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".gguf":
+        return from_gguf(path, device, dtype)
+    if (path / "model.ckpt.index").is_file():
+        return from_checkpoint(path, device, dtype)
+    if (path / "config.json").is_file():
+        return from_hf_folder(path, device, dtype)
+    raise ConversionError(f"{path}: not a TF checkpoint folder, an HF model folder or a .gguf file")
+

@@ -1,0 +1,191 @@
+"""Sample text: openai/gpt-2's generate_unconditional_samples.py and interactive_conditional_samples.py
+on today's stack (gpt2hub.model with a KV cache, tiktoken), streamed, stopping at <|endoftext|>.
+
+Sampling follows openai/gpt-2 src/sample.py: logits / temperature, then top-k, then top-p (keeping
+only tokens whose inclusive cumulative probability is <= p, at least one), then a draw. The draw uses
+a torch.Generator seeded with `seed`, so a seed gives the same text on the same device and PyTorch.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from .errors import Gpt2hubError
+
+MASKED = -1e10  # openai's value for a removed logit
+HEADER_WIDTH = 40
+
+
+def top_k_logits(logits, k: int):
+    """Logits below the k-th largest become -1e10 (ties at the k-th survive); k=0 keeps all."""
+    import torch
+
+    if k == 0:
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (B, 1)
+    return torch.where(logits < kth, torch.full_like(logits, MASKED), logits)
+
+
+def top_p_logits(logits, p: float):
+    """openai's nucleus: keep tokens whose inclusive cumulative probability is <= p, and at least one."""
+    import torch
+
+    if p >= 1.0:
+        return logits
+    sorted_logits = torch.sort(logits, dim=-1, descending=True).values  # (B, V)
+    cumulative = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1)
+    last = ((cumulative <= p).sum(dim=-1, keepdim=True) - 1).clamp(min=0)  # (B, 1)
+    min_values = sorted_logits.gather(-1, last)
+    return torch.where(logits < min_values, torch.full_like(logits, MASKED), logits)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How to choose each next token. temperature 0 means greedy (argmax)."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise Gpt2hubError(f"--temperature {self.temperature}: must be >= 0")
+        if self.top_k < 0:
+            raise Gpt2hubError(f"--top-k {self.top_k}: must be >= 0 (0 means no limit)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise Gpt2hubError(f"--top-p {self.top_p}: must be in (0, 1]")
+
+
+def generate(model, context: Sequence[int], length: int, settings: Settings = Settings(), generator=None,
+             stop: int | None = None) -> Iterator[int]:
+    """Yield up to `length` new tokens after `context`, one model step each with the KV cache.
+
+    Stops before yielding `stop` (GPT-2's <|endoftext|>).
+    """
+    import torch
+
+    if not context:
+        raise Gpt2hubError("generation needs at least one context token")
+    if len(context) + length > model.config.n_ctx:
+        raise Gpt2hubError(f"--length {length}: {len(context)} context tokens + {length} exceed n_ctx ({model.config.n_ctx})")
+    idx = torch.tensor([list(context)], device=model.device)  # (1, T)
+    past = None
+    with torch.inference_mode():
+        for _ in range(length):
+            logits, past = model(idx, past, last_only=True)
+            logits = logits[:, -1, :].float()  # (1, V)
+            if settings.temperature == 0:
+                idx = logits.argmax(dim=-1, keepdim=True)  # (1, 1)
+            else:
+                logits = top_p_logits(top_k_logits(logits / settings.temperature, settings.top_k), settings.top_p)
+                idx = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)  # (1, 1)
+            token = int(idx)
+            if token == stop:
+                return
+            yield token
+
+
+class Sampler:
+    """A release's model and tokenizer, loaded once, for any number of samples."""
+
+    def __init__(self, target: str | os.PathLike | None = None, device: str = "cpu", manifest: Path | str | None = None):
+        import torch
+
+        from .model import from_checkpoint, resolve_device
+        from .tokenizer import encoding
+        from .verify import locate
+
+        self.device = resolve_device(device)
+        self.release = locate(target, manifest)
+        self.encoding = encoding(self.release.original)
+        self.model = from_checkpoint(self.release.original, self.device, torch.float32)
+        self.n_ctx = self.model.config.n_ctx
+
+    def context(self, prompt: str | None) -> list[int]:
+        """The prompt's tokens, or [<|endoftext|>] for an unconditional sample."""
+        if prompt is None:
+            return [self.encoding.eot_token]
+        tokens = self.encoding.encode(prompt, disallowed_special=())
+        if not tokens:
+            raise Gpt2hubError("--prompt: the text has no tokens")
+        return tokens
+
+    def plan(self, prompt: str | None, length: int | None) -> tuple[list[int], int]:
+        """(context tokens, tokens to generate): the defaults of openai's scripts, within n_ctx."""
+        context = self.context(prompt)
+        room = self.n_ctx - len(context)
+        if length is None:
+            length = room if prompt is None else min(self.n_ctx // 2, room)
+        if length < 1 or length > room:
+            raise Gpt2hubError(f"--length {length}: must be 1..{room} ({len(context)} context tokens, n_ctx {self.n_ctx})")
+        return context, length
+
+    def sample(self, prompt: str | None, length: int | None = None, settings: Settings = Settings(),
+               seed: int | None = None, write: Callable[[str], None] | None = None) -> str:
+        """One sample's text (without the prompt), streamed to `write` as it is generated."""
+        import torch
+
+        context, length = self.plan(prompt, length)
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(secrets.randbits(63) if seed is None else seed)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a token may end mid-character
+        pieces = []
+        for token in generate(self.model, context, length, settings, generator, stop=self.encoding.eot_token):
+            piece = decoder.decode(self.encoding.decode_single_token_bytes(token))
+            pieces.append(piece)
+            if write and piece:
+                write(piece)
+        tail = decoder.decode(b"", final=True)
+        if write and tail:
+            write(tail)
+        return "".join(pieces) + tail
+
+
+def header(i: int) -> str:
+    return "=" * HEADER_WIDTH + f" SAMPLE {i} " + "=" * HEADER_WIDTH
+
+
+def run(sampler: Sampler, prompt: str | None, nsamples: int = 1, length: int | None = None, settings: Settings = Settings(),
+        seed: int | None = None, write: Callable[[str], None] | None = None) -> list[str]:
+    """nsamples samples (0: until interrupted); sample i uses seed + i, so a seed fixes every sample."""
+    if nsamples < 0:
+        raise Gpt2hubError(f"--nsamples {nsamples}: must be >= 0 (0 means until interrupted)")
+    sampler.plan(prompt, length)  # a bad length fails before any output
+    texts, i = [], 0
+    while nsamples == 0 or i < nsamples:
+        if write:
+            write(header(i + 1) + "\n")
+        texts.append(sampler.sample(prompt, length, settings, None if seed is None else seed + i, write))
+        if write:
+            write("\n")
+        i += 1
+    if write:
+        write("=" * (2 * HEADER_WIDTH + len(" SAMPLE 1 ")) + "\n")
+    return texts
+
+
+def interactive(sampler: Sampler, nsamples: int = 1, length: int | None = None, settings: Settings = Settings(),
+                seed: int | None = None, read: Callable[[str], str] = input, write: Callable[[str], None] = print) -> None:
+    """openai's interactive loop: read a prompt, write nsamples continuations, until end of input."""
+    while True:
+        try:
+            text = read("Model prompt >>> ")
+        except EOFError:
+            return
+        if not text.strip():
+            write("Prompt should not be empty!\n")
+            continue
+        run(sampler, text, nsamples or 1, length, settings, seed, write)
+
+
+def sample(target: str | os.PathLike | None = None, *, prompt: str | None = None, nsamples: int = 1, length: int | None = None,
+           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None, device: str = "cpu",
+           manifest: Path | str | None = None, write: Callable[[str], None] | None = None) -> list[str]:
+    """Samples from a release: continuing `prompt`, or unconditional (from <|endoftext|>) when it is None."""
+    settings = Settings(temperature, top_k, top_p)
+    return run(Sampler(target, device, manifest), prompt, nsamples, length, settings, seed, write)
