@@ -321,11 +321,25 @@ def reference_logits(original: Path, tokens: Sequence[int]) -> tuple[np.ndarray,
     return _to_numpy(full), _to_numpy(torch.cat((first, rest), dim=1))
 
 
+def _import_tensorflow():
+    """Import TensorFlow with its C++ start-up lines (absl, oneDNN banners) kept off the terminal."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    return tf
+
+
 def tf_original_graph(original: Path, tokens: Sequence[int], dtype: str = "float64") -> np.ndarray:
     """openai/gpt-2 src/model.py, op for op, on today's TensorFlow (eager), fed the checkpoint's
     variables as TensorFlow reads them. Returns (T, n_vocab) logits."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    tf = _import_tensorflow()
 
     hp = HParams.from_file(original / "hparams.json")
     try:
