@@ -1,0 +1,232 @@
+"""Convert a GPT-2 TF checkpoint (a pulled release or any folder) to safetensors, PyTorch or GGUF.
+
+The driver: find the input, settle the hparams against the tensor shapes, refuse what cannot be
+written before writing anything, then let one converter stream the tensors into a temporary name
+next to the output and rename it into place only when it is complete.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import __version__, registry, store
+from .errors import ConversionError
+from .layout import HParams, check_shapes, infer_hparams, is_model_tensor
+from .tfcheckpoint import DTYPES, Checkpoint
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion read and wrote."""
+
+    path: Path
+    format: str
+    dtype: str
+    release: str
+    source: Path
+    tensors: int
+    bytes_read: int
+    hparams: dict
+    hparams_from: str  # "hparams.json", "--hparams FILE", "manifest" or "inferred from shapes"
+    ignored: list[str] = field(default_factory=list)  # non-model variables: optimizer slots, step counters
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["path"], d["source"] = str(self.path), str(self.source)
+        return d
+
+
+def convert(name_or_dir: str | Path | None = None, to: str = "safetensors", dtype: str | None = None,
+            out: Path | str | None = None, force: bool = False, *, untie: bool = False,
+            hparams: Path | str | None = None, manifest: Path | str | None = None, quiet: bool = False,
+            max_shard_bytes: int | None = None) -> ConversionReport:
+    """Convert a release (a name, a folder, or the one pulled) to `to`; nothing is written on a bad input."""
+    from gpt2hub import converters
+
+    started = time.perf_counter()
+    converter = converters.get(to)
+    dtype = dtype or converter.default_dtype
+    if dtype not in converter.dtypes:
+        raise ConversionError(f"{to} has no dtype {dtype!r}; choose one of {', '.join(converter.dtypes)}")
+    if converter.requires and importlib.util.find_spec(converter.requires) is None:
+        raise ConversionError(f"--to {to} needs the {converter.requires} package: pip install 'gpt2hub[{converter.extra}]'")
+    if untie and to != "gguf":
+        raise ConversionError(f"--untie applies to gguf only ({to} ties the head to wte through config.json)")
+
+    folder, release, m = _find_input(name_or_dir, manifest)
+    ckpt = Checkpoint(folder)
+    model = {n: e.shape for n, e in ckpt.entries.items() if is_model_tensor(n)}
+    ignored = sorted(n for n in ckpt.entries if not is_model_tensor(n))
+    h, hparams_from = _hparams(folder, hparams, m, model)
+    check_shapes(h, model, str(ckpt.index_path))
+    for name in model:
+        e = ckpt.entries[name]
+        if e.sliced or DTYPES.get(e.dtype_code % 100) != DTYPES[1]:
+            raise ConversionError(f"{ckpt.index_path}: {name} is {'sliced' if e.sliced else e.dtype_name}; "
+                                  "only whole float32 tensors can be converted")
+    source = converters.Source(ckpt=ckpt, hparams=h, vocab=converters.Vocab.from_folder(folder), release=release,
+                               version=__version__, data_sha256=_known_sha256(ckpt, release, m, folder),
+                               untie=untie, max_shard_bytes=max_shard_bytes)
+
+    final = _output_path(out, to, dtype, release, folder)
+    _check_replaceable(final, converter.writes_folder, force)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    _remove(tmp)
+    total = sum(ckpt.entries[n].size for n in model) + (ckpt.entries["model/wte"].size if untie else 0)
+    try:
+        if converter.writes_folder:
+            tmp.mkdir()
+        with _progress_bar(total, f"{to} {dtype}", quiet) as bar:
+            converter.write(source, tmp, dtype, bar.update)
+        _install(tmp, final)
+    except BaseException:
+        _remove(tmp)
+        raise
+    finally:
+        ckpt.close()
+    return ConversionReport(path=final, format=to, dtype=dtype, release=release, source=folder, tensors=len(model),
+                            bytes_read=total, hparams=h.to_dict(), hparams_from=hparams_from, ignored=ignored,
+                            seconds=time.perf_counter() - started)
+
+
+def output_path(release: str, fmt: str, dtype: str) -> Path:
+    """Where a release's conversion lives in the store; GGUF files are named by `converters.gguf.filename`."""
+    if fmt == "gguf":
+        from gpt2hub.converters.gguf import filename
+
+        return store.release_dir(release, fmt) / filename(release, dtype)
+    return store.release_dir(release, fmt)
+
+
+def _find_input(name_or_dir: str | Path | None, manifest: Path | str | None):
+    """(checkpoint folder, release name, manifest or None) for a folder, a release name, or nothing."""
+    if name_or_dir is not None and Path(name_or_dir).is_dir():
+        folder = Path(name_or_dir).resolve()
+        release, m = folder.name, None
+        if folder.name == "original" and folder.parent.parent == store.home().resolve():
+            release = folder.parent.name  # a release in the store, named by path
+        if manifest is not None:
+            m = registry.resolve(None if release == folder.name else release, manifest)
+        elif release != folder.name:
+            m = next((r for r in registry.releases() if r.name == release), None)
+        return folder, release, m
+    if name_or_dir is None and manifest is None:
+        pulled = [r.name for r in registry.releases() if store.original_state(r.name) == "verified"]
+        if len(pulled) != 1:
+            choices = ", ".join(pulled) if pulled else "none pulled yet (gpt2hub pull NAME); known: " + registry.known_names()
+            raise ConversionError(f"name a release or a checkpoint folder to convert; pulled: {choices}")
+        name_or_dir = pulled[0]
+    m = registry.resolve(None if name_or_dir is None else str(name_or_dir), manifest)
+    folder = store.release_dir(m.name).resolve()
+    state = store.original_state(m.name)
+    if state == "absent":
+        raise ConversionError(f"{m.name} is not pulled ({folder} is empty); run: gpt2hub pull {m.name}")
+    if state == "partial":
+        raise ConversionError(f"{m.name}: the pull into {folder} is incomplete; finish it with: gpt2hub pull {m.name}")
+    return folder, m.name, m
+
+
+def _hparams(folder: Path, given: Path | str | None, m, shapes: dict) -> tuple[HParams, str]:
+    if given is not None:
+        return HParams.from_file(Path(given)), f"--hparams {given}"
+    if (folder / "hparams.json").is_file():
+        return HParams.from_file(folder / "hparams.json"), "hparams.json"
+    if m is not None:
+        return m.hparams, f"manifest {m.name}"
+    return infer_hparams(shapes), "inferred from shapes (n_head = n_embd / 64)"
+
+
+def _known_sha256(ckpt: Checkpoint, release: str, m, folder: Path) -> list[str] | None:
+    """Data-file sha256s vouched for by pull's record or the manifest; None means hash while converting."""
+    record = store.read_verified(release) if m is not None and folder == store.release_dir(release).resolve() else None
+    out = []
+    for path in ckpt.data_paths:
+        info = (record or {}).get("files", {}).get(path.name, {})
+        sha = info.get("sha256") if info.get("size") == path.stat().st_size else None
+        if sha is None and m is not None:
+            f = next((f for f in m.files if f.name == path.name), None)
+            sha = f.sha256 if f is not None and f.status != "expected" and f.size == path.stat().st_size else None
+        if sha is None:
+            return None
+        out.append(sha)
+    return out
+
+
+def _output_path(out: Path | str | None, fmt: str, dtype: str, release: str, folder: Path) -> Path:
+    if out is not None:
+        out = Path(out).expanduser().resolve()
+        if fmt == "gguf" and out.is_dir():  # a folder to put the file in
+            from gpt2hub.converters.gguf import filename
+
+            return out / filename(release, dtype)
+        return out
+    if folder == store.release_dir(release).resolve():
+        return output_path(release, fmt, dtype)
+    # A folder outside the store: write beside it, never into the store under a name it may not own.
+    if fmt == "gguf":
+        from gpt2hub.converters.gguf import filename
+
+        return folder.parent / filename(folder.name, dtype)
+    return folder.parent / f"{folder.name}-{fmt}"
+
+
+def _check_replaceable(final: Path, writes_folder: bool, force: bool) -> None:
+    """Refuse, before any work, an output that exists (without --force) or is not ours to replace."""
+    if not final.exists():
+        return
+    if not force:
+        raise ConversionError(f"{final}: already exists; pass --force to replace it")
+    if not writes_folder and not final.is_file():
+        raise ConversionError(f"{final}: exists and is not a file; not replacing it")
+    # --force replaces a conversion (it has a config.json) or an empty folder, never some other folder.
+    if writes_folder and not (final.is_dir() and ((final / "config.json").is_file() or not any(final.iterdir()))):
+        raise ConversionError(f"{final}: exists and is not a converted model folder; not replacing it")
+
+
+def _install(tmp: Path, final: Path) -> None:
+    """Move a complete output into place; an old one (--force) is removed only after the swap."""
+    if not final.exists():
+        os.rename(tmp, final)
+        return
+    if tmp.is_file() and final.is_file():
+        os.replace(tmp, final)
+        return
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    os.rename(final, old)
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        os.rename(old, final)
+        raise
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+class _progress_bar:
+    """tqdm over source bytes, shown only on a terminal."""
+
+    def __init__(self, total: int, desc: str, quiet: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                        disable=quiet or not sys.stderr.isatty(), leave=False)
+
+    def __enter__(self):
+        return self.bar
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
