@@ -1,0 +1,597 @@
+"""Mirror a pulled release and its conversions to S3 (`s3://bucket/prefix`) or a Hub repo (`hf://org/repo`).
+
+S3 layout, OpenAI's own plus what `gpt2hub pull --source s3://bucket/prefix` reads back:
+
+    <prefix>/<folder>/<file>                    the original files (folder = manifest.folders[0])
+    <prefix>/<folder>/<format>/<path>           each converted format, as `gpt2hub convert` wrote it
+    <prefix>/<folder>/gpt2hub-manifest.json     the release manifest, uploaded last
+
+Every object carries its whole file's sha256 in user metadata (`x-amz-meta-sha256`) and is sent with
+`ChecksumAlgorithm=SHA256`, so the store checks every part (composite checksum; SeaweedFS and S3
+refuse a full-object SHA-256 on multipart). An object with the same size and metadata sha256 is
+skipped, so a second run sends nothing. A multipart upload interrupted on this machine resumes from
+the parts the store already holds (if the file is unchanged); any other unfinished upload of the same
+key is aborted before the file is sent again.
+
+Hub layout: the safetensors folder (and pytorch/GGUF files, as asked) at the repo root, the original
+TF files under `original/`, and a generated README.md model card, all in one commit.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from . import registry, store
+from .errors import MirrorError
+from .registry import ReleaseManifest
+
+MIRROR_MANIFEST = "gpt2hub-manifest.json"
+SHA256_METADATA = "sha256"  # sent as x-amz-meta-sha256
+MiB = 1 << 20
+HASH_CHUNK = 16 * MiB
+# ~370 parts for the 6.2 GB 1558M data file (S3: 5 MiB..5 GiB a part, 10,000 parts); on loopback SeaweedFS
+# 8-16 MiB parts went as fast as 64 MiB ones (benchmarks/mirror.py), at an eighth of the memory in flight.
+PART_SIZE = 16 * MiB
+MAX_PARTS = 10_000
+CONCURRENCY = 8  # parts in flight, each streamed from the file
+UPLOADS_RECORD = ".mirror-uploads.json"  # in <home>/<name>/: multipart uploads begun here, for resuming
+DEFAULT_FORMATS = {"s3": None, "hf": ("safetensors",)}  # None: the original plus every converted format
+# Where each format's files go in a Hub repo: a prefix, or "" for the repo root.
+HUB_PREFIX = {"safetensors": "", "pytorch": "", "gguf": "", "original": "original/"}
+HUB_CARD = "README.md"
+
+
+@dataclass
+class MirrorFile:
+    """One file of a mirror: where it comes from, where it goes, and what happened to it."""
+
+    dest: str  # S3 key or path in the Hub repo (relative to its format's folder until placed)
+    size: int
+    sha256: str
+    format: str
+    source: Path | None = None  # a local file, or None for generated content in `data`
+    expected: str | None = field(default=None, repr=False)  # the sha256 the local file must have
+    data: bytes | None = field(default=None, repr=False)
+    action: str = "send"  # plan: send | skip; after the run: sent | skipped (S3) or committed (Hub)
+    resumed_bytes: int = 0  # S3: bytes an interrupted earlier run had already sent
+
+    def to_dict(self) -> dict:
+        return {"dest": self.dest, "size": self.size, "sha256": self.sha256, "format": self.format,
+                "source": str(self.source) if self.source else None, "action": self.action,
+                "resumed_bytes": self.resumed_bytes}
+
+
+@dataclass
+class MirrorReport:
+    """What a mirror run sent, skipped or (with dry_run) would send."""
+
+    release: str
+    destination: str
+    formats: list[str]
+    dry_run: bool
+    files: list[MirrorFile]
+    bytes_sent: int | None = 0  # None for the Hub, where huggingface_hub decides what to transfer
+    seconds: float = 0.0
+    aborted_uploads: list[str] = field(default_factory=list)
+    commit: str | None = None
+
+    @property
+    def bytes_to_send(self) -> int:
+        return sum(f.size for f in self.files if f.action in ("send", "sent", "committed"))
+
+    def to_dict(self) -> dict:
+        return {"release": self.release, "destination": self.destination, "formats": self.formats,
+                "dry_run": self.dry_run, "bytes_sent": self.bytes_sent, "bytes_to_send": self.bytes_to_send,
+                "seconds": round(self.seconds, 3), "aborted_uploads": self.aborted_uploads,
+                "commit": self.commit, "files": [f.to_dict() for f in self.files]}
+
+
+@dataclass(frozen=True)
+class Destination:
+    scheme: str  # "s3" or "hf"
+    bucket_or_repo: str
+    prefix: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.bucket_or_repo}" + (f"/{self.prefix}" if self.prefix else "")
+
+
+def parse_destination(dest: str) -> Destination:
+    """`s3://bucket[/prefix]` or `hf://org/repo`; anything else is a MirrorError."""
+    scheme, sep, rest = dest.partition("://")
+    rest = rest.strip("/")
+    if sep and scheme == "s3" and rest:
+        bucket, _, prefix = rest.partition("/")
+        return Destination("s3", bucket, prefix.strip("/"))
+    if sep and scheme == "hf" and rest.count("/") == 1 and all(rest.split("/")):
+        return Destination("hf", rest)
+    raise MirrorError(f"{dest}: not a mirror destination; use s3://bucket/prefix or hf://org/repo")
+
+
+def mirror(
+    name: str,
+    dest: str,
+    *,
+    formats: list[str] | tuple[str, ...] | None = None,
+    endpoint_url: str | None = None,
+    dry_run: bool = False,
+    private: bool = False,
+    revision: str | None = None,
+    manifest: Path | str | None = None,
+    progress: bool | None = None,
+    part_size: int = PART_SIZE,
+) -> MirrorReport:
+    """Upload a pulled release (and its conversions) to `dest`; `progress=None` shows bars on a terminal."""
+    m = registry.resolve(name, manifest)
+    where = parse_destination(dest)
+    if where.scheme == "s3" and (private or revision):
+        raise MirrorError(f"{where}: --private and --revision apply to hf:// destinations only")
+    fmts = _formats(m, where, formats)
+    files = _local_files(m, where, fmts)  # cheap checks first; hashing waits until the destination answered
+    report = MirrorReport(m.name, str(where), fmts, dry_run, files)
+    started = time.monotonic()
+    if where.scheme == "s3":
+        _mirror_s3(report, where, endpoint_url, dry_run, progress, part_size)
+    else:
+        _mirror_hub(report, m, where, endpoint_url, dry_run, private, revision, progress)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+# --- what to send --------------------------------------------------------------------------------
+
+def _formats(m: ReleaseManifest, where: Destination, asked: list[str] | tuple[str, ...] | None) -> list[str]:
+    if asked is None:
+        default = DEFAULT_FORMATS[where.scheme]
+        asked = default if default is not None else ["original", *store.converted_formats(m.name)]
+    unknown = [f for f in asked if f not in store.FORMATS]
+    if unknown or not asked:
+        raise MirrorError(f"unknown format {', '.join(unknown) or '(none)'}; formats: {', '.join(store.FORMATS)}")
+    return [f for f in store.FORMATS if f in asked]
+
+
+def _local_files(m: ReleaseManifest, where: Destination, fmts: list[str]) -> list[MirrorFile]:
+    """The files to mirror, hashed, with their destination names; errors for what is not there."""
+    files: list[MirrorFile] = []
+    for fmt in fmts:
+        if fmt == "original":
+            files.extend(_original_files(m))
+        else:
+            files.extend(_converted_files(m, fmt))
+    if where.scheme == "s3":
+        folder = "/".join(p for p in (where.prefix, m.folders[0]) if p)
+        for f in files:
+            f.dest = f"{folder}/{f.dest}" if f.format == "original" else f"{folder}/{f.format}/{f.dest}"
+        files.append(_generated(f"{folder}/{MIRROR_MANIFEST}", _manifest_bytes(m), "manifest"))
+        return files
+    by_dest: dict[str, MirrorFile] = {}
+    for f in files:
+        f.dest = HUB_PREFIX[f.format] + f.dest
+        by_dest.setdefault(f.dest, f)  # pytorch's config.json etc. repeat safetensors' ones: keep the first
+    if "original" in fmts:
+        path = HUB_PREFIX["original"] + MIRROR_MANIFEST
+        by_dest[path] = _generated(path, _manifest_bytes(m), "manifest")
+    return list(by_dest.values())
+
+
+def _original_files(m: ReleaseManifest) -> list[MirrorFile]:
+    state = store.original_state(m.name)
+    if state != "verified":
+        raise MirrorError(f"{m.name} is not pulled ({state} at {store.release_dir(m.name)}); run `gpt2hub pull {m.name}` first")
+    folder = store.release_dir(m.name)
+    seen = (store.read_verified(m.name) or {}).get("files", {})
+    out = []
+    for rec in m.files:
+        path = folder / rec.name
+        try:
+            size = path.stat().st_size
+        except OSError:
+            raise MirrorError(f"{path}: missing; run `gpt2hub pull {m.name}` again") from None
+        if rec.status == "published" and rec.size is not None and size != rec.size:
+            raise MirrorError(f"{path}: {size:,} bytes, the manifest says {rec.size:,}; run `gpt2hub pull {m.name} --force`")
+        # A published hash binds; otherwise the one pull saw (it may differ from an *expected* hash).
+        want = rec.sha256 if rec.status == "published" else seen.get(rec.name, {}).get("sha256") or rec.sha256
+        out.append(MirrorFile(rec.name, size, "", "original", source=path, expected=want))
+    return out
+
+
+def _converted_files(m: ReleaseManifest, fmt: str) -> list[MirrorFile]:
+    if fmt not in store.converted_formats(m.name):
+        raise MirrorError(f"{m.name} has no {fmt} conversion at {store.release_dir(m.name, fmt)}; "
+                          f"run `gpt2hub convert {m.name} --to {fmt}` first")
+    root = store.release_dir(m.name, fmt)
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    return [MirrorFile(p.relative_to(root).as_posix(), p.stat().st_size, "", fmt, source=p) for p in paths]
+
+
+def _hash_files(release: str, files: list[MirrorFile], progress: bool | None) -> None:
+    """sha256 of every local file (its metadata and skip key); an original must still match what pull verified."""
+    local = [f for f in files if f.source is not None and not f.sha256]
+    with _progress_bar(sum(f.size for f in local), progress, "sha256") as bar:
+        for f in local:
+            h = hashlib.sha256()
+            with open(f.source, "rb") as fh:
+                while block := fh.read(HASH_CHUNK):
+                    h.update(block)
+                    bar.update(len(block))
+            f.sha256 = h.hexdigest()
+            if f.expected is not None and f.sha256 != f.expected:
+                raise MirrorError(f"{f.source}: sha256 {f.sha256} differs from the verified {f.expected}; "
+                                  f"run `gpt2hub pull {release} --force`")
+
+
+def _manifest_bytes(m: ReleaseManifest) -> bytes:
+    return (json.dumps(m.to_dict(), indent=1) + "\n").encode()
+
+
+def _generated(dest: str, data: bytes, fmt: str) -> MirrorFile:
+    return MirrorFile(dest, len(data), hashlib.sha256(data).hexdigest(), fmt, data=data)
+
+
+def _progress_bar(total: int, progress: bool | None, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+                disable=None if progress is None else not progress)
+
+
+# --- S3 ------------------------------------------------------------------------------------------
+
+def _s3_client(endpoint_url: str | None):
+    """A client from the standard AWS chain; path-style addressing for S3-compatible endpoints."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        connect_timeout=10, read_timeout=120, retries={"max_attempts": 3, "mode": "standard"},
+        s3={"addressing_style": "path"} if endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") else {},
+    )
+    return boto3.client("s3", endpoint_url=endpoint_url, config=config)
+
+
+@contextmanager
+def _s3_errors(where: Destination, endpoint_url: str | None) -> Iterator[None]:
+    """Turn botocore's exceptions into one line; credentials never appear in them."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import (ClientError, ConnectionError as BotoConnectionError, EndpointConnectionError,
+                                     NoCredentialsError, PartialCredentialsError)
+
+    endpoint = endpoint_url or "the default S3 endpoint"
+    try:
+        yield
+    except (NoCredentialsError, PartialCredentialsError):
+        raise MirrorError(f"{where}: no AWS credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                          "AWS_PROFILE, or ~/.aws/credentials)") from None
+    except (EndpointConnectionError, BotoConnectionError) as e:
+        raise MirrorError(f"{where}: cannot connect to {endpoint} ({type(e).__name__}: connection refused or "
+                          "unreachable; check --endpoint-url)") from None
+    except ClientError as e:
+        raise MirrorError(_client_error_line(where, e.response.get("Error", {}), e.operation_name)) from None
+    except S3UploadFailedError as e:
+        cause = e.__context__
+        if isinstance(cause, ClientError):
+            raise MirrorError(_client_error_line(where, cause.response.get("Error", {}), cause.operation_name)) from None
+        raise MirrorError(f"{where}: upload failed ({str(e).splitlines()[0]})") from None
+
+
+def _client_error_line(where: Destination, error: dict, operation: str) -> str:
+    code, message = str(error.get("Code", "")), error.get("Message", "")
+    if code in ("NoSuchBucket", "404") and operation in ("HeadBucket", "PutObject", "CreateMultipartUpload",
+                                                          "ListMultipartUploads", "HeadObject"):
+        return f"s3://{where.bucket_or_repo}: no such bucket"
+    if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"):
+        return f"{where}: access denied by the store ({code}); check the credentials and the bucket policy"
+    return f"{where}: {operation} failed: {code} {message}".rstrip()
+
+
+def _mirror_s3(report: MirrorReport, where: Destination, endpoint_url: str | None, dry_run: bool,
+               progress: bool | None, part_size: int) -> None:
+    if not 5 * MiB <= part_size <= 5 * 1024 * MiB:
+        raise MirrorError(f"part size {part_size:,} is outside S3's 5 MiB..5 GiB")
+    client = _s3_client(endpoint_url)
+    bucket = where.bucket_or_repo
+    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "aws"
+    record = _UploadRecord(store.home() / report.release / UPLOADS_RECORD)
+    with _s3_errors(where, endpoint_url):
+        client.head_bucket(Bucket=bucket)
+        _hash_files(report.release, report.files, progress)
+        for f in report.files:
+            f.action = "skip" if _same_object(client, bucket, f) else "send"
+        if dry_run:
+            return
+        to_send = [f for f in report.files if f.action == "send"]
+        # The manifest goes last, so a reader never finds it beside files that are not there yet.
+        to_send.sort(key=lambda f: f.format == "manifest")
+        pending = _pending_uploads(client, bucket, {f.dest for f in to_send})
+        with _progress_bar(sum(f.size for f in to_send), progress, f"mirror {report.release}") as bar:
+            lock = threading.Lock()
+
+            def sent(n: int, resumed: bool = False) -> None:
+                with lock:
+                    if not resumed:
+                        report.bytes_sent += n
+                    bar.update(n)
+
+            for f in to_send:
+                if f.source is not None and f.size > part_size:
+                    upload = _Multipart(client, bucket, f, part_size, record, f"{endpoint} {bucket} {f.dest}", sent)
+                    report.aborted_uploads += upload.run(pending.get(f.dest, []))
+                else:
+                    for upload_id in pending.get(f.dest, []):
+                        client.abort_multipart_upload(Bucket=bucket, Key=f.dest, UploadId=upload_id)
+                        report.aborted_uploads.append(f.dest)
+                    _put(client, bucket, f)
+                    sent(f.size)
+                if not _same_object(client, bucket, f):
+                    raise MirrorError(f"s3://{bucket}/{f.dest}: after upload the store reports another size or sha256")
+                f.action = "sent"
+        for f in report.files:
+            if f.action == "skip":
+                f.action = "skipped"
+
+
+def _object_args(f: MirrorFile) -> dict:
+    return {"Metadata": {SHA256_METADATA: f.sha256},
+            "ContentType": "application/json" if f.dest.endswith(".json") else "application/octet-stream"}
+
+
+def _b64_sha256(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def _put(client, bucket: str, f: MirrorFile) -> None:
+    """One PUT; botocore sends the body's SHA-256 (x-amz-checksum-sha256) and the store checks it."""
+    if f.source is None:
+        client.put_object(Bucket=bucket, Key=f.dest, Body=f.data, ChecksumAlgorithm="SHA256", **_object_args(f))
+        return
+    with open(f.source, "rb") as body:
+        client.put_object(Bucket=bucket, Key=f.dest, Body=body, ChecksumAlgorithm="SHA256", **_object_args(f))
+
+
+class _UploadRecord:
+    """Multipart uploads this machine began and has not completed, so a later run can resume them.
+
+    Two mirrors of one release at once may overwrite each other's entries; the loser's upload is then
+    aborted and sent again on its next run rather than resumed (never completed wrongly).
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.entries: dict[str, dict] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.entries = {}
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
+        os.replace(tmp, self.path)
+
+    def get(self, ident: str) -> dict | None:
+        return self.entries.get(ident)
+
+    def put(self, ident: str, entry: dict) -> None:
+        self.entries[ident] = entry
+        self._save()
+
+    def drop(self, ident: str) -> None:
+        if self.entries.pop(ident, None) is not None:
+            self._save()
+
+
+class _Multipart:
+    """One file as a multipart upload: parts in parallel, each with its SHA-256 checked by the store.
+
+    Driven through the low-level API rather than s3transfer, which aborts on failure and cannot resume
+    across runs (research/transfer.md §3.1): an upload this machine began for the same bytes (same
+    sha256, size and part size, per the local record) is resumed from the parts the store lists.
+    """
+
+    def __init__(self, client, bucket: str, f: MirrorFile, part_size: int, record: _UploadRecord, ident: str, sent):
+        self.client, self.bucket, self.f = client, bucket, f
+        self.record, self.ident, self.sent = record, ident, sent
+        part_size = max(part_size, -(-f.size // MAX_PARTS // MiB) * MiB)  # grow the parts past 10,000 of them
+        self.part_size = part_size
+        self.sizes = [min(part_size, f.size - start) for start in range(0, f.size, part_size)]
+        self.want = {"sha256": f.sha256, "size": f.size, "part_size": part_size}
+
+    def run(self, pending: list[str]) -> list[str]:
+        """Upload (or finish) the file; returns the keys of stale uploads aborted on the way."""
+        aborted: list[str] = []
+        entry = self.record.get(self.ident)
+        upload_id = entry["upload_id"] if entry and entry.get("upload_id") in pending \
+            and {k: entry.get(k) for k in self.want} == self.want else None
+        for other in pending:
+            if other != upload_id:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.f.dest, UploadId=other)
+                aborted.append(self.f.dest)
+        if upload_id is not None:
+            try:
+                return aborted + self._finish(upload_id, self._listed_parts(upload_id))
+            except _StartOver:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.f.dest, UploadId=upload_id)
+                aborted.append(self.f.dest)
+        upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.f.dest, ChecksumAlgorithm="SHA256",
+                                                        **_object_args(self.f))["UploadId"]
+        self.record.put(self.ident, {**self.want, "upload_id": upload_id})
+        return aborted + self._finish(upload_id, {})
+
+    def _listed_parts(self, upload_id: str) -> dict[int, str]:
+        """Part number -> ETag of the parts the store holds at their expected size."""
+        done = {}
+        pages = self.client.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=self.f.dest, UploadId=upload_id)
+        for page in pages:
+            for p in page.get("Parts", []):
+                n = p["PartNumber"]
+                if 1 <= n <= len(self.sizes) and p["Size"] == self.sizes[n - 1]:
+                    done[n] = p["ETag"]
+        return done
+
+    def _part(self, upload_id: str, n: int, done: dict[int, str]) -> dict:
+        start, size = (n - 1) * self.part_size, self.sizes[n - 1]
+        etag = done.get(n)
+        if etag is not None:
+            with open(self.f.source, "rb") as fh:
+                fh.seek(start)
+                data = fh.read(size)
+            # A plain-MD5 ETag (no SSE-KMS) must match the local bytes too; else the part is sent again.
+            if not re.fullmatch(r'"?[0-9a-f]{32}"?', etag) or etag.strip('"') == hashlib.md5(data).hexdigest():
+                self.sent(size, resumed=True)
+                self.f.resumed_bytes += size
+                return {"PartNumber": n, "ETag": etag, "ChecksumSHA256": _b64_sha256(data)}
+        from s3transfer.utils import ReadFileChunk
+
+        # Streamed from the file (a seekable window botocore can rewind for retries), not held in memory;
+        # botocore computes the part's SHA-256, sends it, and the store refuses the part if it differs.
+        with ReadFileChunk.from_filename(str(self.f.source), start, size, enable_callbacks=False) as body:
+            reply = self.client.upload_part(Bucket=self.bucket, Key=self.f.dest, UploadId=upload_id, PartNumber=n,
+                                            Body=body, ChecksumAlgorithm="SHA256")
+        self.sent(size)
+        checksum = reply.get("ChecksumSHA256")
+        if checksum is None:  # a store that checks but does not echo part checksums
+            with open(self.f.source, "rb") as fh:
+                fh.seek(start)
+                checksum = _b64_sha256(fh.read(size))
+        return {"PartNumber": n, "ETag": reply["ETag"], "ChecksumSHA256": checksum}
+
+    def _finish(self, upload_id: str, done: dict[int, str]) -> list[str]:
+        from botocore.exceptions import ClientError
+
+        pool = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="gpt2hub-mirror")
+        try:
+            parts = list(pool.map(lambda n: self._part(upload_id, n, done), range(1, len(self.sizes) + 1)))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            self.client.complete_multipart_upload(Bucket=self.bucket, Key=self.f.dest, UploadId=upload_id,
+                                                  MultipartUpload={"Parts": parts})
+        except ClientError:
+            if done:  # the resumed upload did not take its old parts (another tool's upload?): start over
+                self.f.resumed_bytes = 0
+                raise _StartOver() from None
+            raise
+        self.record.drop(self.ident)
+        return []
+
+
+class _StartOver(Exception):
+    pass
+
+
+def _same_object(client, bucket: str, f: MirrorFile) -> bool:
+    """True when the object exists with this size and this sha256 in its metadata."""
+    from botocore.exceptions import ClientError
+
+    try:
+        head = client.head_object(Bucket=bucket, Key=f.dest)
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return head.get("ContentLength") == f.size and head.get("Metadata", {}).get(SHA256_METADATA) == f.sha256
+
+
+def _pending_uploads(client, bucket: str, keys: set[str]) -> dict[str, list[str]]:
+    """Unfinished multipart uploads of `keys` (left by an interrupted run): key -> upload ids."""
+    found: dict[str, list[str]] = {}
+    for prefix in sorted({k.rsplit("/", 1)[0] + "/" if "/" in k else "" for k in keys}):
+        for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
+            for upload in page.get("Uploads", []):
+                if upload["Key"] in keys:
+                    found.setdefault(upload["Key"], []).append(upload["UploadId"])
+    return found
+
+
+# --- Hugging Face Hub ----------------------------------------------------------------------------
+
+@contextmanager
+def _hub_errors(where: Destination, endpoint: str) -> Iterator[None]:
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    try:  # huggingface_hub 2.x sends through httpx2, 1.x through httpx
+        from httpx2 import TransportError
+    except ImportError:
+        from httpx import TransportError
+
+    try:
+        yield
+    except RepositoryNotFoundError:
+        raise MirrorError(f"{where}: no such repo, or the token may not write to it") from None
+    except HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else None
+        if status == 401:
+            raise MirrorError(f"{where}: the Hub at {endpoint} rejected the token (401); check HF_TOKEN or `hf auth login`") from None
+        if status == 403:
+            raise MirrorError(f"{where}: access denied (403); the token needs write access to this repo") from None
+        raise MirrorError(f"{where}: the Hub answered {status}: {str(e).splitlines()[0]}") from None
+    except TransportError as e:
+        raise MirrorError(f"{where}: cannot connect to the Hub at {endpoint} ({type(e).__name__})") from None
+    except RuntimeError as e:  # huggingface_hub wraps a failed LFS upload: report its cause too
+        cause = e.__cause__
+        detail = f" ({type(cause).__name__}: {str(cause).splitlines()[0]})" if cause and str(cause) else ""
+        raise MirrorError(f"{where}: {str(e).splitlines()[0]}{detail}") from None
+    except ValueError as e:  # the Hub's README metadata validation, among others
+        raise MirrorError(f"{where}: {str(e).splitlines()[0]}") from None
+
+
+def _mirror_hub(report: MirrorReport, m: ReleaseManifest, where: Destination, endpoint_url: str | None,
+                dry_run: bool, private: bool, revision: str | None, progress: bool | None) -> None:
+    from . import modelcard
+
+    token = None
+    if not dry_run:
+        from huggingface_hub import get_token
+
+        token = get_token()
+        if not token:
+            raise MirrorError(f"{where}: no Hugging Face token; set HF_TOKEN or run `hf auth login`")
+    _hash_files(report.release, report.files, progress)
+    originals = {f.dest.removeprefix(HUB_PREFIX["original"]): f.sha256 for f in report.files if f.format == "original"}
+    if not originals:  # the card names the release's hashes even when the original files stay home
+        originals = {r.name: r.sha256 for r in m.files if r.sha256}
+    card = modelcard.render(m, report.formats, originals, {f.dest: f.size for f in report.files})
+    report.files.append(_generated(HUB_CARD, card.encode(), "card"))
+    if dry_run:
+        return
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    endpoint = endpoint_url or os.environ.get("HF_ENDPOINT") or None
+    api = HfApi(endpoint=endpoint, token=token)
+    repo_id = where.bucket_or_repo
+    ops = [CommitOperationAdd(path_in_repo=f.dest, path_or_fileobj=str(f.source) if f.source else f.data)
+           for f in report.files]
+    quiet = progress is False or (progress is None and not sys.stderr.isatty())  # huggingface_hub's own bars
+    if quiet:
+        disable_progress_bars()
+    try:
+        with _hub_errors(where, api.endpoint):
+            api.create_repo(repo_id, repo_type="model", private=True if private else None, exist_ok=True)
+            if revision and revision != "main":
+                api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
+            info = api.create_commit(
+                repo_id, ops, repo_type="model", revision=revision,
+                commit_message=f"GPT-2 {m.name} ({', '.join(report.formats)}), mirrored with gpt2hub",
+                commit_description=f"Release {m.name}; original sha256: "
+                                   + ", ".join(f"{k}={v}" for k, v in sorted(originals.items())),
+            )
+    finally:
+        if quiet:
+            enable_progress_bars()
+    report.commit = info.oid
+    report.bytes_sent = None
+    for f in report.files:
+        f.action = "committed"
