@@ -27,7 +27,49 @@ def path(name: str, fmt: str = "original", manifest: Path | str | None = None) -
     return store.release_dir(resolve(name, manifest).name, fmt)
 
 
+def pull(name: str, **kwargs) -> Path:
+    """Fetch and verify a release into its original/ folder (see gpt2hub.pulling.pull); returns that folder."""
+    from .pulling import pull as _pull
+
+    return _pull(name, **kwargs).path
+
+
+# Imported here, before the function of the same name, so that a later lazy import of the submodule cannot
+# rebind `gpt2hub.mirror` to the module; it is light (boto3 and huggingface_hub load inside its functions).
+from . import mirror as _mirror_module  # noqa: E402
+
+
+def mirror(name: str, dest: str, **kwargs):
+    """Upload a pulled release and its conversions to s3://bucket/prefix or hf://org/repo; returns a MirrorReport."""
+    return _mirror_module.mirror(name, dest, **kwargs)
+
+
+# As for mirror: bound before the function so the submodule cannot shadow it (light: converters load lazily).
+from . import convert as _convert_module  # noqa: E402
+
+
+def convert(name_or_dir: str | Path | None = None, to: str = "safetensors", dtype: str | None = "f32",
+            out: Path | str | None = None, force: bool = False, **kwargs) -> Path:
+    """Convert a release (name, TF checkpoint folder, or the one pulled) to safetensors, pytorch or gguf; returns the output."""
+    return _convert_module.convert(name_or_dir, to, dtype, out, force, **kwargs).path
+
+
+# As for mirror: bound before the functions so the submodules cannot shadow them (torch loads lazily).
+from . import verify as _verify_module  # noqa: E402
+from . import sample as _sample_module  # noqa: E402
+
+
+def verify(name_or_dir: str | Path | None = None, **kwargs):
+    """Integrity, reference logits and every converted format through its real consumer; returns a Report (.passed)."""
+    return _verify_module.verify(name_or_dir, **kwargs)
+
+
+def sample(name_or_dir: str | Path | None = None, **kwargs) -> list[str]:
+    """Sample text from a release (prompt=..., or unconditional), as openai/gpt-2's scripts; returns the texts."""
+    return _sample_module.sample(name_or_dir, **kwargs)
+
+
 __all__ = [
     "__version__", "Gpt2hubError", "ReleaseManifest", "Checkpoint",
-    "releases", "resolve", "create_manifest", "list_releases", "info", "path",
+    "releases", "resolve", "create_manifest", "list_releases", "info", "path", "pull", "mirror", "convert", "verify", "sample",
 ]

@@ -106,6 +106,65 @@ def path(name: str, fmt: str, manifest: Path | None) -> None:
     click.echo(gpt2hub.path(name, fmt, manifest))
 
 
+@main.command()
+@click.argument("name")
+@click.option("--source", "sources", multiple=True, metavar="SRC",
+              help="Base URL, s3://bucket/prefix or folder laid out <SRC>/<folder>/<file> (repeatable, tried in order; "
+                   "default $GPT2HUB_SOURCE), before the manifest's sources, OpenAI and public mirrors.")
+@click.option("--connections", type=click.IntRange(1, 64), default=8, show_default=True, help="Parallel ranges per file.")
+@click.option("--verify", is_flag=True, help="Re-hash files already pulled instead of trusting their sizes.")
+@click.option("--force", is_flag=True, help="Download again even if the release is verified.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--endpoint-url", default=None, metavar="URL", help="S3-compatible endpoint for s3:// sources.")
+@manifest_option
+@json_option
+def pull(name: str, sources: tuple[str, ...], connections: int, verify: bool, force: bool, quiet: bool,
+         endpoint_url: str | None, manifest: Path | None, as_json: bool) -> None:
+    """Download a release, verify every file, and print where it is."""
+    from .pulling import pull as pull_release
+
+    r = pull_release(name, manifest=manifest, sources=sources, connections=connections, verify=verify, force=force,
+                     quiet=quiet or as_json, endpoint_url=endpoint_url)
+    if as_json:
+        click.echo(json.dumps(r.to_dict(), indent=1))
+    elif r.already:
+        click.echo(f"{r.name}: already verified at {r.path}")
+    else:
+        rate = r.fetched / r.seconds / 1e6 if r.seconds else 0
+        click.echo(f"{r.name}: {len(r.files)} files verified at {r.path} "
+                   f"({_size(r.fetched)} in {r.seconds:.1f} s, {rate:.0f} MB/s, from {', '.join(r.sources) or 'disk'})")
+
+
+@main.command()
+@click.argument("name_or_dir", metavar="[NAME|DIR]", required=False)
+@click.option("--to", "fmt", type=click.Choice(["safetensors", "pytorch", "gguf"]), required=True, help="Output format.")
+@click.option("--dtype", type=click.Choice(["f32", "f16", "bf16", "q8_0"]), default=None,
+              help="Weight type (default f32; q8_0 is gguf only).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output folder (a .gguf file for gguf) instead of the store / a sibling of DIR.")
+@click.option("--force", is_flag=True, help="Replace an existing output (only once the new one is complete).")
+@click.option("--untie", is_flag=True, help="gguf: write output.weight (for llama.cpp builds before March 2025).")
+@click.option("--hparams", "hparams_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="hparams.json to use (else the folder's, else inferred from the tensor shapes).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@manifest_option
+@json_option
+def convert(name_or_dir: str | None, fmt: str, dtype: str | None, out: Path | None, force: bool, untie: bool,
+            hparams_file: Path | None, quiet: bool, manifest: Path | None, as_json: bool) -> None:
+    """Convert a pulled release (NAME, or the only one pulled) or a TF checkpoint DIR."""
+    r = gpt2hub._convert_module.convert(name_or_dir, fmt, dtype, out, force, untie=untie, hparams=hparams_file,
+                                        manifest=manifest, quiet=quiet or as_json)
+    if as_json:
+        click.echo(json.dumps(r.to_dict(), indent=1))
+        return
+    if r.ignored:
+        click.echo(f"ignored {len(r.ignored)} non-model variables (e.g. {r.ignored[0]})", err=True)
+    if not r.hparams_from.startswith(("hparams.json", "--hparams")):
+        click.echo(f"hparams {r.hparams_from}: {r.hparams}", err=True)
+    click.echo(f"{r.release}: {r.tensors} tensors -> {r.format} {r.dtype} at {r.path} "
+               f"({_size(r.bytes_read)} in {r.seconds:.1f} s)")
+
+
 @main.group()
 def manifest() -> None:
     """Create manifests for your own checkpoints."""
@@ -154,11 +213,113 @@ def doctor(as_json: bool) -> None:
 @main.command()
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 def completion(shell: str) -> None:
-    """Print the shell completion script, e.g. `eval "$(gpt2hub completion bash)"`."""
+    """Print the shell completion script for bash, zsh or fish.
+
+    Enable it with, e.g., `eval "$(gpt2hub completion bash)"` in ~/.bashrc.
+    """
     from click.shell_completion import get_completion_class
 
     cls = get_completion_class(shell)
     click.echo(cls(main, {}, "gpt2hub", "_GPT2HUB_COMPLETE").source())
+
+
+@main.command()
+@click.argument("name")
+@click.argument("dest")
+@click.option("--formats", default=None, metavar="LIST",
+              help="Comma-separated: original,safetensors,pytorch,gguf. Default: s3:// everything present; hf:// safetensors.")
+@click.option("--endpoint-url", default=None, metavar="URL", help="S3-compatible store or Hub endpoint (else AWS_ENDPOINT_URL / HF_ENDPOINT).")
+@click.option("--dry-run", is_flag=True, help="List what would be sent and what skipped; send nothing.")
+@click.option("--private", is_flag=True, help="hf://: create the repo private.")
+@click.option("--revision", default=None, metavar="REV", help="hf://: the branch to commit to (created if missing).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@manifest_option
+@json_option
+def mirror(name: str, dest: str, formats: str | None, endpoint_url: str | None, dry_run: bool, private: bool,
+           revision: str | None, quiet: bool, manifest: Path | None, as_json: bool) -> None:
+    """Upload a pulled release and its conversions to DEST: s3://bucket/prefix or hf://org/repo."""
+    report = gpt2hub.mirror(name, dest, formats=formats.split(",") if formats else None, endpoint_url=endpoint_url,
+                            dry_run=dry_run, private=private, revision=revision, manifest=manifest,
+                            progress=False if quiet or as_json else None)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=1))
+        return
+    rows = [["DEST", "SIZE", "ACTION"]] + [[f.dest, _size(f.size), f.action] for f in report.files]
+    click.echo(_table(rows))
+    done = f"{'would send' if dry_run else 'sent'} {_size(report.bytes_to_send if dry_run else report.bytes_sent)}" \
+        if report.bytes_sent is not None or dry_run else f"committed {report.commit}"
+    click.echo(f"\n{report.destination}: {done} in {report.seconds:.1f} s")
+
+
+device_option = click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (PyTorch consumers).")
+
+
+@main.command("verify")
+@click.argument("name_or_dir", metavar="[NAME|DIR]", required=False)
+@click.option("--formats", default=None, metavar="LIST", help="Comma-separated: original,safetensors,pytorch,gguf (default: all present).")
+@device_option
+@click.option("--prompt", default=None, help="Text whose logits are compared (default: a fixed paragraph).")
+@click.option("--tokens", "n_tokens", type=int, default=None, metavar="N", help="Compare on N seeded random token ids instead.")
+@manifest_option
+@json_option
+def verify_cmd(name_or_dir: str | None, formats: str | None, device: str, prompt: str | None, n_tokens: int | None,
+               manifest: Path | None, as_json: bool) -> None:
+    """Check the original files, then compare every format's logits with the reference; exit 1 on any FAIL."""
+    from .verify import format_report
+
+    report = gpt2hub.verify(name_or_dir, formats=formats, device=device, prompt=prompt, tokens=n_tokens, manifest=manifest,
+                            progress=None if as_json else lambda step: click.echo(f"verify: {step}", err=True))
+    click.echo(json.dumps(report.to_dict(), indent=1) if as_json else format_report(report))
+    if not report.passed:
+        sys.exit(1)
+
+
+@main.command("sample")
+@click.argument("name_or_dir", metavar="[NAME|DIR]", required=False)
+@click.option("--prompt", default=None, help="Continue this text (openai's interactive_conditional_samples, once).")
+@click.option("--interactive", is_flag=True, help="Read prompts from the terminal until end of input.")
+@click.option("--unconditional", is_flag=True, help="Start from <|endoftext|> (the default without --prompt).")
+@click.option("--nsamples", type=int, default=1, show_default=True, help="Samples per prompt (0: until interrupted).")
+@click.option("--length", type=int, default=None, help="Tokens per sample [default: n_ctx/2 with a prompt, else n_ctx-1].")
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="0 means greedy.")
+@click.option("--top-k", type=int, default=0, show_default=True, help="Keep the k most likely tokens (0: all).")
+@click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus: keep tokens up to this cumulative probability.")
+@click.option("--seed", type=int, default=None, help="The same seed gives the same text (same device).")
+@device_option
+@manifest_option
+def sample_cmd(name_or_dir: str | None, prompt: str | None, interactive: bool, unconditional: bool, nsamples: int,
+               length: int | None, temperature: float, top_k: int, top_p: float, seed: int | None, device: str,
+               manifest: Path | None) -> None:
+    """Generate text with the KV cache, streamed as it comes, stopping at <|endoftext|>."""
+    from .sample import Sampler, Settings, interactive as interact, run
+
+    if sum((prompt is not None, interactive, unconditional)) > 1:
+        raise gpt2hub.Gpt2hubError("--prompt, --interactive and --unconditional exclude each other")
+    settings = Settings(temperature, top_k, top_p)
+    sampler = Sampler(name_or_dir, device, manifest)
+
+    def write(text: str) -> None:
+        click.echo(text, nl=False)
+        sys.stdout.flush()
+
+    if interactive:
+        interact(sampler, nsamples, length, settings, seed, read=input, write=write)
+    else:
+        run(sampler, prompt, nsamples, length, settings, seed, write)
+
+
+@main.command()
+@click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Build everything in this folder and keep it (default: a temporary folder, removed after).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+def demo(keep: Path | None, device: str) -> None:
+    """Offline end to end: build a tiny release, serve it on loopback, pull, convert, verify, sample."""
+    from .demo import run_demo
+
+    report = run_demo(keep, device=device, say=click.echo)
+    if not report.passed:
+        raise gpt2hub.Gpt2hubError("demo: not every step passed (see above)")
+    click.echo("demo: every step passed")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,23 @@ def tiny_release(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_converted(tiny_release, tmp_path_factory):
+    """tiny_release copied to DIR/original and converted by gpt2hub.convert beside it: DIR/original-safetensors,
+    DIR/original-pytorch and DIR/original-{f32,f16,bf16,q8_0}.gguf. Returns DIR/original. Treat as read-only."""
+    import shutil
+
+    import gpt2hub
+
+    original = tmp_path_factory.mktemp("converted") / "original"
+    shutil.copytree(tiny_release, original)
+    for fmt in ("safetensors", "pytorch"):
+        gpt2hub.convert(original, to=fmt, quiet=True)
+    for dtype in ("f32", "f16", "bf16", "q8_0"):
+        gpt2hub.convert(original, to="gguf", dtype=dtype, quiet=True)
+    return original
+
+
+@pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A SeaweedFS S3 server on 127.0.0.1, started once per session (skips without `weed`)."""
     server = start_seaweed(tmp_path_factory.mktemp("s3server"))

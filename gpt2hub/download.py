@@ -1,0 +1,419 @@
+"""Fetch one file into `<name>.part` over parallel byte ranges, resumably.
+
+Resume state is `<name>.part.ranges.json`: the file's size and the byte spans already on disk.
+A span is recorded only after its bytes are written and flushed (fdatasync), so an interruption
+of any kind (Ctrl-C, kill -9, a reboot) never costs a finished span; only the spans in flight are
+fetched again. Verification and the rename to the final name belong to the caller.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import math
+import os
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import DownloadError
+from .sources import CHUNK, MAX_RETRY_AFTER, RangeIgnored, Remote, TransferError
+
+RECORD_SUFFIX = ".ranges.json"
+MIN_RANGE = 1 << 20
+MAX_RANGE = 64 << 20
+RANGES_PER_CONNECTION = 4  # several per connection, so a slow one leaves only a short tail
+STEAL_MIN = 1 << 20  # an idle connection takes half of a running range that has twice this left...
+STEAL_AFTER = 0.5  # ...and this many seconds to go at its pace (a new request costs a round trip or two)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Tries per range without progress, and the exponential backoff (with jitter) between them."""
+
+    attempts: int = 6
+    base: float = 0.5
+    cap: float = 30.0
+
+    def delay(self, failures: int, retry_after: float | None = None) -> float:
+        if retry_after is not None:
+            return min(retry_after, MAX_RETRY_AFTER)
+        return min(self.cap, self.base * 2 ** (failures - 1)) * random.uniform(0.75, 1.25)
+
+
+def range_size(size: int, connections: int) -> int:
+    """Bytes per range: a few ranges per connection, between 1 MiB and 64 MiB."""
+    return max(MIN_RANGE, min(MAX_RANGE, -(-size // max(1, connections * RANGES_PER_CONNECTION))))
+
+
+def _merge(spans: list[list[int]]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        elif a < b:
+            out.append([a, b])
+    return out
+
+
+class RangeRecord:
+    """The spans of a `.part` file known to hold the right bytes, saved atomically after each change."""
+
+    def __init__(self, path: Path, size: int):
+        self.path, self.size = path, size
+        self.done: list[list[int]] = []
+        self._lock = threading.Lock()
+        self.changed = threading.Condition(self._lock)
+        try:
+            data = json.loads(path.read_text())
+            if data.get("size") == size:
+                self.done = _merge([[int(a), int(b)] for a, b in data["done"] if 0 <= a < b <= size])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+
+    @property
+    def done_bytes(self) -> int:
+        return sum(b - a for a, b in self.done)
+
+    def missing(self) -> list[tuple[int, int]]:
+        gaps, pos = [], 0
+        for a, b in self.done:
+            if a > pos:
+                gaps.append((pos, a))
+            pos = b
+        if pos < self.size:
+            gaps.append((pos, self.size))
+        return gaps
+
+    @property
+    def prefix(self) -> int:
+        """How many bytes from the start are done."""
+        return self.done[0][1] if self.done and self.done[0][0] == 0 else 0
+
+    def add(self, start: int, end: int) -> None:
+        with self._lock:
+            self.done = _merge(self.done + [[start, end]])
+            self._save()
+            self.changed.notify_all()
+
+    def remove(self, start: int, end: int) -> None:
+        with self._lock:
+            keep = []
+            for a, b in self.done:
+                keep += [[a, min(b, start)], [max(a, end), b]]
+            self.done = _merge([s for s in keep if s[0] < s[1]])
+            self._save()
+
+    def _save(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"size": self.size, "done": self.done}))
+        os.replace(tmp, self.path)
+
+    def delete(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def record_path(part: Path) -> Path:
+    return part.with_name(part.name + RECORD_SUFFIX)
+
+
+@dataclass
+class FetchStats:
+    fetched: int = 0  # bytes received this time
+    ranges: int = 0
+    single_stream: bool = False
+    notes: list[str] = field(default_factory=list)
+    sha256: str | None = None  # of the whole file, when it completed
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, n: int) -> None:
+        with self._lock:
+            self.fetched += n
+
+
+class DiskFull(DownloadError):
+    """No space left for the download; what was written is kept."""
+
+
+class _Abort(Exception):
+    """Another worker failed or the user interrupted: stop quietly."""
+
+
+def fetch(remote: Remote, part: Path, size: int, *, connections: int = 8, etag: str | None = None,
+          retry: RetryPolicy = RetryPolicy(), span: int | None = None,
+          progress: Callable[[int], None] | None = None) -> FetchStats:
+    """Make `part` hold all `size` bytes of `remote`, fetching only what its range record lacks."""
+    record = RangeRecord(record_path(part), size)
+    if not record.done:
+        part.unlink(missing_ok=True)  # bytes without a record are of unknown provenance
+    stats = FetchStats()
+    fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+    hasher = _PrefixHasher(fd, record)
+    try:
+        if os.fstat(fd).st_size != size:
+            try:
+                os.ftruncate(fd, size)  # sparse; free space was checked by the caller
+            except OSError as e:
+                raise DownloadError(f"{part.name}: cannot make room for {size:,} bytes ({e.strerror})") from None
+        hasher.start()
+        gaps = record.missing()
+        step = span or range_size(size, connections)
+        work = [(a, min(a + step, b)) for g0, b in gaps for a in range(g0, b, step)]
+        try:
+            if work:
+                _parallel(remote, fd, work, record, connections, etag, retry, progress, stats)
+        except RangeIgnored:
+            stats.single_stream = True
+            stats.notes.append(f"{remote.url}: server ignores Range; fetched as one stream")
+            _single_stream(remote, fd, record, retry, progress, stats)
+        stats.sha256 = hasher.result()
+        return stats
+    finally:
+        hasher.stop()
+        os.close(fd)
+
+
+class _PrefixHasher(threading.Thread):
+    """sha256 of the file's done prefix, read back (from the page cache) while later ranges still arrive."""
+
+    def __init__(self, fd: int, record: RangeRecord):
+        super().__init__(daemon=True)
+        self.fd, self.record = fd, record
+        self.sha = hashlib.sha256()
+        self.pos = 0
+        self._halt = False
+
+    def run(self) -> None:
+        size = self.record.size
+        while self.pos < size:
+            with self.record.changed:
+                while not self._halt and self.record.prefix <= self.pos:
+                    self.record.changed.wait(0.5)
+                if self._halt:
+                    return
+                end = self.record.prefix
+            while self.pos < end and not self._halt:
+                block = os.pread(self.fd, min(8 << 20, end - self.pos), self.pos)
+                if not block:
+                    return
+                self.sha.update(block)
+                self.pos += len(block)
+
+    def result(self) -> str | None:
+        self.join()
+        return self.sha.hexdigest() if self.pos == self.record.size else None
+
+    def stop(self) -> None:
+        with self.record.changed:
+            self._halt = True
+            self.record.changed.notify_all()
+        if self.is_alive():
+            self.join()
+
+
+def _write(fd: int, block: bytes, offset: int, part_name: str) -> None:
+    try:
+        view = memoryview(block)
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view, offset = view[n:], offset + n
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(f"{part_name}: disk full; the bytes downloaded so far are kept, "
+                           "free some space and pull again to resume") from None
+        raise DownloadError(f"{part_name}: cannot write ({e.strerror})") from None
+
+
+class _Committer(threading.Thread):
+    """Flushes written spans to disk and then records them, off the workers' path (a sync takes a while)."""
+
+    def __init__(self, fd: int, record: RangeRecord):
+        super().__init__(daemon=True)
+        self.fd, self.record = fd, record
+        self.spans: queue.SimpleQueue = queue.SimpleQueue()
+
+    def __call__(self, start: int, end: int) -> None:
+        self.spans.put((start, end))
+
+    def run(self) -> None:
+        while True:
+            batch = [self.spans.get()]
+            while not self.spans.empty():
+                batch.append(self.spans.get())
+            spans = [s for s in batch if s is not None]
+            if spans:
+                os.fdatasync(self.fd)
+                for a, b in spans:
+                    self.record.add(a, b)
+            if None in batch:
+                return
+
+    def finish(self) -> None:
+        self.spans.put(None)
+        self.join()
+
+
+class _Slot:
+    """A range being fetched; `end` may shrink while it runs, when an idle connection takes its far half."""
+
+    __slots__ = ("start", "pos", "end", "t0")
+
+    def __init__(self, start: int, end: int):
+        self.start = self.pos = start
+        self.end = end
+        self.t0 = time.monotonic()
+
+    def seconds_left(self, now: float) -> float:
+        done = self.pos - self.start
+        return math.inf if done <= 0 else (self.end - self.pos) * (now - self.t0) / done
+
+
+def _fetch_range(remote: Remote, fd: int, slot: _Slot, lock: threading.Lock, commit: Callable[[int, int], None],
+                 etag: str | None, retry: RetryPolicy, progress, stats: FetchStats, stop: threading.Event,
+                 part_name: str) -> None:
+    """One range, retried with backoff; progress within it is recorded before each retry."""
+    failures = 0
+    while slot.pos < slot.end:
+        if stop.is_set():
+            raise _Abort
+        began = slot.pos
+        stream = remote.read(slot.pos, slot.end, etag=etag)
+        try:
+            for block in stream:
+                if stop.is_set():
+                    raise _Abort
+                with lock:
+                    room = slot.end - slot.pos
+                if len(block) > room:
+                    block = block[:room]  # the rest of the reply now belongs to another connection
+                _write(fd, block, slot.pos, part_name)
+                with lock:
+                    slot.pos += len(block)
+                stats.count(len(block))
+                if progress:
+                    progress(len(block))
+                if slot.pos >= slot.end:
+                    break
+        except RangeIgnored:
+            raise
+        except TransferError as e:
+            if slot.pos > began:
+                failures = 0  # bytes arrived: the source works, keep going
+                commit(began, slot.pos)
+            if not e.retryable:
+                raise
+            failures += 1
+            if failures >= retry.attempts:
+                raise TransferError(f"{e} ({failures} tries)", retryable=False) from None
+            if stop.wait(retry.delay(failures, e.retry_after)):
+                raise _Abort from None
+        finally:
+            stream.close()  # a reply cut short closes its connection
+    commit(slot.start, slot.end)
+    stats.ranges += 1
+
+
+def _steal(active: list[_Slot], lock: threading.Lock) -> _Slot | None:
+    """The far half of the range that will take longest, as aria2c splits a busy segment.
+
+    Only where it is worth a new request: the range has 2 x STEAL_MIN left and, at its own pace,
+    STEAL_AFTER seconds or more to go.
+    """
+    now = time.monotonic()
+    with lock:
+        victim = max((s for s in active if s.end - s.pos >= 2 * STEAL_MIN), key=lambda s: s.seconds_left(now),
+                     default=None)
+        if victim is None or victim.seconds_left(now) < STEAL_AFTER:
+            return None
+        # A block already being written never reaches past pos + CHUNK: split beyond it.
+        mid = max(victim.pos + CHUNK, victim.pos + (victim.end - victim.pos) // 2)
+        slot = _Slot(mid, victim.end)
+        victim.end = mid
+        active.append(slot)
+        return slot
+
+
+def _parallel(remote, fd, work, record, connections, etag, retry, progress, stats) -> None:
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    for item in work:
+        todo.put(item)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    part_name = Path(record.path.name.removesuffix(RECORD_SUFFIX)).name
+    lock = threading.Lock()
+    active: list[_Slot] = []
+
+    def worker() -> None:
+        while not stop.is_set():
+            try:
+                a, b = todo.get_nowait()
+                slot = _Slot(a, b)
+                with lock:
+                    active.append(slot)
+            except queue.Empty:
+                slot = _steal(active, lock)  # the tail: help the slowest range instead of idling
+                if slot is None:
+                    return
+            try:
+                _fetch_range(remote, fd, slot, lock, committer, etag, retry, progress, stats, stop, part_name)
+            except _Abort:
+                return
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread
+                errors.append(e)
+                stop.set()
+                return
+            finally:
+                with lock:
+                    active.remove(slot)
+
+    # Daemon threads: a Ctrl-C in the main thread must not wait for a slow read to time out.
+    committer = _Committer(fd, record)
+    committer.start()
+    total = sum(b - a for a, b in work)
+    threads = [threading.Thread(target=worker, daemon=True)
+               for _ in range(min(connections, max(len(work), total // STEAL_MIN)))]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        committer.finish()  # what was written is recorded, whatever happened
+    if errors:
+        raise next((e for e in errors if isinstance(e, RangeIgnored)), errors[0])
+
+
+def _single_stream(remote, fd, record: RangeRecord, retry: RetryPolicy, progress, stats: FetchStats) -> None:
+    """The whole file in one unranged request, for servers that ignore Range; retried from the start."""
+    failures = 0
+    part_name = Path(record.path.name.removesuffix(RECORD_SUFFIX)).name
+    while True:
+        pos, mark = 0, 0
+        try:
+            for block in remote.read(0, record.size, whole=True):
+                _write(fd, block, pos, part_name)
+                pos += len(block)
+                stats.count(len(block))
+                if progress:
+                    progress(len(block))
+                if pos - mark >= MAX_RANGE:
+                    os.fdatasync(fd)
+                    record.add(mark, pos)
+                    mark = pos
+            os.fdatasync(fd)
+            record.add(mark, pos)
+            return
+        except TransferError as e:
+            failures += 1
+            if not e.retryable or failures >= retry.attempts:
+                raise
+            time.sleep(retry.delay(failures, e.retry_after))

@@ -1,0 +1,373 @@
+"""Where a release's bytes come from: an HTTP(S) base URL, an S3 prefix or a local folder.
+
+Every source lays a release out as OpenAI does, `<base>/<folder>/<file>`. A source opens a
+`Remote` for one file; a remote tells its size and streams any byte range of it. Failures are
+`TransferError`s that say whether trying again can help (`retryable`) and how long to wait first.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol
+from urllib.parse import quote
+
+import requests
+
+OPENAI_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
+# Public copies in OpenAI's layout (research/gpt2-release.md §1.2), tried after OpenAI.
+PUBLIC_MIRRORS = (
+    "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2",
+    "https://huggingface.co/rasbt/gpt2-tensorflow/resolve/main",
+)
+SOURCE_ENV = "GPT2HUB_SOURCE"
+CHUNK = 256 << 10  # bytes per read from a stream; a broken read loses at most this much
+CONNECT_TIMEOUT, READ_TIMEOUT = 10.0, 30.0
+MAX_RETRY_AFTER = 120.0  # seconds; a longer Retry-After is a reason to try another source
+# Replies that are an error page whatever the status says (openai/gpt-2 #190, #282).
+ERROR_CONTENT_TYPES = ("text/html", "application/xml", "text/xml", "application/xhtml+xml")
+RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+class TransferError(Exception):
+    """One failed request; `retryable` says whether the same source may succeed on a retry."""
+
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None, missing: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.missing = missing  # the source does not have this file (404 / NoSuchKey / no such path)
+
+
+class RangeIgnored(TransferError):
+    """The server answered a ranged request with the whole file (200, not 206)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, retryable=False)
+
+
+@dataclass(frozen=True)
+class RemoteStat:
+    size: int
+    etag: str | None = None
+
+
+class Remote(Protocol):
+    """One file at one source."""
+
+    url: str
+
+    def stat(self) -> RemoteStat: ...
+
+    def read(self, start: int, end: int, whole: bool = False, etag: str | None = None) -> Iterator[bytes]:
+        """Stream bytes [start, end) (unchanged since `etag`); `whole`: the file in one unranged request."""
+        ...
+
+
+class Source(Protocol):
+    name: str
+
+    def remote(self, folder: str, file: str) -> Remote: ...
+
+
+# --- HTTP -------------------------------------------------------------------------------------
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After as seconds: either a delay or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _check_reply(r: requests.Response, url: str) -> None:
+    """Reject an error status or an error page, whatever its status."""
+    if r.status_code == 404 or r.status_code == 410:
+        raise TransferError(f"{url}: not found ({r.status_code})", retryable=False, missing=True)
+    if r.status_code in RETRYABLE_STATUS:
+        wait = retry_after_seconds(r.headers.get("Retry-After"))
+        raise TransferError(f"{url}: server answered {r.status_code} {r.reason}", retryable=True, retry_after=wait)
+    if r.status_code not in (200, 206):
+        raise TransferError(f"{url}: server answered {r.status_code} {r.reason}", retryable=False)
+    ctype = r.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if ctype in ERROR_CONTENT_TYPES:
+        raise TransferError(f"{url}: server sent a {ctype} page, not the file (an error page?)", retryable=False)
+
+
+class HttpRemote:
+    """A file under an HTTP(S) base URL; one keep-alive session per thread."""
+
+    def __init__(self, url: str, sessions: threading.local):
+        self.url = url
+        self._sessions = sessions
+
+    def _session(self) -> requests.Session:
+        s = getattr(self._sessions, "session", None)
+        if s is None:
+            s = requests.Session()  # trust_env: HTTP(S)_PROXY, NO_PROXY, .netrc from the environment
+            s.headers.update({"User-Agent": "gpt2hub", "Accept-Encoding": "identity"})
+            self._sessions.session = s
+        return s
+
+    def _get(self, method: str, headers: dict | None = None) -> requests.Response:
+        try:
+            return self._session().request(method, self.url, headers=headers, stream=True, allow_redirects=True,
+                                           timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+        except requests.exceptions.InvalidURL as e:
+            raise TransferError(f"{self.url}: invalid URL ({e})", retryable=False) from None
+        except requests.RequestException as e:
+            raise TransferError(f"{self.url}: {_reason(e)}", retryable=True) from None
+
+    def stat(self) -> RemoteStat:
+        with self._get("HEAD") as r:
+            if r.status_code in (403, 405, 501):  # some signed URLs and servers refuse HEAD: ask for one byte
+                r.close()
+                return self._stat_by_get()
+            _check_reply(r, self.url)
+            length = r.headers.get("Content-Length")
+            if length is None or not length.isdigit():
+                raise TransferError(f"{self.url}: no Content-Length in the reply", retryable=False)
+            return RemoteStat(int(length), _strong(r.headers.get("ETag")))
+
+    def _stat_by_get(self) -> RemoteStat:
+        with self._get("GET", {"Range": "bytes=0-0"}) as r:
+            _check_reply(r, self.url)
+            m = re.fullmatch(r"bytes 0-0/(\d+)", r.headers.get("Content-Range", "").strip())
+            if r.status_code != 206 or not m:
+                raise TransferError(f"{self.url}: refuses HEAD and gives no size for a ranged GET", retryable=False)
+            return RemoteStat(int(m.group(1)), _strong(r.headers.get("ETag")))
+
+    def read(self, start: int, end: int, whole: bool = False, etag: str | None = None) -> Iterator[bytes]:
+        headers = {} if whole else {"Range": f"bytes={start}-{end - 1}"}
+        if etag and not whole:
+            headers["If-Range"] = etag  # a changed file answers 200, which we refuse below
+        r = self._get("GET", headers)
+        try:
+            _check_reply(r, self.url)
+            length = r.headers.get("Content-Length")
+            if not whole:
+                if r.status_code == 200:
+                    raise RangeIgnored(f"{self.url}: server ignored the Range header (200, not 206)")
+                m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", r.headers.get("Content-Range", "").strip())
+                if not m or int(m.group(1)) != start or int(m.group(2)) != end - 1:
+                    raise TransferError(f"{self.url}: asked for bytes {start}-{end - 1}, got "
+                                        f"Content-Range {r.headers.get('Content-Range')!r}", retryable=True)
+            if length is not None and length.isdigit() and int(length) != end - start:
+                raise TransferError(f"{self.url}: Content-Length {length}, expected {end - start}", retryable=True)
+            got = 0
+            try:
+                for block in r.iter_content(CHUNK):
+                    got += len(block)
+                    yield block
+            except requests.RequestException as e:
+                raise TransferError(f"{self.url}: {_reason(e)} after {got} bytes", retryable=True) from None
+            if got != end - start:
+                raise TransferError(f"{self.url}: connection closed after {got} of {end - start} bytes", retryable=True)
+        finally:
+            r.close()
+
+
+def _strong(etag: str | None) -> str | None:
+    """An ETag usable in If-Range (weak ones are not)."""
+    return etag if etag and not etag.startswith("W/") else None
+
+
+def _reason(e: Exception) -> str:
+    """A short cause for a requests exception (they nest urllib3 errors several levels deep)."""
+    if isinstance(e, requests.exceptions.ProxyError):
+        return "proxy unreachable"
+    if isinstance(e, requests.exceptions.ConnectTimeout):
+        return "connection timed out"
+    if isinstance(e, requests.exceptions.ReadTimeout):
+        return "read timed out"
+    if isinstance(e, requests.exceptions.ConnectionError):
+        text = str(e)
+        for needle, short in (("Name or service not known", "host not found"),
+                              ("Temporary failure in name resolution", "host not found (no network?)"),
+                              ("Connection refused", "connection refused"),
+                              ("Network is unreachable", "network unreachable"),
+                              ("Connection reset", "connection reset"),
+                              ("RemoteDisconnected", "connection closed by server")):
+            if needle in text:
+                return short
+        return "connection failed"
+    if isinstance(e, requests.exceptions.ChunkedEncodingError):
+        return "connection broken mid-body"
+    return type(e).__name__
+
+
+class HttpSource:
+    """A base URL laid out `<base>/<folder>/<file>`."""
+
+    def __init__(self, base: str):
+        self.name = base.rstrip("/")
+        self._sessions = threading.local()
+
+    def remote(self, folder: str, file: str) -> HttpRemote:
+        return HttpRemote(f"{self.name}/{quote(folder)}/{quote(file)}", self._sessions)
+
+
+# --- S3 ---------------------------------------------------------------------------------------
+
+class S3Remote:
+    def __init__(self, client, bucket: str, key: str):
+        self._client, self.bucket, self.key = client, bucket, key
+        self.url = f"s3://{bucket}/{key}"
+
+    def _call(self, fn, **kw):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(Bucket=self.bucket, Key=self.key, **kw)
+        except ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+                raise TransferError(f"{self.url}: not found", retryable=False, missing=True) from None
+            retryable = status in RETRYABLE_STATUS or code in ("SlowDown", "RequestTimeout", "InternalError")
+            raise TransferError(f"{self.url}: {code or status} {e.response.get('Error', {}).get('Message', '')}".rstrip(),
+                                retryable=retryable) from None
+        except BotoCoreError as e:
+            retryable = "Credentials" not in type(e).__name__
+            raise TransferError(f"{self.url}: {e}", retryable=retryable) from None
+
+    def stat(self) -> RemoteStat:
+        head = self._call(self._client.head_object)
+        return RemoteStat(int(head["ContentLength"]), head.get("ETag"))
+
+    def read(self, start: int, end: int, whole: bool = False, etag: str | None = None) -> Iterator[bytes]:
+        from botocore.exceptions import BotoCoreError
+
+        kw = {} if whole else {"Range": f"bytes={start}-{end - 1}"}
+        if etag and not whole:
+            kw["IfMatch"] = etag
+        reply = self._call(self._client.get_object, **kw)
+        body, got = reply["Body"], 0
+        try:
+            if int(reply.get("ContentLength", -1)) != end - start:
+                raise TransferError(f"{self.url}: {reply.get('ContentLength')} bytes in the reply, expected {end - start}",
+                                    retryable=True)
+            while block := body.read(CHUNK):
+                got += len(block)
+                yield block
+        except (BotoCoreError, OSError) as e:
+            raise TransferError(f"{self.url}: {type(e).__name__} after {got} bytes", retryable=True) from None
+        finally:
+            body.close()
+        if got != end - start:
+            raise TransferError(f"{self.url}: stream ended after {got} of {end - start} bytes", retryable=True)
+
+
+class S3Source:
+    """`s3://bucket/prefix`: the standard AWS credential chain (anonymous where there is none)."""
+
+    def __init__(self, url: str, endpoint_url: str | None = None, connections: int = 8):
+        m = re.fullmatch(r"s3://([^/]+)/?(.*)", url)
+        if not m:
+            raise ValueError(f"{url}: not an s3://bucket/prefix URL")
+        self.bucket, self.prefix = m.group(1), m.group(2).strip("/")
+        self.name = url.rstrip("/")
+        self._endpoint_url, self._connections = endpoint_url, connections
+        self._client = None
+        self._lock = threading.Lock()
+
+    def client(self):
+        with self._lock:
+            if self._client is None:
+                try:
+                    import boto3
+                    from botocore import UNSIGNED
+                    from botocore.config import Config
+                except ImportError:
+                    raise TransferError("s3:// sources need boto3 (pip install 'gpt2hub[s3]')", retryable=False) from None
+
+                session = boto3.session.Session()
+                settings = dict(max_pool_connections=max(10, self._connections), connect_timeout=CONNECT_TIMEOUT,
+                                read_timeout=READ_TIMEOUT, retries={"max_attempts": 1})
+                if self._endpoint_url:
+                    settings["s3"] = {"addressing_style": "path"}  # MinIO, SeaweedFS, Ceph
+                if session.get_credentials() is None:
+                    settings["signature_version"] = UNSIGNED  # public buckets
+                self._client = session.client("s3", endpoint_url=self._endpoint_url,
+                                              region_name=session.region_name or "us-east-1", config=Config(**settings))
+            return self._client
+
+    def remote(self, folder: str, file: str) -> S3Remote:
+        key = "/".join(p for p in (self.prefix, folder, file) if p)
+        return S3Remote(self.client(), self.bucket, key)
+
+
+# --- a local folder ---------------------------------------------------------------------------
+
+class FileRemote:
+    def __init__(self, path: Path):
+        self.path = path
+        self.url = str(path)
+
+    def stat(self) -> RemoteStat:
+        try:
+            return RemoteStat(self.path.stat().st_size)
+        except FileNotFoundError:
+            raise TransferError(f"{self.path}: no such file", retryable=False, missing=True) from None
+        except OSError as e:
+            raise TransferError(f"{self.path}: {e.strerror}", retryable=False) from None
+
+    def read(self, start: int, end: int, whole: bool = False, etag: str | None = None) -> Iterator[bytes]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(start)
+                left = end - start
+                while left > 0:
+                    block = f.read(min(CHUNK, left))
+                    if not block:
+                        raise TransferError(f"{self.path}: file ended {left} bytes early", retryable=False)
+                    left -= len(block)
+                    yield block
+        except OSError as e:
+            raise TransferError(f"{self.path}: {e.strerror}", retryable=False) from None
+
+
+class FolderSource:
+    """A local folder in OpenAI's layout, `<dir>/<folder>/<file>`, or holding the files directly."""
+
+    def __init__(self, path: str | Path):
+        self.root = Path(str(path).removeprefix("file://")).expanduser()
+        self.name = str(self.root)
+
+    def remote(self, folder: str, file: str) -> FileRemote:
+        nested = self.root / folder / file
+        if nested.exists() or not (self.root / file).exists():
+            return FileRemote(nested)
+        return FileRemote(self.root / file)
+
+
+def open_source(spec: str, endpoint_url: str | None = None, connections: int = 8) -> Source:
+    """A source from what a user typed: http(s)://..., s3://bucket/prefix, or a folder path."""
+    if spec.startswith(("http://", "https://")):
+        return HttpSource(spec)
+    if spec.startswith("s3://"):
+        return S3Source(spec, endpoint_url, connections)
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", spec) and not spec.startswith("file://"):
+        raise ValueError(f"{spec}: unsupported source (use http(s)://, s3://bucket/prefix or a folder)")
+    return FolderSource(spec)
+
+
+def default_sources(explicit: list[str] | tuple[str, ...] = (), manifest_sources: tuple[str, ...] = ()) -> list[str]:
+    """Sources in the order they are tried: the user's (else $GPT2HUB_SOURCE), the manifest's, OpenAI, mirrors."""
+    user = list(explicit) or [s for s in re.split(r"[\s,]+", os.environ.get(SOURCE_ENV, "")) if s]
+    out: list[str] = []
+    for s in [*user, *manifest_sources, OPENAI_URL, *PUBLIC_MIRRORS]:
+        if s.rstrip("/") not in (o.rstrip("/") for o in out):
+            out.append(s)
+    return out
