@@ -28,6 +28,7 @@ import numpy as np
 # The byte-level BPE trainer lives in the package (the demo writes releases too); re-exported here.
 from gpt2hub.tokenizer import ENDOFTEXT, BPE_TRAINING_TEXT, bytes_to_unicode, generated_vocab, train_bpe  # noqa: F401
 from gpt2hub.tokenizer import GPT2_SOURCE_PATTERN as GPT2_PAT  # noqa: F401
+from gpt2hub.registry import OPENAI_FILES
 from gpt2hub.demo import random_value as variable_value  # the same "trained-looking" values  # noqa: F401
 
 _SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -42,15 +43,7 @@ SHAPES = {
     "1558M": dict(n_layer=48, n_embd=1600, n_head=25, n_ctx=1024),
 }
 
-RELEASE_FILES = (
-    "checkpoint",
-    "encoder.json",
-    "hparams.json",
-    "model.ckpt.data-00000-of-00001",
-    "model.ckpt.index",
-    "model.ckpt.meta",
-    "vocab.bpe",
-)
+RELEASE_FILES = OPENAI_FILES  # the seven file names of every OpenAI release folder
 
 # OpenAI's `checkpoint` file, 77 bytes. TF's Saver(save_relative_paths=True) writes exactly this.
 CHECKPOINT_TEXT = b'model_checkpoint_path: "model.ckpt"\nall_model_checkpoint_paths: "model.ckpt"\n'

@@ -15,6 +15,7 @@ from gpt2hub.layout import HParams, tensor_layout
 from gpt2hub.registry import OPENAI_FILES, ReleaseManifest, create_manifest, releases, resolve, write_manifest
 from gpt2hub.tfcheckpoint import read_index
 from tests.release import REAL_FIXTURES
+from tests.checks import one_line
 
 jsonschema = pytest.importorskip("jsonschema")
 
@@ -26,12 +27,6 @@ needs_real = pytest.mark.skipif(REAL_FIXTURES is None, reason="../shared/fixture
 
 def shipped(name: str) -> dict:
     return json.loads(MANIFESTS.joinpath(name).read_text())
-
-
-def one_line(e: pytest.ExceptionInfo) -> str:
-    msg = str(e.value)
-    assert msg and "\n" not in msg, f"not a one-line message: {msg!r}"
-    return msg
 
 
 @pytest.fixture(scope="module")

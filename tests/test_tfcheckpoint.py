@@ -36,6 +36,7 @@ from gpt2hub.tfcheckpoint import (
     write_checkpoint,
 )
 from tests.release import REAL_FIXTURES
+from tests.checks import one_line
 
 DATA = "model.ckpt.data-00000-of-00001"
 REAL_DATA_SIZE = 497759232
@@ -58,12 +59,6 @@ DTYPE_VALUES = {
     "u64": np.array([1, 2**64 - 1], np.uint64),
     "u8": np.array([0, 255], np.uint8),
 }
-
-
-def one_line(e: pytest.ExceptionInfo) -> str:
-    msg = str(e.value)
-    assert msg and "\n" not in msg, f"not a one-line message: {msg!r}"
-    return msg
 
 
 @pytest.fixture(scope="module")
