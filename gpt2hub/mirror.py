@@ -35,9 +35,8 @@ from typing import Iterator
 
 from . import registry, store
 from .errors import MirrorError
-from .registry import ReleaseManifest
+from .registry import MIRROR_MANIFEST, ReleaseManifest
 
-MIRROR_MANIFEST = "gpt2hub-manifest.json"
 SHA256_METADATA = "sha256"  # sent as x-amz-meta-sha256
 MiB = 1 << 20
 HASH_CHUNK = 16 * MiB

@@ -11,6 +11,7 @@ recorded, labelled `published` when it matched a published one and `seen` otherw
 
 from __future__ import annotations
 
+import json
 import mmap
 import os
 import shutil
@@ -21,9 +22,9 @@ from pathlib import Path
 
 from . import registry, store
 from .download import DiskFull, RangeRecord, RetryPolicy, fetch, record_path
-from .errors import CheckpointError, ChecksumError, DownloadError
+from .errors import CheckpointError, ChecksumError, DownloadError, UnknownRelease
 from .registry import FileRecord, ReleaseManifest, sha256_file
-from .sources import Source, TransferError, default_sources, open_source
+from .sources import Source, TransferError, default_sources, open_source, user_sources
 from .tfcheckpoint import crc32c, read_index, unmask_crc
 
 LOCK_NAME = ".pull.lock"  # in <home>/<name>/, beside the format folders
@@ -112,7 +113,10 @@ def pull(name: str, *, manifest: Path | str | None = None, sources: list[str] | 
 
     if connections < 1:
         raise DownloadError(f"--connections must be at least 1, not {connections}")
-    m = registry.resolve(name, manifest)
+    try:
+        m = registry.resolve(name, manifest)
+    except UnknownRelease:
+        m = _manifest_from_sources(name, sources, endpoint_url)
     dest = store.release_dir(m.name)
     dest.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(dest.parent / LOCK_NAME))
@@ -126,6 +130,31 @@ def pull(name: str, *, manifest: Path | str | None = None, sources: list[str] | 
         return _Pull(m, dest, sources, endpoint_url, connections, verify, force, quiet, retry, span).run()
     finally:
         lock.release()
+
+
+def _manifest_from_sources(name: str, sources, endpoint_url: str | None) -> ReleaseManifest:
+    """A release unknown here, taken from the manifest a gpt2hub mirror publishes beside its files.
+
+    Only the user's own sources are asked, and the manifest is saved to <home>/manifests/ so that
+    convert, verify and list know the release afterwards.
+    """
+    for spec in user_sources(sources):
+        where = f"{spec.rstrip('/')}/{name}/{registry.MIRROR_MANIFEST}"
+        try:
+            remote = open_source(spec, endpoint_url, 1).remote(name, registry.MIRROR_MANIFEST)
+            size = remote.stat().size
+            data = b"".join(remote.read(0, size, whole=True))
+            found = ReleaseManifest.from_dict(json.loads(data), where)
+        except (TransferError, ValueError, OSError):
+            continue
+        if name.lower() not in (n.lower() for n in found.names):
+            raise UnknownRelease(f"{where} describes {found.name!r}, not {name!r}")
+        saved = store.home() / "manifests" / f"{found.name}.json"
+        if saved.exists():
+            raise UnknownRelease(f"{where}: {saved} exists and does not define {name!r}; remove it or pass --manifest")
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        return ReleaseManifest.from_file(registry.write_manifest(found, saved))
+    return registry.resolve(name)  # raises the usual error listing the known names
 
 
 class _Pull:

@@ -28,6 +28,7 @@ OPENAI_FILES = (
 # confirmed by anyone, or measured by `gpt2hub manifest create` from the user's own files.
 STATUSES = ("published", "expected", "measured")
 MANIFESTS_ENV = "GPT2HUB_MANIFESTS"
+MIRROR_MANIFEST = "gpt2hub-manifest.json"  # published by `gpt2hub mirror` beside a release's files
 SCHEMA_SUFFIX = ".schema.json"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 

@@ -363,9 +363,14 @@ def open_source(spec: str, endpoint_url: str | None = None, connections: int = 8
     return FolderSource(spec)
 
 
+def user_sources(explicit: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The sources the user named: `--source`, else $GPT2HUB_SOURCE."""
+    return list(explicit) or [s for s in re.split(r"[\s,]+", os.environ.get(SOURCE_ENV, "")) if s]
+
+
 def default_sources(explicit: list[str] | tuple[str, ...] = (), manifest_sources: tuple[str, ...] = ()) -> list[str]:
     """Sources in the order they are tried: the user's (else $GPT2HUB_SOURCE), the manifest's, OpenAI, mirrors."""
-    user = list(explicit) or [s for s in re.split(r"[\s,]+", os.environ.get(SOURCE_ENV, "")) if s]
+    user = user_sources(explicit)
     out: list[str] = []
     for s in [*user, *manifest_sources, OPENAI_URL, *PUBLIC_MIRRORS]:
         if s.rstrip("/") not in (o.rstrip("/") for o in out):

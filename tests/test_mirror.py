@@ -16,7 +16,7 @@ from click.testing import CliRunner
 import gpt2hub
 from gpt2hub import registry, store
 from gpt2hub.cli import main
-from gpt2hub.errors import DownloadError, MirrorError
+from gpt2hub.errors import DownloadError, MirrorError, UnknownRelease
 from gpt2hub.mirror import MIRROR_MANIFEST, SHA256_METADATA
 from tests.hubserver import HubServer
 from tests.s3server import SeaweedS3, find_weed
@@ -264,6 +264,31 @@ def test_pull_from_the_s3_mirror_gives_identical_bytes(s3_server, bucket, pulled
     _fresh_home(monkeypatch, tmp_path, pulled)
     pull(NAME, sources=[f"s3://{bucket}/gpt-2/models"], endpoint_url=s3_server.endpoint_url, quiet=True)
     assert {name: (store.release_dir(NAME) / name).read_bytes() for name in originals} == originals
+
+
+def test_pull_of_a_release_unknown_here_uses_the_manifest_the_mirror_published(s3_server, bucket, pulled, tmp_path,
+                                                                               monkeypatch):
+    from gpt2hub.pulling import pull
+
+    _mirror_s3(s3_server, bucket)
+    originals = {f.name: (store.release_dir(NAME) / f.name).read_bytes() for f in pulled.files}
+    monkeypatch.setenv("GPT2HUB_HOME", str(tmp_path / "bare-home"))
+    with pytest.raises(UnknownRelease):
+        registry.resolve(NAME)
+    pull(NAME, sources=[f"s3://{bucket}/gpt-2/models"], endpoint_url=s3_server.endpoint_url, quiet=True)
+    assert {name: (store.release_dir(NAME) / name).read_bytes() for name in originals} == originals
+    assert registry.resolve(NAME).to_dict() == pulled.to_dict()  # saved under <home>/manifests for later commands
+
+
+def test_pull_of_an_unknown_name_without_a_mirror_manifest_lists_the_known_names(s3_server, bucket, tmp_path,
+                                                                                  monkeypatch):
+    from gpt2hub.pulling import pull
+
+    monkeypatch.setenv("GPT2HUB_HOME", str(tmp_path / "bare-home"))
+    with pytest.raises(UnknownRelease, match="known: 124M"):
+        pull("no-such-release", sources=[f"s3://{bucket}/gpt-2/models"], endpoint_url=s3_server.endpoint_url,
+             quiet=True)
+    assert not (store.home() / "manifests").exists()
 
 
 def test_corrupted_object_in_the_mirror_is_caught_by_pull(s3_server, bucket, pulled, tmp_path, monkeypatch):
