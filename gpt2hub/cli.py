@@ -180,12 +180,7 @@ def manifest() -> None:
 def manifest_create(folder: Path, name: str, aliases: tuple[str, ...], n_head: int | None, output: Path | None) -> None:
     """Describe a local checkpoint FOLDER: file sizes, sha256, hparams and tensor layout."""
     m = gpt2hub.create_manifest(folder, name, aliases=aliases, n_head=n_head)
-    if output is None:
-        output = store.home() / "manifests" / f"{m.name}.json"
-        output.parent.mkdir(parents=True, exist_ok=True)
-    if output.exists() and registry.ReleaseManifest.from_file(output).name != m.name:
-        raise gpt2hub.Gpt2hubError(f"{output}: exists and describes another release; choose another -o")
-    registry.write_manifest(m, output)
+    output = registry.save_user_manifest(m, output)
     click.echo(f"wrote {output} ({len(m.files)} files, {len(m.tensors)} tensors, {m.parameters:,} parameters)")
 
 

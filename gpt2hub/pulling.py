@@ -149,11 +149,7 @@ def _manifest_from_sources(name: str, sources, endpoint_url: str | None) -> Rele
             continue
         if name.lower() not in (n.lower() for n in found.names):
             raise UnknownRelease(f"{where} describes {found.name!r}, not {name!r}")
-        saved = store.home() / "manifests" / f"{found.name}.json"
-        if saved.exists():
-            raise UnknownRelease(f"{where}: {saved} exists and does not define {name!r}; remove it or pass --manifest")
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        return ReleaseManifest.from_file(registry.write_manifest(found, saved))
+        return ReleaseManifest.from_file(registry.save_user_manifest(found))
     return registry.resolve(name)  # raises the usual error listing the known names
 
 

@@ -286,3 +286,13 @@ def write_manifest(m: ReleaseManifest, path: Path | str) -> Path:
     tmp.write_text(json.dumps(m.to_dict(), indent=1) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def save_user_manifest(m: ReleaseManifest, path: Path | str | None = None) -> Path:
+    """Write `m` where every command finds it (<home>/manifests/NAME.json) or to `path`; never over another release's."""
+    path = Path(path) if path is not None else store.home() / "manifests" / f"{m.name}.json"
+    if path.exists() and ReleaseManifest.from_file(path).name != m.name:
+        raise ManifestError(f"{path}: exists and describes another release; choose another file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_manifest(m, path)
+
