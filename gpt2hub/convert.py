@@ -15,7 +15,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import __version__, registry, store
+from . import __version__, store
+from .release import locate
 from .errors import ConversionError
 from .layout import HParams, check_shapes, infer_hparams, is_model_tensor
 from .tfcheckpoint import DTYPES, Checkpoint
@@ -60,7 +61,8 @@ def convert(name_or_dir: str | Path | None = None, to: str = "safetensors", dtyp
     if untie and to != "gguf":
         raise ConversionError(f"--untie applies to gguf only ({to} ties the head to wte through config.json)")
 
-    folder, release, m = _find_input(name_or_dir, manifest)
+    found = locate(name_or_dir, manifest, error=ConversionError)
+    folder, release, m = found.original, found.name, found.manifest
     ckpt = Checkpoint(folder)
     model = {n: e.shape for n, e in ckpt.entries.items() if is_model_tensor(n)}
     ignored = sorted(n for n in ckpt.entries if not is_model_tensor(n))
@@ -104,34 +106,6 @@ def output_path(release: str, fmt: str, dtype: str) -> Path:
 
         return store.release_dir(release, fmt) / filename(release, dtype)
     return store.release_dir(release, fmt)
-
-
-def _find_input(name_or_dir: str | Path | None, manifest: Path | str | None):
-    """(checkpoint folder, release name, manifest or None) for a folder, a release name, or nothing."""
-    if name_or_dir is not None and Path(name_or_dir).is_dir():
-        folder = Path(name_or_dir).resolve()
-        release, m = folder.name, None
-        if folder.name == "original" and folder.parent.parent == store.home().resolve():
-            release = folder.parent.name  # a release in the store, named by path
-        if manifest is not None:
-            m = registry.resolve(None if release == folder.name else release, manifest)
-        elif release != folder.name:
-            m = next((r for r in registry.releases() if r.name == release), None)
-        return folder, release, m
-    if name_or_dir is None and manifest is None:
-        pulled = [r.name for r in registry.releases() if store.original_state(r.name) == "verified"]
-        if len(pulled) != 1:
-            choices = ", ".join(pulled) if pulled else "none pulled yet (gpt2hub pull NAME); known: " + registry.known_names()
-            raise ConversionError(f"name a release or a checkpoint folder to convert; pulled: {choices}")
-        name_or_dir = pulled[0]
-    m = registry.resolve(None if name_or_dir is None else str(name_or_dir), manifest)
-    folder = store.release_dir(m.name).resolve()
-    state = store.original_state(m.name)
-    if state == "absent":
-        raise ConversionError(f"{m.name} is not pulled ({folder} is empty); run: gpt2hub pull {m.name}")
-    if state == "partial":
-        raise ConversionError(f"{m.name}: the pull into {folder} is incomplete; finish it with: gpt2hub pull {m.name}")
-    return folder, m.name, m
 
 
 def _hparams(folder: Path, given: Path | str | None, m, shapes: dict) -> tuple[HParams, str]:

@@ -98,7 +98,7 @@ class Sampler:
 
         from .model import from_checkpoint, resolve_device
         from .tokenizer import encoding
-        from .verify import locate
+        from .release import locate
 
         self.device = resolve_device(device)
         self.release = locate(target, manifest)

@@ -28,7 +28,8 @@ import numpy as np
 from . import store
 from .errors import ChecksumError, CheckpointError, ConversionError, Gpt2hubError, VerificationError
 from .layout import HParams, is_model_tensor
-from .registry import ReleaseManifest, releases, resolve, sha256_file
+from .registry import sha256_file
+from .release import Release, locate
 
 # The default input: prose with punctuation, digits and a quote; long enough to exercise attention.
 DEFAULT_PROMPT = (
@@ -168,51 +169,6 @@ class Report:
 
 
 # --- where things are -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Release:
-    name: str
-    original: Path
-    in_store: bool
-    manifest: ReleaseManifest | None
-
-    def output_paths(self, fmt: str) -> list[Path]:
-        """Where `gpt2hub convert` puts this release's `fmt` outputs (a folder, or .gguf files)."""
-        if self.in_store:
-            folder = store.release_dir(self.name, fmt)
-            return sorted(folder.glob("*.gguf")) if fmt == "gguf" else [folder]
-        # convert writes beside a checkpoint folder outside the store: DIR-<fmt>/ and DIR-<dtype>.gguf;
-        # a release root laid out as the store (DIR/original, DIR/<fmt>/) is found too.
-        parent, stem = self.original.parent, self.original.name
-        if fmt == "gguf":
-            found = set(parent.glob(f"{stem}-*.gguf")) | set((parent / "gguf").glob("*.gguf"))
-            return sorted(found)
-        return [parent / f"{stem}-{fmt}", parent / fmt]
-
-
-def locate(target: str | os.PathLike | None, manifest: Path | str | None = None) -> Release:
-    """NAME (pulled into the store) or DIR (a checkpoint folder, or a release root holding original/)."""
-    path = Path(target) if target is not None else None
-    if path is not None and (path.is_dir() or os.sep in str(target)):
-        if not path.is_dir():
-            raise VerificationError(f"{path}: no such folder")
-        m = ReleaseManifest.from_file(manifest) if manifest is not None else None
-        original = path / "original" if (path / "original" / "model.ckpt.index").is_file() else path
-        if not (original / "model.ckpt.index").is_file():
-            raise VerificationError(f"{path}: no model.ckpt.index here or in {path / 'original'}")
-        name = m.name if m else (original.parent.name if original.name == "original" else original.name)
-        return Release(name, original, False, m)
-    if target is None and manifest is None:
-        pulled = [r.name for r in releases() if store.original_state(r.name) == "verified"]
-        if len(pulled) != 1:
-            raise VerificationError("name a release or a checkpoint folder; pulled: "
-                                    + (", ".join(pulled) or "none (gpt2hub pull NAME)"))
-        target = pulled[0]
-    m = resolve(None if target is None else str(target), manifest)
-    if store.original_state(m.name) == "absent":
-        raise VerificationError(f"{m.name}: not pulled (nothing in {store.release_dir(m.name)}); run: gpt2hub pull {m.name}")
-    return Release(m.name, store.release_dir(m.name), True, m)
 
 
 def converted_outputs(release: Release, formats: Sequence[str]) -> list[tuple[str, Path | None]]:
@@ -651,7 +607,7 @@ def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | 
     from .model import resolve_device
 
     device = str(resolve_device(device))
-    release = locate(target, manifest)
+    release = locate(target, manifest, error=VerificationError, complete=False)  # integrity rows report the damage
     t0 = time.perf_counter()
     try:
         hp = HParams.from_file(release.original / "hparams.json")

@@ -461,7 +461,7 @@ def test_no_name_and_nothing_pulled_lists_the_choices(home):
 
 
 def test_a_release_not_pulled_is_a_clear_error(home):
-    with pytest.raises(ConversionError, match="124M is not pulled.*gpt2hub pull 124M"):
+    with pytest.raises(ConversionError, match="124M: not pulled .*gpt2hub pull 124M"):
         convert("124M", to="safetensors")
 
 
@@ -542,7 +542,7 @@ def test_truncated_data_file_is_refused(tiny_release, tmp_path):
 
 @pytest.mark.parametrize("missing, message", [
     ("model.ckpt.data-00000-of-00001", r"model\.ckpt\.data-00000-of-00001: no such file"),
-    ("model.ckpt.index", r"no TensorFlow checkpoint \(\*\.index\) in this folder"),
+    ("model.ckpt.index", r"no TensorFlow checkpoint \(\*\.index\) here"),
     ("encoder.json", r"encoder\.json: no such file"),
     ("vocab.bpe", r"vocab\.bpe: no such file"),
 ])

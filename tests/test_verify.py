@@ -320,7 +320,7 @@ def test_an_unknown_format_name_is_a_one_line_error(tiny_release):
 
 
 def test_a_folder_without_a_checkpoint_is_a_one_line_error(tmp_path):
-    with pytest.raises(VerificationError, match="no model.ckpt.index here"):
+    with pytest.raises(VerificationError, match="no TensorFlow checkpoint"):
         V.verify(tmp_path)
 
 
