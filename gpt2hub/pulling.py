@@ -113,6 +113,11 @@ def pull(name: str, *, manifest: Path | str | None = None, sources: list[str] | 
 
     if connections < 1:
         raise DownloadError(f"--connections must be at least 1, not {connections}")
+    for spec in user_sources(sources):
+        try:
+            open_source(spec, endpoint_url, connections)
+        except ValueError as e:  # a typo in a source is the user's to fix, not a reason to try others
+            raise DownloadError(str(e)) from None
     try:
         m = registry.resolve(name, manifest)
     except UnknownRelease:

@@ -412,3 +412,12 @@ def test_ctrl_c_exits_130_and_keeps_the_finished_ranges(server, tiny_manifest):
     assert proc.returncode == 130 and err.strip() == "gpt2hub: interrupted"
     assert json.loads(record.read_text())["done"]
     assert not (store.release_dir("tiny") / DATA).exists()
+
+
+@pytest.mark.parametrize("spec", ["ftp://mirror.example/gpt-2", "s3://"])
+def test_an_unusable_source_is_refused_before_anything_is_tried(spec, tmp_path, monkeypatch):
+    monkeypatch.setenv("GPT2HUB_HOME", str(tmp_path / "home"))
+    with pytest.raises(DownloadError, match="ftp://|s3://") as e:
+        gpt2hub.pull("124M", sources=[spec], quiet=True)
+    assert "openaipublic" not in str(e.value) and "\n" not in str(e.value)
+
