@@ -1,5 +1,8 @@
 """The errors gpt2hub raises: each carries one line a user can act on."""
 
+import json
+from pathlib import Path
+
 
 class Gpt2hubError(Exception):
     """Base of every error gpt2hub reports to the user as one line."""
@@ -35,3 +38,13 @@ class VerificationError(Gpt2hubError):
 
 class MirrorError(Gpt2hubError):
     """An upload that failed or a destination that cannot be used."""
+
+
+def load_json(path: Path | str, error: type[Gpt2hubError] = Gpt2hubError) -> object:
+    """A JSON file's content, or `error` naming the file: missing, unreadable or not JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise error(f"{path}: not valid JSON ({e})") from None

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .errors import ConversionError
+from .errors import ConversionError, load_json
 
 HPARAM_KEYS = ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")
 
@@ -66,12 +66,7 @@ class HParams:
 
     @classmethod
     def from_file(cls, path: Path) -> "HParams":
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConversionError(f"{path}: no such file") from None
-        except (OSError, ValueError) as e:
-            raise ConversionError(f"{path}: not valid JSON ({e})") from None
+        data = load_json(path, ConversionError)
         if not isinstance(data, dict):
             raise ConversionError(f"{path}: expected a JSON object")
         return cls.from_dict(data, str(path))

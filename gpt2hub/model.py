@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import CheckpointError, ConversionError, Gpt2hubError
+from .errors import CheckpointError, ConversionError, Gpt2hubError, load_json
 from .layout import SCOPE, HParams, check_shapes
 
 # `activation_function` of an HF config -> F.gelu's `approximate`. GPT-2 is "gelu_new" (tanh).
@@ -296,12 +296,7 @@ def from_checkpoint(folder: Path | str, device: str | torch.device = "cpu", dtyp
 def hf_config(folder: Path) -> GPTConfig:
     """GPTConfig from an HF config.json; HF's own defaults where a key is absent."""
     path = folder / "config.json"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConversionError(f"{path}: no such file") from None
-    except (OSError, ValueError) as e:
-        raise ConversionError(f"{path}: not valid JSON ({e})") from None
+    data = load_json(path, ConversionError)
     defaults = {"eps": 1e-5, "activation": "gelu_new"}
     values = {}
     for field, key in HF_CONFIG_KEYS.items():
