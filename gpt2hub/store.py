@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+from .errors import Gpt2hubError
+
 HOME_ENV = "GPT2HUB_HOME"
 FORMATS = ("original", "safetensors", "pytorch", "gguf")
 VERIFIED_RECORD = ".gpt2hub-verified.json"  # written by pull once every file checked out
@@ -23,7 +25,7 @@ def home() -> Path:
 def release_dir(name: str, fmt: str = "original") -> Path:
     """The folder of one format of one release (it may not exist yet)."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
+        raise Gpt2hubError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
     return home() / name / fmt
 
 

@@ -318,3 +318,13 @@ def test_create_manifest_without_checkpoint_is_a_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError, match="no TensorFlow checkpoint") as e:
         create_manifest(tmp_path, "empty")
     one_line(e)
+
+
+def test_unknown_format_in_the_api_is_a_one_line_error():
+    import gpt2hub
+    from gpt2hub.errors import Gpt2hubError
+
+    with pytest.raises(Gpt2hubError, match="unknown format 'onnx'") as e:
+        gpt2hub.path("124M", "onnx")
+    one_line(e)
+
