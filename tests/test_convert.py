@@ -327,7 +327,7 @@ def test_gguf_q8_0_quantizes_only_the_matrices(outputs):
 
 @pytest.mark.parametrize("dtype", ["f32", "f16", "bf16", "q8_0"])
 def test_llama_cpp_runs_the_gguf_and_its_logits_match_the_reference(outputs, reference, dtype):
-    from gpt2hub.consumers import llama_logits
+    from gpt2hub.verification.consumers import llama_logits
 
     logits = llama_logits(outputs("gguf", dtype), TOKENS)
     assert logits.shape == reference.shape
@@ -340,7 +340,7 @@ def test_llama_cpp_runs_the_gguf_and_its_logits_match_the_reference(outputs, ref
 def test_untie_writes_output_weight_equal_to_token_embd(tiny_release, tmp_path, reference):
     from gguf import GGUFReader
 
-    from gpt2hub.consumers import llama_logits
+    from gpt2hub.verification.consumers import llama_logits
 
     path = gpt2hub.convert(tiny_release, to="gguf", dtype="f16", out=tmp_path / "untied.gguf", untie=True, quiet=True)
     tensors = {t.name: t for t in GGUFReader(path).tensors}

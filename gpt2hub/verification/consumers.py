@@ -1,0 +1,309 @@
+"""The programs people load each output with, one function each: paths and token ids in, numpy logits out.
+
+Nothing here keeps state between calls (llama.cpp's log goes to a callback only while a call runs), so
+each call can run in a child process and give all its memory back when it returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import os
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import CheckpointError, ConversionError, Gpt2hubError, VerificationError
+from ..layout import HParams
+
+CONSUMER_MODULES = {"transformers": "transformers", "llama.cpp": "llama_cpp", "tensorflow": "tensorflow"}
+TORCH_DTYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "float64": "f64"}
+
+
+def installed(consumer: str) -> bool:
+    return importlib.util.find_spec(CONSUMER_MODULES[consumer]) is not None
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line: gpt2hub's own message, else its type and first line."""
+    if isinstance(e, Gpt2hubError):
+        return str(e)
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+# --- PyTorch: gpt2hub.model and transformers -----------------------------------------------------
+
+def _numpy(logits) -> np.ndarray:
+    """(1, T, V) torch logits -> (T, V) numpy on the CPU, in their own precision."""
+    import torch
+
+    t = logits.detach().cpu()
+    return (t if t.dtype == torch.float64 else t.float()).numpy()[0]
+
+
+def gpt2hub_logits(path: Path, tokens: Sequence[int], device: str) -> tuple[np.ndarray, np.ndarray]:
+    """gpt2hub.model in float32 on `device` from any format: (one pass, KV cache in two passes), (T, V) each."""
+    import torch
+
+    from ..model import load
+
+    model = load(path, device, torch.float32)
+    idx = torch.tensor([list(tokens)], device=device)
+    with torch.inference_mode():
+        full, _ = model(idx)
+        cut = max(1, len(tokens) // 2)
+        first, past = model(idx[:, :cut])
+        rest, _ = model(idx[:, cut:], past) if cut < len(tokens) else (first[:, :0], None)
+    return _numpy(full), _numpy(torch.cat((first, rest), dim=1))
+
+
+def transformers_logits(folder: Path, tokens: Sequence[int], device: str) -> tuple[np.ndarray, str]:
+    """transformers' GPT2LMHeadModel.from_pretrained on an HF folder: (logits, the dtype it computed in)."""
+    import torch
+    from transformers import GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        model = GPT2LMHeadModel.from_pretrained(folder, dtype="auto").to(device).eval()
+    except Exception as e:  # transformers raises many kinds for a bad folder
+        raise ConversionError(f"{folder}: transformers cannot load it ({one_line(e)})") from None
+    dtype = TORCH_DTYPES[str(model.dtype).removeprefix("torch.")]
+    with torch.inference_mode():
+        logits = model(torch.tensor([list(tokens)], device=device)).logits
+    return _numpy(logits), dtype
+
+
+# --- llama.cpp ------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _llama_session() -> Iterator[list[str]]:
+    """While a call runs: llama.cpp's log lines collected (for error messages) instead of printed, and
+    llama_model_default_params() returning use_extra_bufts = False.
+
+    llama.cpp 0.3.36 repacks weights into "extra" CPU buffer types (AMX on this kind of CPU), and that
+    path crashes on Q8_0 GPT-2 weights. Llama() takes no argument for it: it builds its model params from
+    llama_model_default_params(), looked up on the module at call time. Both are put back on exit.
+    """
+    import llama_cpp
+    import llama_cpp._logger as llama_logger
+    import llama_cpp.llama_cpp as lib
+
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def collect(level: int, text: bytes, user_data) -> None:
+        lines.append(text.decode("utf-8", "replace").strip())
+        del lines[:-20]
+
+    default_params = lib.llama_model_default_params
+
+    def params():
+        p = default_params()
+        p.use_extra_bufts = False
+        return p
+
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    lib.llama_model_default_params = params
+    try:
+        yield lines
+    finally:
+        lib.llama_model_default_params = default_params
+        llama_cpp.llama_log_set(llama_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+def _with_llama(path: Path, use: Callable, n_ctx: int = 0, vocab_only: bool = False):
+    """use(llama_cpp.Llama) for a GGUF file (CPU, F32 KV cache, logits of every position), closed after."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        raise VerificationError("reading GGUF with llama.cpp needs llama-cpp-python: pip install 'gpt2hub[llama]'") from None
+    path = Path(path)
+    if not path.is_file():
+        raise VerificationError(f"{path}: no such file")
+    with _llama_session() as log:
+        try:
+            # type_k/type_v 0 = GGML_TYPE_F32: an F16 KV cache would add its own rounding to the logits.
+            llm = Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, n_gpu_layers=0, type_k=0, type_v=0,
+                        vocab_only=vocab_only, verbose=False)
+        except ValueError as e:
+            why = next((line for line in reversed(log) if "error" in line.lower() or "fail" in line.lower()), None)
+            raise VerificationError(f"{path}: llama.cpp cannot load it ({e})" + (f": {why}" if why else "")) from None
+        try:
+            return use(llm)
+        finally:
+            llm.close()
+
+
+def llama_logits(path: Path, tokens: Sequence[int]) -> np.ndarray:
+    """llama.cpp's logits (len(tokens), n_vocab) for one sequence, as llama-cpp-python's eval computes them."""
+    def run(llm) -> np.ndarray:
+        llm.reset()
+        llm.eval(list(tokens))
+        return np.array(llm.scores[: llm.n_tokens], dtype=np.float32)
+
+    return _with_llama(path, run)
+
+
+def llama_tokenize(path: Path, text: str) -> list[int]:
+    """llama.cpp's token ids for `text` from a GGUF file's own vocabulary (no BOS, no special tokens)."""
+    return _with_llama(path, lambda llm: llm.tokenize(text.encode("utf-8"), add_bos=False, special=False), n_ctx=64,
+                       vocab_only=True)
+
+
+# --- TensorFlow: OpenAI's own graph, or a transcription of it ------------------------------------
+
+def _import_tensorflow():
+    """Import TensorFlow with its C++ start-up lines (absl, oneDNN banners) kept off the terminal."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    return tf
+
+
+def openai_model(tf, hp: HParams, X, var: Callable[[str], object], dtype) -> object:
+    """openai/gpt-2 src/model.py's forward, op for op, on today's TensorFlow: logits (B*T, n_vocab) for ids X.
+    `var(name)` gives a variable ("h0/attn/c_attn/w", ...) in `dtype`."""
+
+    def shape_list(x):
+        static, dynamic = x.shape.as_list(), tf.shape(x)
+        return [dynamic[i] if s is None else s for i, s in enumerate(static)]
+
+    def norm(x, scope, epsilon=1e-5):
+        g, b = var(scope + "/g"), var(scope + "/b")
+        u = tf.reduce_mean(x, axis=-1, keepdims=True)
+        s = tf.reduce_mean(tf.square(x - u), axis=-1, keepdims=True)
+        return (x - u) * tf.math.rsqrt(s + epsilon) * g + b
+
+    def split_states(x, n):
+        *start, m = shape_list(x)
+        return tf.reshape(x, start + [n, m // n])
+
+    def merge_states(x):
+        *start, a, b = shape_list(x)
+        return tf.reshape(x, start + [a * b])
+
+    def conv1d(x, scope, nf):
+        *start, nx = shape_list(x)
+        w, b = var(scope + "/w"), var(scope + "/b")
+        return tf.reshape(tf.matmul(tf.reshape(x, [-1, nx]), tf.reshape(w, [-1, nf])) + b, start + [nf])
+
+    def attention_mask(nd, ns):
+        i = tf.range(nd)[:, None]
+        j = tf.range(ns)
+        return tf.cast(i >= j - ns + nd, dtype)
+
+    def attn(x, scope, n_state, past):
+        def split_heads(x):
+            return tf.transpose(split_states(x, hp.n_head), [0, 2, 1, 3])
+
+        def mask_attn_weights(w):
+            _, _, nd, ns = shape_list(w)
+            b = tf.reshape(attention_mask(nd, ns), [1, 1, nd, ns])
+            return w * b - tf.cast(1e10, dtype) * (1 - b)
+
+        def multihead_attn(q, k, v):
+            w = tf.matmul(q, k, transpose_b=True)
+            w = w * tf.math.rsqrt(tf.cast(shape_list(v)[-1], dtype))
+            w = tf.nn.softmax(mask_attn_weights(w), axis=-1)
+            return tf.matmul(w, v)
+
+        c = conv1d(x, scope + "/c_attn", n_state * 3)
+        q, k, v = map(split_heads, tf.split(c, 3, axis=2))
+        present = tf.stack([k, v], axis=1)
+        if past is not None:
+            pk, pv = tf.unstack(past, axis=1)
+            k, v = tf.concat([pk, k], axis=-2), tf.concat([pv, v], axis=-2)
+        a = merge_states(tf.transpose(multihead_attn(q, k, v), [0, 2, 1, 3]))
+        return conv1d(a, scope + "/c_proj", n_state), present
+
+    def gelu(x):
+        return 0.5 * x * (1 + tf.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * tf.pow(x, 3))))
+
+    def mlp(x, scope, n_state):
+        return conv1d(gelu(conv1d(x, scope + "/c_fc", n_state)), scope + "/c_proj", shape_list(x)[-1])
+
+    def block(x, scope, past):
+        a, present = attn(norm(x, scope + "/ln_1"), scope + "/attn", x.shape[-1], past)
+        x = x + a
+        x = x + mlp(norm(x, scope + "/ln_2"), scope + "/mlp", x.shape[-1] * 4)
+        return x, present
+
+    batch, sequence = shape_list(X)
+    wte, wpe = var("wte"), var("wpe")
+    h = tf.gather(wte, X) + tf.gather(wpe, tf.range(sequence)[None, :])
+    for layer in range(hp.n_layer):
+        h, _ = block(h, f"h{layer}", None)
+    h = norm(h, "ln_f")
+    return tf.matmul(tf.reshape(h, [batch * sequence, hp.n_embd]), wte, transpose_b=True)  # (B*T, n_vocab)
+
+
+def graph_logits_tensor(graph, n_vocab: int):
+    """(input placeholder, logits tensor) of a meta graph that holds the model's forward, else None.
+
+    OpenAI's 124M graph: Placeholder int32 [1, 1024] -> model/MatMul_2:0 [1024, n_vocab]; generally the
+    last float op under model/ whose output ends in n_vocab, fed by the one int32 placeholder."""
+    inputs = [op.outputs[0] for op in graph.get_operations() if op.type == "Placeholder" and op.outputs[0].dtype.name == "int32"]
+    logits = [op.outputs[0] for op in graph.get_operations()
+              if op.name.startswith("model/") and op.type in ("MatMul", "BatchMatMulV2", "Reshape") and op.outputs
+              and op.outputs[0].dtype.name == "float32" and op.outputs[0].shape.rank in (2, 3)
+              and op.outputs[0].shape[-1] == n_vocab]
+    return (inputs[0], logits[-1]) if len(inputs) == 1 and logits else None
+
+
+def tensorflow_logits(original: Path, tokens: Sequence[int]) -> tuple[np.ndarray, str, str]:
+    """TensorFlow's logits: OpenAI's own graph from model.ckpt.meta restored from the checkpoint (float32) when
+    the meta graph holds the forward; else the transcription above on the variables TensorFlow reads (float64).
+    Returns (logits (T, n_vocab), dtype, what ran)."""
+    tf = _import_tensorflow()
+    hp = HParams.from_file(original / "hparams.json")
+    prefix = str(original / "model.ckpt")
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    found = None
+    with graph.as_default():
+        try:
+            saver = v1.train.import_meta_graph(prefix + ".meta", clear_devices=True)
+            found = graph_logits_tensor(graph, hp.n_vocab) if saver is not None else None
+        except Exception:  # a meta graph TensorFlow cannot import: fall back to the transcription
+            found = None
+        if found is not None:
+            X, logits = found
+            n = X.shape[1] if X.shape.rank == 2 and X.shape[1] is not None else len(tokens)
+            if len(tokens) > n:
+                raise VerificationError(f"the original graph takes {n} tokens at most")
+            feed = np.zeros((1, n), np.int32)  # causal: padding after the input does not change its logits
+            feed[0, : len(tokens)] = tokens
+            with v1.Session(graph=graph) as sess:
+                try:
+                    saver.restore(sess, prefix)
+                except tf.errors.OpError as e:
+                    raise CheckpointError(f"TensorFlow cannot restore {prefix}: {e.message.splitlines()[0]}") from None
+                out = sess.run(logits, {X: feed})
+            out = out.reshape(-1, hp.n_vocab)[: len(tokens)]
+            return out, "f32", f"OpenAI's graph from model.ckpt.meta ({X.name} -> {logits.name})"
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+    except tf.errors.OpError as e:
+        raise CheckpointError(f"TensorFlow cannot open {prefix}: {e.message.splitlines()[0]}") from None
+
+    def var(name: str):  # cast one variable at its use, so only float32 copies stay resident
+        try:
+            return tf.cast(reader.get_tensor("model/" + name), tf.float64)
+        except tf.errors.OpError as e:
+            raise CheckpointError(f"TensorFlow cannot read model/{name}: {e.message.splitlines()[0]}") from None
+
+    X = tf.constant([list(tokens)], dtype=tf.int32)
+    out = openai_model(tf, hp, X, var, tf.float64).numpy()
+    return out, "f64", "a transcription of openai/gpt-2 src/model.py (model.ckpt.meta has no forward)"

@@ -1,0 +1,255 @@
+"""Exact weight proofs: every tensor of an output equals the transform its source implies, no tolerance.
+
+A format describes each tensor it stores (`Stored`: name, encoding, shape, where its bytes are) and what
+it should be (`Expected`: the TF variable, the encoding, whether the layout is transposed). The checks
+are then generic, per encoding: F32 bit-identical to the source; F16/BF16 equal to the source rounded to
+nearest even; block types (Q8_0, ...) byte-identical to gguf-py's reference quantizer, or else every
+dequantized value within that type's proven error bound. Tensors stream one row-chunk at a time through
+read(2), so memory stays at a few chunks whatever the model size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+CHUNK_BYTES = 16 << 20
+RAW_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}  # BF16 as its bits
+KIND = {"F32": "f32 bit-identical", "F16": "f16 = source rounded to nearest even",
+        "BF16": "bf16 = source rounded to nearest even"}
+
+
+def _q8_0_bound(amax: np.ndarray) -> np.ndarray:
+    """Q8_0 stores d = f16(amax/127) and q = round(x * 127/amax): |x - d q| <= amax/254 (rounding of q)
+    + 127 |d - amax/127| (d rounded to f16: 2^-11 relative, or 2^-25 absolute when subnormal)."""
+    return (amax * (1 / 254 + 2.0**-11) + 127 * 2.0**-25) * (1 + 2.0**-16)
+
+
+# Proven per-block error bounds of block types, |dequantized - source| <= bound(block's max |x|).
+BLOCK_BOUNDS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"Q8_0": _q8_0_bound}
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One tensor as an output stores it: name, encoding (gguf-py's type name), logical shape, byte range."""
+
+    name: str
+    encoding: str
+    shape: tuple[int, ...]
+    path: Path
+    offset: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What a stored tensor must be: the TF variable it comes from, its encoding, and whether it is transposed."""
+
+    source: str
+    encoding: str
+    transpose: bool = False
+
+
+def _qtype(encoding: str):
+    import gguf
+
+    return gguf.GGMLQuantizationType[encoding]
+
+
+def rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
+    return (1, shape[0]) if len(shape) == 1 else (math.prod(shape[:-1]), shape[-1])
+
+
+def row_bytes(encoding: str, cols: int) -> int:
+    if encoding in RAW_DTYPES:
+        return RAW_DTYPES[encoding].itemsize * cols
+    import gguf
+
+    return int(gguf.quants.quant_shape_to_byte_shape((1, cols), _qtype(encoding))[-1])
+
+
+def read_rows(s: Stored, r0: int, r1: int, f=None) -> np.ndarray:
+    """Rows r0:r1 of a stored tensor as stored: a float/uint16 matrix, or uint8 block rows."""
+    _, cols = rows_cols(s.shape)
+    rb = row_bytes(s.encoding, cols)
+    own = f is None
+    f = open(s.path, "rb") if own else f
+    try:
+        f.seek(s.offset + r0 * rb)
+        buf = np.fromfile(f, np.uint8, (r1 - r0) * rb)
+    finally:
+        if own:
+            f.close()
+    if buf.size != (r1 - r0) * rb:
+        raise ValueError(f"{s.path.name}: {s.name} ends early (the file is truncated)")
+    buf = buf.reshape(r1 - r0, rb)
+    return buf.view(RAW_DTYPES[s.encoding]) if s.encoding in RAW_DTYPES else buf
+
+
+def encode(x: np.ndarray, encoding: str) -> np.ndarray:
+    """float32 rows in an encoding, by an implementation independent of gpt2hub's converters."""
+    if encoding == "F32":
+        return x
+    if encoding == "F16":
+        return x.astype(np.float16)  # numpy rounds to nearest even
+    if encoding == "BF16":
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(x)).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    import gguf
+
+    return gguf.quants.quantize(np.ascontiguousarray(x), _qtype(encoding))
+
+
+def decode(raw: np.ndarray, encoding: str) -> np.ndarray:
+    """Stored rows back to float32 (for block types, gguf-py's dequantizer)."""
+    if encoding == "F32":
+        return raw
+    if encoding == "F16":
+        return raw.astype(np.float32)
+    if encoding == "BF16":
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    import gguf
+
+    return gguf.quants.dequantize(raw, _qtype(encoding))
+
+
+def read_source(ckpt, name: str) -> np.ndarray:
+    """A checkpoint tensor read with read(2) (not the memory map), Conv1D's leading 1 dropped."""
+    e = ckpt.entries[name]
+    a = np.fromfile(ckpt.data_paths[e.shard_id], e.dtype, e.numel, offset=e.offset)
+    shape = e.shape[1:] if len(e.shape) == 3 and e.shape[0] == 1 else e.shape
+    return a.reshape(shape)
+
+
+@dataclass
+class Proof:
+    """The outcome for one output: counts per kind of exact match, and the first failures."""
+
+    checked: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def fail(self, message: str) -> None:
+        self.failures.append(message)
+
+    def detail(self) -> str:
+        if self.failures:
+            more = f" (+{len(self.failures) - 1} more)" if len(self.failures) > 1 else ""
+            return self.failures[0] + more
+        return f"all {self.checked} tensors: " + ", ".join(f"{n} {k}" for k, n in sorted(self.kinds.items()))
+
+
+def _first_difference(raw: np.ndarray, want: np.ndarray, encoding: str, r0: int) -> str:
+    if encoding not in RAW_DTYPES:
+        r, c = (int(i) for i in np.argwhere(raw != want.view(np.uint8))[0])
+        return f": row {r0 + r}, byte {c} differs from gguf-py's quantizer"
+    bits = np.dtype(f"<u{raw.dtype.itemsize}")
+    r, c = (int(i) for i in np.argwhere(raw.view(bits) != want.view(bits))[0])
+    got = decode(raw[r:r + 1, c:c + 1], encoding)[0, 0]
+    exp = decode(want.view(raw.dtype)[r:r + 1, c:c + 1], encoding)[0, 0]
+    return f"[{r0 + r}, {c}] is {float(got)!r}, the source implies {float(exp)!r}"
+
+
+def check_tensor(s: Stored, exp: Expected, src: np.ndarray, proof: Proof) -> None:
+    """One stored tensor against its source (float32, checkpoint layout squeezed)."""
+    mat = src.T if exp.transpose else src
+    shape = tuple(mat.shape)
+    if s.encoding != exp.encoding:
+        return proof.fail(f"{s.name}: stored as {s.encoding}, expected {exp.encoding}")
+    if tuple(s.shape) != shape:
+        return proof.fail(f"{s.name}: shape {list(s.shape)}, the source implies {list(shape)}"
+                          + (" (transposed?)" if tuple(s.shape) == shape[::-1] else ""))
+    rows, cols = rows_cols(shape)
+    rb = row_bytes(s.encoding, cols)
+    if s.nbytes != rows * rb:
+        return proof.fail(f"{s.name}: {s.nbytes} bytes stored, {rows * rb} expected")
+    mat = mat.reshape(rows, cols)
+    step = max(1, CHUNK_BYTES // max(1, cols * 4))
+    bound = BLOCK_BOUNDS.get(s.encoding)
+    within = 0
+    with open(s.path, "rb") as f:
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            x = np.ascontiguousarray(mat[r0:r1], dtype=np.float32)
+            try:
+                raw = read_rows(s, r0, r1, f)
+            except ValueError as e:
+                return proof.fail(str(e))
+            want = encode(x, s.encoding)
+            if np.array_equal(raw.view(np.uint8), want.view(np.uint8)):
+                continue
+            if bound is None:
+                return proof.fail(f"{s.name}{_first_difference(raw, want, s.encoding, r0)}")
+            # Not the reference quantizer's bytes: accept only if every value is within the type's bound.
+            block = _qtype_block_size(s.encoding)
+            err = np.abs(decode(raw, s.encoding).reshape(-1, block) - x.reshape(-1, block)).max(axis=1)
+            limit = bound(np.abs(x.reshape(-1, block)).max(axis=1))
+            if np.any(~(err <= limit)):
+                i = int(np.argmax(~(err <= limit)))
+                return proof.fail(f"{s.name}: block {i} of rows {r0}..{r1} is off by {err[i]:.3g}, "
+                                  f"beyond {s.encoding}'s bound {limit[i]:.3g}")
+            within += 1
+    kind = KIND.get(s.encoding, f"{s.encoding} blocks identical to gguf-py's quantizer")
+    if within:
+        kind = f"{s.encoding} within its error bound (not gguf-py's bytes)"
+    proof.kinds[kind] = proof.kinds.get(kind, 0) + 1
+
+
+def _qtype_block_size(encoding: str) -> int:
+    import gguf
+
+    return gguf.GGML_QUANT_SIZES[_qtype(encoding)][0]
+
+
+def prove(ckpt, outputs: Iterable[tuple[dict[str, Stored], dict[str, Expected]]]) -> list[Proof]:
+    """One Proof per output ({name: Stored}, {name: Expected}); each source tensor is read once for all of them."""
+    outputs = list(outputs)
+    proofs = [Proof() for _ in outputs]
+    by_source: dict[str, list[tuple[int, Stored, Expected]]] = {}
+    for i, (stored, expected) in enumerate(outputs):
+        missing = sorted(set(expected) - set(stored))
+        extra = sorted(set(stored) - set(expected))
+        if missing:
+            proofs[i].fail(f"{len(missing)} tensors missing, e.g. {missing[0]}")
+        if extra:
+            proofs[i].fail(f"{len(extra)} unexpected tensors, e.g. {extra[0]}")
+        for name, exp in expected.items():
+            if name in stored:
+                by_source.setdefault(exp.source, []).append((i, stored[name], exp))
+    order = sorted(by_source, key=lambda n: (ckpt.entries[n].shard_id, ckpt.entries[n].offset))
+    for tf_name in order:
+        src = read_source(ckpt, tf_name)
+        for i, s, exp in by_source[tf_name]:
+            proofs[i].checked += 1
+            try:
+                check_tensor(s, exp, src, proofs[i])
+            except (OSError, ValueError) as e:
+                proofs[i].fail(f"{s.name}: {e}")
+        del src
+    return proofs
+
+
+def stored_weights(s: Stored, exp: Expected) -> np.ndarray:
+    """A stored tensor decoded to float32 in the checkpoint's layout (the weights the file holds)."""
+    rows, _ = rows_cols(s.shape)
+    a = decode(read_rows(s, 0, rows), s.encoding).reshape(s.shape)
+    return a.T if exp.transpose else a
+
+
+def transformed_weights(src: np.ndarray, exp: Expected) -> np.ndarray:
+    """The weights an output with this encoding must hold, decoded to float32 in the checkpoint's layout."""
+    if exp.encoding == "F32":
+        return src
+    mat = src.T if exp.transpose else src
+    rows, cols = rows_cols(mat.shape)
+    a = decode(encode(np.ascontiguousarray(mat.reshape(rows, cols)), exp.encoding), exp.encoding).reshape(mat.shape)
+    return a.T if exp.transpose else a
