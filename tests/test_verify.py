@@ -63,9 +63,10 @@ def test_tensorflow_runs_the_original_graph_as_a_second_reference(full_report):
     assert len(tf) == 1 and tf[0].passed and tf[0].max_abs < 1e-12
 
 
-def test_kv_cache_row_compares_cached_and_one_pass_logits(full_report):
+def test_kv_cache_row_compares_cached_logits_with_the_reference(full_report):
+    # float32, as the one-pass row: a float64 copy of the model would not fit the 1558M memory bound.
     r = [r for r in full_report.rows if r.consumer == "gpt2hub KV cache"][0]
-    assert r.passed and r.max_abs < 1e-12
+    assert r.passed and r.dtype == "f32" and 0 < r.max_abs <= r.bound
 
 
 def test_integrity_checks_every_tensor_crc(full_report):

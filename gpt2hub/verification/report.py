@@ -84,7 +84,9 @@ class Report:
 
     @property
     def failed(self) -> int:
-        return sum(not c.passed for group in (self.integrity, self.files, self.rows, self.tokenization) for c in group)
+        """Failed integrity checks, outputs (once, whatever of theirs failed) and tokenizers."""
+        outputs = {(r.format, r.source) for r in [*self.files, *self.rows] if not r.passed}
+        return sum(not c.passed for c in self.integrity) + len(outputs) + sum(not t.passed for t in self.tokenization)
 
     @property
     def passed(self) -> bool:
@@ -120,8 +122,8 @@ def format_report(report: Report) -> str:
     lines += _table([["CHECK", "STATUS", "DETAIL"]] + [[c.name, "PASS" if c.passed else "FAIL", c.detail] for c in report.integrity])
     if report.files:
         lines.append("")
-        lines += _table([["OUTPUT", "DTYPE", "CHECK", "STATUS", "DETAIL"]] +
-                        [[_label(f.format, f.source), f.dtype, f.what, f.status, f.detail] for f in report.files])
+        lines += _table([["CHECK", "OUTPUT", "DTYPE", "STATUS", "DETAIL"]] +
+                        [[f.what, _label(f.format, f.source), f.dtype, f.status, f.detail] for f in report.files])
     lines.append("")
     rows = [["FORMAT", "DTYPE", "CONSUMER", "MAX|Δ|", "MEAN|Δ|", "TOP-1", "KL", "NOISE", "TOLERANCE", "STATUS", "NOTE"]]
     for r in report.rows:
