@@ -177,7 +177,7 @@ def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | 
 
     for key, (weights, members) in groups.items():
         wanted = [arithmetic_of(r.consumer.split(" (")[0], r.dtype) for r, _ in members]
-        arithmetics = list({a.name: a for a in [F64, F32, *wanted] if a is not None}.values())
+        arithmetics = list({a.name: a for a in [F64, *wanted] if a is not None}.values())
         say(f"float64 reference{'' if key == 'source' else ' on ' + (Path(key).name if isinstance(key, str) else 'rounded weights')}"
             f" and its noise in {', '.join(a.name for a in arithmetics[1:])}")
         runs = forward(weights, hp, ids, arithmetics)

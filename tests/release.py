@@ -84,9 +84,10 @@ def tf_variable_shapes(*, n_layer: int, n_embd: int, n_vocab: int, n_ctx: int) -
     return shapes
 
 
-def _write_checkpoint(out: Path, shapes: dict[str, tuple[int, ...]], seed: int) -> None:
+def _write_checkpoint(out: Path, shapes: dict[str, tuple[int, ...]], seed: int, forward_heads: int = 0) -> None:
     """Create the variables in a private tf.compat.v1 graph, fill them one at a time, Saver.save.
 
+    forward_heads: n_head, to put the model's forward in the graph too (0: variables only).
     Each variable gets a cheap zeros initializer; its value is fed into the initializer's input,
     so only one numpy array exists at a time besides the variables (peak ~ model size + largest
     tensor), which keeps the 1558M shape (6.2 GB) well inside 24 GB.
@@ -109,6 +110,18 @@ def _write_checkpoint(out: Path, shapes: dict[str, tuple[int, ...]], seed: int) 
                         use_resource=False,  # TF 1.x RefVariable (VariableV2), as in OpenAI's graph
                     )
                 )
+        if forward_heads:  # the forward too, as OpenAI's own model.ckpt.meta holds it: int32 [1, n_ctx] -> logits
+            from gpt2hub.layout import HParams
+            from gpt2hub.verification.consumers import openai_model
+
+            n_vocab, n_embd = shapes["model/wte"]
+            n_ctx = shapes["model/wpe"][0]
+            n_layer = sum(name.endswith("/ln_1/g") for name in shapes)
+            hp = HParams(n_vocab=n_vocab, n_ctx=n_ctx, n_embd=n_embd, n_head=forward_heads, n_layer=n_layer)
+            by_name = {name.removeprefix("model/"): var for name, var in zip(shapes, variables)}
+            X = v1.placeholder(tf.int32, [1, n_ctx])
+            with tf.name_scope("model/"):  # "model/", not a fresh "model_1" scope, as OpenAI's ops are named
+                openai_model(tf, hp, X, by_name.__getitem__, tf.float32)
         saver = v1.train.Saver(save_relative_paths=True)
         with v1.Session(graph=graph) as sess:
             for var, (name, shape) in zip(variables, shapes.items()):
@@ -165,10 +178,12 @@ def write_release(
     n_vocab: int | None = None,
     seed: int = 0,
     vocab: str = "auto",
+    graph: bool = False,
 ) -> Path:
     """Write a complete GPT-2 release (the seven OpenAI files) into `dir`; return it as a Path.
 
     vocab: "auto" (real OpenAI files if REAL_FIXTURES, else generated), "real" or "generated".
+    graph: model.ckpt.meta also holds the forward (placeholder -> logits), as OpenAI's meta graphs do.
     n_vocab: None means the vocabulary's size (50257 for the real one, 557 for the generated one);
     with the generated vocabulary it sets the number of merges (n_vocab - 257).
     """
@@ -201,7 +216,7 @@ def write_release(
         encoding="utf-8",
     )
     shapes = tf_variable_shapes(n_layer=n_layer, n_embd=n_embd, n_vocab=n_vocab, n_ctx=n_ctx)
-    _write_checkpoint(out, shapes, seed)
+    _write_checkpoint(out, shapes, seed, n_head if graph else 0)
     return out
 
 
