@@ -48,6 +48,7 @@ def checks(report, what: str, name: str) -> list:
 
 def broken(converted: Path, tmp_path: Path, output: str) -> tuple[Path, Path]:
     """(a link to the original beside a copy of one output, that copy) to break."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     original = tmp_path / "original"
     original.symlink_to(converted, target_is_directory=True)
     src = converted.parent / output
