@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from . import converters
 from .errors import Gpt2hubError
 from .layout import HParams, tensor_shapes
 from .tfcheckpoint import write_checkpoint
@@ -158,7 +159,7 @@ class DemoReport:
 
 
 # Each conversion the demo makes: (format, dtype, the package it needs).
-CONVERSIONS = (("safetensors", "f32", None), ("pytorch", "f32", None), ("gguf", "f16", "gguf"), ("gguf", "q8_0", "gguf"))
+CONVERSIONS = tuple((f.name, dtype, f.requires) for f in converters.formats() for dtype in f.demo_dtypes)
 
 
 def run_demo(workdir: Path | str | None = None, *, device: str = "cpu",
