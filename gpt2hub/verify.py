@@ -48,7 +48,7 @@ TOKENIZER_TEXT = (
     "    indented code(x) {return x**2;}  // end   "
 )
 
-CONSUMER_MODULES = {"transformers": "transformers", "llama.cpp": "llama_cpp", "tensorflow": "tensorflow"}
+CONSUMER_MODULES = {"transformers": "transformers", "llama.cpp": "llama_cpp", "tensorflow": "tensorflow", "gpt2hub": "torch"}
 
 
 @dataclass(frozen=True)
@@ -450,6 +450,8 @@ def llama_logits(path: Path, tokens: Sequence[int]) -> np.ndarray:
 CONSUMER_LOGITS = {
     "transformers": lambda form, path, tokens, device: (*transformers_logits(path, tokens, device), device),
     "llama.cpp": lambda form, path, tokens, device: (llama_logits(path, tokens), form.read_dtype(path), "cpu, f32 KV cache"),
+    # a format no other program loads: gpt2hub.model through the format's read_weights
+    "gpt2hub": lambda form, path, tokens, device: (gpt2hub_logits(path, tokens, device), form.read_dtype(path), device),
 }
 
 
