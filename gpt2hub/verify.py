@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import importlib.util
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field

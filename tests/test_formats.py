@@ -84,19 +84,19 @@ def test_unknown_format_is_a_one_line_error():
 
 
 def test_a_new_module_is_a_new_format(tmp_path, monkeypatch):
-    (tmp_path / "npz.py").write_text(
+    (tmp_path / "scratch.py").write_text(
         "from gpt2hub.converters import Format\n"
-        "FORMAT = Format(name='npz', rank=99, dtypes=('f32',), default_dtype='f32', write=print, consumer='gpt2hub',\n"
-        "                is_output=bool, read_weights=print, read_dtype=str, looks_like='an .npz file', file_suffix='.npz')\n")
+        "FORMAT = Format(name='scratch', rank=99, dtypes=('f32',), default_dtype='f32', write=print, consumer='gpt2hub',\n"
+        "                is_output=bool, read_weights=print, read_dtype=str, looks_like='a .scratch file', file_suffix='.scratch')\n")
     monkeypatch.setattr(converters, "__path__", [*converters.__path__, str(tmp_path)])
     converters._registry.cache_clear()
     try:
-        assert converters.names()[-1] == "npz"
-        assert converters.get("npz").file_name("124M", "f32") == "124M-f32.npz"
+        assert converters.names()[-1] == "scratch"
+        assert converters.get("scratch").file_name("124M", "f32") == "124M-f32.scratch"
     finally:
         monkeypatch.undo()
         converters._registry.cache_clear()
-    assert "npz" not in converters.names()
+    assert "scratch" not in converters.names()
 
 
 def test_no_format_name_is_spelled_out_in_gpt2hub():
