@@ -1,10 +1,11 @@
-"""The format registry: each module here declares one `Format` (names, dtypes, writer, reader, consumer...).
+"""Output formats: each module here declares one `Format`, and this package is their registry.
 
-A format module is a name table plus a loop that streams tensors; adding one means adding a module.
-
-A converter reads a `Source` (an open TF checkpoint, its hparams, its vocabulary) and writes one
-output (a folder or a file) in bounded memory: tensors go from the memory map to the output one
-row-chunk at a time, so peak memory is a few chunks whatever the model size.
+A format module is a name table plus a loop that streams tensors, and one `FORMAT = Format(...)`
+saying everything else about it (dtypes, output names, consumer, read-back, tokenizer, Hub and card
+facts). Modules are discovered, so adding a format is adding a module. A writer reads a `Source` (an
+open TF checkpoint, its hparams, its vocabulary) and writes one output (a folder or a file) in
+bounded memory: tensors go from the memory map to the output one row-chunk at a time, so peak
+memory is a few chunks whatever the model size.
 """
 
 from __future__ import annotations
