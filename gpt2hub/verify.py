@@ -445,15 +445,6 @@ def llama_logits(path: Path, tokens: Sequence[int]) -> np.ndarray:
     return logits(path, tokens).astype(np.float64)
 
 
-# consumer -> (format, path, tokens, device) -> (logits, dtype, note)
-CONSUMER_LOGITS = {
-    "transformers": lambda form, path, tokens, device: (*transformers_logits(path, tokens, device), device),
-    "llama.cpp": lambda form, path, tokens, device: (llama_logits(path, tokens), form.read_dtype(path), "cpu, f32 KV cache"),
-    # a format no other program loads: gpt2hub.model through the format's read_weights
-    "gpt2hub": lambda form, path, tokens, device: (gpt2hub_logits(path, tokens, device), form.read_dtype(path), device),
-}
-
-
 def gpt2hub_logits(path: Path, tokens: Sequence[int], device: str) -> np.ndarray:
     """gpt2hub.model in float32 on `device`, from any format."""
     import torch
@@ -463,6 +454,15 @@ def gpt2hub_logits(path: Path, tokens: Sequence[int], device: str) -> np.ndarray
     model = load(path, device, torch.float32)
     with torch.inference_mode():
         return _to_numpy(model(torch.tensor([list(tokens)], device=device))[0])
+
+
+# consumer -> (format, path, tokens, device) -> (logits, dtype, note)
+CONSUMER_LOGITS = {
+    "transformers": lambda form, path, tokens, device: (*transformers_logits(path, tokens, device), device),
+    "llama.cpp": lambda form, path, tokens, device: (llama_logits(path, tokens), form.read_dtype(path), "cpu, f32 KV cache"),
+    # a format no other program loads: gpt2hub.model through the format's read_weights
+    "gpt2hub": lambda form, path, tokens, device: (gpt2hub_logits(path, tokens, device), form.read_dtype(path), device),
+}
 
 
 # --- 5. comparing -----------------------------------------------------------------------------
