@@ -2,7 +2,7 @@
 
     python benchmarks/verify.py --shape 1558M --regime harsh [--work DIR] [--keep]
 
-Writes a release of the shape (tests/regimes.py, TF-free writer, real vocabulary), converts it with
+Writes a release of the shape (gpt2hub/testing/regimes.py, TF-free writer, real vocabulary), converts it with
 `gpt2hub convert` to safetensors, pytorch, gguf f16 and gguf q8_0, then runs `gpt2hub verify DIR --json` in a
 fresh subprocess and reports its wall time, peak RSS (wait4's ru_maxrss), exit code and every row (max|Δ|,
 measured noise, bound). With --sabotage it also breaks one tensor of the q8_0 file (a block's scale doubled)
@@ -50,7 +50,7 @@ def main() -> None:
     if not (original / "model.ckpt.index").is_file():
         shutil.rmtree(work, ignore_errors=True)
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "tests.regimes", str(original), "--shape", a.shape, "--regime", a.regime],
+        subprocess.run([sys.executable, "-m", "gpt2hub.testing.regimes", str(original), "--shape", a.shape, "--regime", a.regime],
                        cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         print(f"release written in {time.perf_counter() - t0:.0f} s", flush=True)
     for fmt, dtype in CONVERSIONS:

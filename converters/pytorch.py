@@ -11,12 +11,17 @@ storage, aligned to 64 bytes in the file (so torch.load(mmap=True) can map them)
 from __future__ import annotations
 
 import json
+import math
+import pickle
 import struct
 import zipfile
+from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import CASTS, Converter, Planned, Progress, Source, numel, pipelined, plan, row_chunks
+from gpt2hub.errors import ConversionError
+
+from . import CASTS, Format, Planned, Progress, Source, numel, pipelined, plan, row_chunks
 from . import hf
 
 WEIGHTS = "pytorch_model.bin"
@@ -145,4 +150,70 @@ def _write_weights(source: Source, out: Path, dtype: str, progress: Progress) ->
         (out / INDEX).write_text(json.dumps(index, indent=2) + "\n")
 
 
-CONVERTER = Converter(name="pytorch", dtypes=tuple(STORAGE_TYPES), default_dtype="f32", writes_folder=True, write=write)
+# --- reading a zip back, for verify: names, types, shapes and byte ranges without loading a weight ----
+
+ENCODINGS = {"FloatStorage": "F32", "HalfStorage": "F16", "BFloat16Storage": "BF16"}  # gguf-py's type names
+ITEM_BYTES = {"F32": 4, "F16": 2, "BF16": 2}
+
+
+@dataclass(frozen=True)
+class _TensorRef:
+    key: str
+    encoding: str
+    offset: int
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+
+
+def _rebuild_tensor(storage, offset, shape, stride, *_):
+    _, storage_type, key, _location, _numel = storage
+    return _TensorRef(key, ENCODINGS[storage_type], offset, tuple(shape), tuple(stride))
+
+
+class _StateDictUnpickler(pickle.Unpickler):
+    """data.pkl read to (storage key, type, shape) without torch: torch.load(mmap=True) would keep every page it
+    reads resident (6 GB at 1558M). Anything but a plain state dict of tensors is refused."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("collections", "OrderedDict"):
+            return dict
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor
+        if module == "torch" and name in ENCODINGS:
+            return name
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a plain state dict")
+
+    def persistent_load(self, pid):
+        return tuple(pid)
+
+
+def stored_tensors(path: Path) -> list:
+    """Every tensor's name, encoding, shape and byte range in a torch.save zip (stored records, read in place)."""
+    from gpt2hub.verification.weights import Stored
+
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such file (named in the shard index)")
+    try:
+        with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
+            pkl = next((n for n in zf.namelist() if n.endswith("/data.pkl")), None)
+            if pkl is None:
+                raise ConversionError(f"{path}: no data.pkl (not a torch.save zip)")
+            stem = pkl[: -len("data.pkl")]
+            tensors = []
+            for name, ref in _StateDictUnpickler(zf.open(pkl)).load().items():
+                info = zf.getinfo(f"{stem}data/{ref.key}")
+                n, item = math.prod(ref.shape), ITEM_BYTES[ref.encoding]
+                contiguous = tuple(math.prod(ref.shape[i + 1:]) for i in range(len(ref.shape)))
+                if info.compress_type != zipfile.ZIP_STORED or ref.stride != contiguous or (ref.offset + n) * item > info.file_size:
+                    raise ConversionError(f"{path}: {name} is not a contiguous tensor in a stored record")
+                raw.seek(info.header_offset + 26)  # the local header's name and extra lengths
+                name_len, extra_len = struct.unpack("<HH", raw.read(4))
+                start = info.header_offset + LOCAL_HEADER + name_len + extra_len + ref.offset * item
+                tensors.append(Stored(name, ref.encoding, ref.shape, path, start, n * item))
+            return tensors
+    except (zipfile.BadZipFile, pickle.UnpicklingError, KeyError, ValueError, EOFError, struct.error) as e:
+        raise ConversionError(f"{path}: not a PyTorch state dict ({type(e).__name__}: {e})") from None
+
+
+FORMAT = Format(name="pytorch", rank=20, dtypes=tuple(STORAGE_TYPES), default_dtype="f32", write=write, **hf.FOLDER_FIELDS,
+                demo_dtypes=("f32",), tags=("pytorch",))

@@ -16,7 +16,9 @@ import struct
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import (CASTS, CHUNK_BYTES, BackgroundSha256, Converter, Planned, Progress, Source, numel, pipelined, plan,
+from gpt2hub.errors import ConversionError
+
+from . import (CASTS, CHUNK_BYTES, BackgroundSha256, Format, Planned, Progress, Source, numel, pipelined, plan,
                read_bytes, row_chunks)
 from . import hf
 
@@ -120,4 +122,32 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[os.write(fd, data):]
 
 
-CONVERTER = Converter(name="safetensors", dtypes=tuple(ST_DTYPES), default_dtype="f32", writes_folder=True, write=write)
+def stored_tensors(path: Path) -> list:
+    """Every tensor's name, encoding, shape and byte range, from the header alone (the weights are read later)."""
+    from gpt2hub.verification.weights import Stored
+
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such file (named in the shard index)")
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if not 0 < n <= min(path.stat().st_size - 8, 100 << 20):
+            raise ConversionError(f"{path}: not a safetensors file (header length {n})")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            raise ConversionError(f"{path}: the safetensors header is not JSON ({e})") from None
+    encodings = {v: v for v in ST_DTYPES.values()}  # safetensors names F32/F16/BF16 as gguf-py does
+    tensors = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        if info["dtype"] not in encodings or not 0 <= start <= end:
+            raise ConversionError(f"{path}: {name}: dtype {info['dtype']} or byte range {start}..{end} is not readable")
+        tensors.append(Stored(name, encodings[info["dtype"]], tuple(info["shape"]), path, 8 + n + start, end - start))
+    return tensors
+
+
+FORMAT = Format(name="safetensors", rank=10, dtypes=tuple(ST_DTYPES), default_dtype="f32", write=write, **hf.FOLDER_FIELDS,
+                demo_dtypes=("f32",), hub_default=True, tags=("safetensors",))

@@ -23,19 +23,19 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import store
+from . import converters, store
 from .errors import ConversionError, VerificationError
 from .layout import HParams
 from .release import locate
-from .verification.consumers import (CONSUMER_MODULES, gpt2hub_logits, installed, llama_logits, one_line,  # noqa: F401
-                                     tensorflow_logits, transformers_logits)
-from .verification.formats import CONSUMERS, Output, converted_outputs, declared_dtype, read_back
+from .verification.consumers import (CONSUMER_MODULES, consumer_run, gpt2hub_logits, installed, one_line,  # noqa: F401
+                                     tensorflow_logits)
 from .verification.integrity import check_integrity
-from .verification.references import F32, F64, forward
+from .verification.outputs import Output, converted_outputs, read_back
+from .verification.references import F64, forward
 from .verification.report import Check, FileCheck, Report, Row, TokenizerRow, format_report  # noqa: F401
 from .verification.tokenization import TOKENIZER_TEXT, check_tokenizers  # noqa: F401
 from .verification.tolerances import arithmetic_of, compare, judge  # noqa: F401
-from .verification.weights import Proof, prove, read_source, stored_weights, transformed_weights
+from .verification.weights import held_weights, prove
 
 # The default input: prose with punctuation, digits and a quote; long enough to exercise attention.
 DEFAULT_PROMPT = (
@@ -72,17 +72,6 @@ def input_tokens(original: Path, n_ctx: int, n_vocab: int, prompt: str | None, n
     return tokens[:n_ctx]
 
 
-def _weights(ckpt, out: Output | None, proof: Proof | None):
-    """(key, WeightFn) of the weights an output must hold: shared by outputs that hold the same ones."""
-    if out is None or all(e.encoding == "F32" for e in out.expected.values()):
-        return "source", lambda name: read_source(ckpt, name)
-    by_source = {e.source: (n, e) for n, e in reversed(out.expected.items())}  # the tied wte, not an untied copy
-    if proof is not None and proof.passed and any(e.encoding not in ("F16", "BF16") for _, e in by_source.values()):
-        return str(out.path), lambda name: stored_weights(out.tensors[by_source[name][0]], by_source[name][1])
-    key = tuple(sorted((t, e.encoding, e.transpose) for t, (_, e) in by_source.items()))
-    return key, lambda name: transformed_weights(read_source(ckpt, name), by_source[name][1])
-
-
 def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | str | None = None, device: str = "cpu",
            prompt: str | None = None, tokens: int | None = None, manifest: Path | str | None = None,
            progress: Callable[[str], None] | None = None) -> Report:
@@ -115,65 +104,56 @@ def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | 
     src = str(release.original)
 
     outputs = converted_outputs(release, fmts)
-    read: list[tuple[str, Path, Output | None]] = []
+    read: list[Output] = []
     for fmt, path in outputs:
         if path is None:
             if explicit:
-                report.rows.append(Row(fmt, "-", CONSUMERS[fmt], "-", tolerance="-", note="not converted"))
+                report.rows.append(Row(fmt, "-", converters.get(fmt).consumer, "-", tolerance="-", note="not converted"))
             continue
         try:
-            read.append((fmt, path, read_back(fmt, path, hp, release.original)))
-        except Exception as e:  # an output that cannot be read back fails its checks, and its consumer still runs
+            read.append(read_back(fmt, path, hp, release.original))
+        except Exception as e:  # an output that cannot be read back fails its checks; its consumer still runs
             report.files.append(FileCheck(fmt, "-", "weights", str(path), False, one_line(e)))
-            read.append((fmt, path, None))
+            read.append(Output(fmt, path, None, []))
     say(f"exact weights and metadata of {len(read)} outputs")
-    readable = [o for _, _, o in read if o is not None]
-    proofs = dict(zip(map(id, readable), prove(ckpt, [(o.tensors, o.expected) for o in readable])))
-    for o in readable:
+    proven = [o for o in read if o.stored is not None]
+    proofs = dict(zip(map(id, proven), prove(ckpt, [(o.stored.tensors, o.stored.expected) for o in proven])))
+    for o in proven:
         proof = proofs[id(o)]
         report.files.append(FileCheck(o.format, o.dtype, "weights", str(o.path), proof.passed, proof.detail()))
-        report.files.append(FileCheck(o.format, o.dtype, "metadata", str(o.path), not o.metadata,
-                                      "; ".join(f for _, f in o.metadata) or "hparams, eps and vocabulary as the release"))
+        report.files.append(FileCheck(o.format, o.dtype, "metadata", str(o.path), not o.problems,
+                                      "; ".join(o.problems) or "hparams, eps and vocabulary as the release"))
 
-    # Consumer rows, grouped by the weights they run on: (row, how to get its logits).
+    # Consumer rows, grouped by the weights they run on: key -> (weights, [(row, how to get its logits)]).
     groups: dict[object, tuple[Callable, list[tuple[Row, Callable[[], np.ndarray]]]]] = {}
 
-    def add(key_fn: tuple, row: Row, run: Callable[[], np.ndarray]) -> None:
-        groups.setdefault(key_fn[0], (key_fn[1], []))[1].append((row, run))
+    def add(held: tuple, row: Row, run: Callable[[], np.ndarray]) -> None:
+        groups.setdefault(held[0], (held[1], []))[1].append((row, run))
 
-    source = _weights(ckpt, None, None)
+    source = held_weights(ckpt, None, None)
     if "original" in fmts:
         torch_runs: dict[str, np.ndarray] = {}
 
-        def gpt2hub_run(which: int) -> np.ndarray:
+        def gpt2hub_run(which: str) -> np.ndarray:  # one model load for the one-pass and the cached rows
             if not torch_runs:
                 torch_runs["full"], torch_runs["cached"] = gpt2hub_logits(release.original, ids, device)
-            return torch_runs.pop("full" if which == 0 else "cached")
+            return torch_runs.pop(which)
 
         if installed("tensorflow"):
             tf_row = Row("original", "f64", "tensorflow", src)
 
-            def tf_run() -> np.ndarray:
+            def tf_run() -> np.ndarray:  # OpenAI's graph (f32) if model.ckpt.meta has the forward, else a transcription (f64)
                 logits, tf_row.dtype, tf_row.note = tensorflow_logits(release.original, ids)
                 return logits
 
             add(source, tf_row, tf_run)
         else:
             report.notes.append("TensorFlow not installed: the original graph was not run")
-        add(source, Row("original", "f32", "gpt2hub", src, note=device), lambda: gpt2hub_run(0))
-        add(source, Row("original", "f32", "gpt2hub KV cache", src, note=device), lambda: gpt2hub_run(1))
-    for fmt, path, out in read:
-        dtype = out.dtype if out is not None else declared_dtype(fmt, path)
-        consumer = CONSUMERS[fmt]
-        if not installed(consumer):
-            row, run = Row(fmt, dtype, f"gpt2hub ({consumer} not installed)", str(path)), \
-                (lambda p=path: gpt2hub_logits(p, ids, device)[0])
-        elif consumer == "llama.cpp":
-            row, run = Row(fmt, dtype, consumer, str(path), note="cpu,f32-KV-cache"), (lambda p=path: llama_logits(p, ids))
-        else:
-            row, run = Row(fmt, dtype, consumer, str(path), note=device), \
-                (lambda p=path: transformers_logits(p, ids, device)[0])
-        add(_weights(ckpt, out, proofs.get(id(out))), row, run)
+        add(source, Row("original", "f32", "gpt2hub", src, note=device), lambda: gpt2hub_run("full"))
+        add(source, Row("original", "f32", "gpt2hub KV cache", src, note=device), lambda: gpt2hub_run("cached"))
+    for o in read:
+        add(held_weights(ckpt, o.stored, proofs.get(id(o))),
+            *consumer_run(o.format, converters.get(o.format).consumer, o.path, o.dtype, ids, device))
 
     for key, (weights, members) in groups.items():
         wanted = [arithmetic_of(r.consumer.split(" (")[0], r.dtype) for r, _ in members]

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.regimes import REGIMES, write_regime_release
-from tests.release import REAL_FIXTURES, SHAPES, write_release
+from gpt2hub.testing.regimes import REGIMES, write_regime_release
+from gpt2hub.testing.release import REAL_FIXTURES, SHAPES, write_release
 
 torch = pytest.importorskip("torch")
 

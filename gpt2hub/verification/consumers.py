@@ -17,8 +17,9 @@ import numpy as np
 
 from ..errors import CheckpointError, ConversionError, Gpt2hubError, VerificationError
 from ..layout import HParams
+from .report import Row
 
-CONSUMER_MODULES = {"transformers": "transformers", "llama.cpp": "llama_cpp", "tensorflow": "tensorflow"}
+CONSUMER_MODULES = {"transformers": "transformers", "llama.cpp": "llama_cpp", "tensorflow": "tensorflow", "gpt2hub": "torch"}
 TORCH_DTYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "float64": "f64"}
 
 
@@ -32,6 +33,18 @@ def one_line(e: BaseException) -> str:
         return str(e)
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def consumer_run(fmt: str, consumer: str, path: Path, dtype: str, tokens: Sequence[int], device: str) -> tuple[Row, Callable[[], np.ndarray]]:
+    """The row an output's consumer fills, and how to get its logits; gpt2hub.model where that program is missing."""
+    if not installed(consumer):
+        return Row(fmt, dtype, f"gpt2hub ({consumer} not installed)", str(path)), lambda: gpt2hub_logits(path, tokens, device)[0]
+    if consumer == "llama.cpp":
+        return Row(fmt, dtype, consumer, str(path), note="cpu,f32-KV-cache"), lambda: llama_logits(path, tokens)
+    if consumer == "transformers":
+        return Row(fmt, dtype, consumer, str(path), note=device), lambda: transformers_logits(path, tokens, device)[0]
+    # a format no other program loads: gpt2hub.model through the format's read_weights
+    return Row(fmt, dtype, consumer, str(path), note=device), lambda: gpt2hub_logits(path, tokens, device)[0]
 
 
 # --- PyTorch: gpt2hub.model and transformers -----------------------------------------------------

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Sequence
 
+from .. import converters
 from .consumers import one_line
-from .formats import tokenizer_of
 from .report import TokenizerRow
 
 # Whitespace runs, contractions, digits, non-Latin scripts, emoji.
@@ -35,12 +36,13 @@ def check_tokenizers(original: Path, outputs: Sequence[tuple[str, Path | None]],
     rows = [TokenizerRow("tiktoken", str(original), len(ref), round_trip,
                          "decode(encode(text)) == text" if round_trip else "does not round-trip")]
     for fmt, path in outputs:
-        found = tokenizer_of(fmt, path) if path is not None else None
-        if found is None:
+        reader = converters.get(fmt).tokenizer
+        source = reader.file(path) if reader is not None and path is not None else None
+        if source is None or importlib.util.find_spec(reader.requires) is None:
             continue
-        name, source, tokenize = found
+        name = reader.name
         try:
-            ids = tokenize(source, text)
+            ids = reader.ids(source, text)
         except Exception as e:  # a tokenizer that cannot load is that file's FAIL row
             rows.append(TokenizerRow(name, str(source), None, False, one_line(e)))
             continue

@@ -54,6 +54,17 @@ class Expected:
     transpose: bool = False
 
 
+@dataclass
+class StoredOutput:
+    """An output as its format reads it back for the proofs: what it stores, what it must store, its metadata."""
+
+    dtype: str
+    config: dict  # GPTConfig's fields as the output declares them: n_vocab, n_ctx, n_embd, n_head, n_layer, eps, activation
+    tensors: dict[str, Stored]
+    expected: dict[str, Expected]
+    problems: list[str] = field(default_factory=list)  # format-specific metadata that is wrong (tokenizer, semantics keys)
+
+
 def _qtype(encoding: str):
     import gguf
 
@@ -253,3 +264,20 @@ def transformed_weights(src: np.ndarray, exp: Expected) -> np.ndarray:
     rows, cols = rows_cols(mat.shape)
     a = decode(encode(np.ascontiguousarray(mat.reshape(rows, cols)), exp.encoding), exp.encoding).reshape(mat.shape)
     return a.T if exp.transpose else a
+
+
+def held_weights(ckpt, stored: StoredOutput | None, proof: Proof | None):
+    """(key, TF name -> float32 array) of the weights an output must hold, for its float64 reference.
+
+    Outputs holding the same weights share a key (every f32 output: the source itself). Block types proven
+    right are read from the file (dequantized is cheaper than quantizing); otherwise the source is put
+    through the output's encodings, so a broken output is compared with what it should hold.
+    """
+    if stored is None or all(e.encoding == "F32" for e in stored.expected.values()):
+        return "source", lambda name: read_source(ckpt, name)
+    by_source = {e.source: (n, e) for n, e in reversed(stored.expected.items())}  # the tied wte, not an untied copy
+    if proof is not None and proof.passed and any(e.encoding not in RAW_DTYPES for _, e in by_source.values()):
+        return str(stored.tensors[next(iter(by_source.values()))[0]].path), \
+            lambda name: stored_weights(stored.tensors[by_source[name][0]], by_source[name][1])
+    key = tuple(sorted((t, e.encoding, e.transpose) for t, (_, e) in by_source.items()))
+    return key, lambda name: transformed_weights(read_source(ckpt, name), by_source[name][1])

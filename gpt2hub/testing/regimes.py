@@ -5,7 +5,7 @@
 - "harsh": everything N(0, 0.1) (LayerNorm gains 1 + N(0, 0.1)): large activations, logits and rounding noise.
 Each tensor is seeded by (seed, its name) alone.
 
-CLI (benchmarks):  python -m tests.regimes DIR --shape 1558M --regime harsh [--vocab real|generated]
+CLI (benchmarks):  python -m gpt2hub.testing.regimes DIR --shape 1558M --regime harsh [--vocab real|generated]
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt2hub.layout import HParams, tensor_shapes
-from gpt2hub.tfcheckpoint import write_checkpoint
-from gpt2hub.tokenizer import generated_vocab
-from tests.release import CHECKPOINT_TEXT, REAL_FIXTURES, SHAPES
+from ..layout import HParams, tensor_shapes
+from ..tfcheckpoint import write_checkpoint
+from .vocab import generated_vocab
+from .release import CHECKPOINT_TEXT, REAL_FIXTURES, SHAPES
 
 REGIMES = ("gpt2", "harsh")
 META_GRAPH = b"\x0a\x0e\x0a\x0cgpt2hub-test"  # a MetaGraphDef without a graph: verify runs the transcription
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     import time
 
-    p = argparse.ArgumentParser(prog="python -m tests.regimes", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m gpt2hub.testing.regimes", description=__doc__.split("\n")[0])
     p.add_argument("dir", type=Path)
     p.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     p.add_argument("--regime", choices=REGIMES, default="gpt2")
