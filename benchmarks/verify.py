@@ -32,7 +32,7 @@ def run_isolated(cmd: list[str]) -> tuple[float, float, int, str]:
                "print(json.dumps({'wall': time.perf_counter() - t0, 'rss': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,"
                " 'rc': p.returncode, 'out': p.stdout, 'err': p.stderr[-3000:]}))")
     res = json.loads(subprocess.run([sys.executable, "-c", wrapper, *cmd], cwd=ROOT, capture_output=True, text=True).stdout)
-    if res["rc"] not in (0, 1):
+    if res["rc"] not in (0, 1) or not res["out"]:
         print(res["err"], file=sys.stderr)
     return res["wall"], res["rss"] / 2**20, res["rc"], res["out"]
 

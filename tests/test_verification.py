@@ -157,7 +157,7 @@ def test_wrong_eps_fails_in_config_and_in_gguf_metadata(converted, tmp_path):
     config = json.loads((st / "config.json").read_text())
     (st / "config.json").write_text(json.dumps({**config, "layer_norm_epsilon": 1e-6}))
     m, = checks(verify(original, formats=["safetensors"]), "metadata", "safetensors")
-    assert not m.passed and m.detail == "config.json: eps is 1e-06, the release has 1e-05"
+    assert not m.passed and m.detail == "eps is 1e-06, the release has 1e-05"
 
     original, q8 = broken(converted, tmp_path / "b", "original-q8_0.gguf")
     set_gguf_field(q8, "gpt2.attention.layer_norm_epsilon", 1e-6)
@@ -170,7 +170,7 @@ def test_wrong_n_head_fails_its_metadata_and_its_logits(converted, tmp_path):
     set_gguf_field(bad, "gpt2.attention.head_count", 8)
     report = verify(original, formats=["gguf"])
     m, = checks(report, "metadata", bad.name)
-    assert not m.passed and m.detail == "metadata: n_head is 8, the release has 4"
+    assert not m.passed and m.detail == "n_head is 8, the release has 4"
     assert not report.rows[0].passed and report.rows[0].max_abs > report.rows[0].bound
 
 
