@@ -22,6 +22,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 GPT2HUB = [sys.executable, "-m", "gpt2hub.cli"]
+# `gpt2hub verify DIR --json`, with each step's start time and resident memory (now / peak) printed first.
+STAGES = """
+import json, sys, time
+from gpt2hub.verify import verify
+t0 = time.perf_counter()
+def memory():
+    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return " / ".join(f"{int(status[k].split()[0]) / 2**20:.2f}" for k in ("VmRSS", "VmHWM"))
+def say(step):
+    print(f"| {time.perf_counter() - t0:6.1f} s | {memory()} GB | {step} |", flush=True)
+print("| at | RSS now / peak | step |\\n|---|---|---|")
+report = verify(sys.argv[1], progress=say)
+say("done")
+print(json.dumps(report.to_dict()))
+"""
 CONVERSIONS = (("safetensors", "f32"), ("pytorch", "f32"), ("gguf", "f16"), ("gguf", "q8_0"))
 
 
@@ -58,8 +73,10 @@ def main() -> None:
         if not done.exists():
             wall, rss, rc, _ = run_isolated(GPT2HUB + ["convert", str(original), "--to", fmt, "--dtype", dtype, "--quiet"])
             print(f"convert {fmt} {dtype}: {wall:.0f} s, {rss:.2f} GB, exit {rc}", flush=True)
-    wall, rss, rc, out = run_isolated(GPT2HUB + ["verify", str(original), "--json"])
-    report = json.loads(out)
+    wall, rss, rc, out = run_isolated([sys.executable, "-c", STAGES, str(original)])
+    stages, _, out = out.rpartition("\n{")
+    print(stages)
+    report = json.loads("{" + out)
     print(f"\n## verify {a.shape} {a.regime}: {wall:.0f} s wall, peak RSS {rss:.2f} GB, exit {rc} "
           f"({report['seconds']:.0f} s inside verify, {len(report['tokens'])} tokens)")
     print("| output | check | status | detail |\n|---|---|---|---|")

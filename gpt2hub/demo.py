@@ -13,11 +13,10 @@ from typing import Callable
 
 from . import converters
 from .errors import Gpt2hubError
-from .testing.release import build_release
+from .testing.trained import build_demo_release
 from .testing.server import serve
 
 DEMO_NAME = "gpt2hub-demo"
-DEMO_HPARAMS = dict(n_ctx=128, n_embd=64, n_head=4, n_layer=2)
 
 
 @dataclass
@@ -76,10 +75,11 @@ def run_demo(workdir: Path | str | None = None, *, device: str = "cpu",
         manifest_path = work / f"{DEMO_NAME}.json"
 
         def build() -> str:
-            build_release(folder, **DEMO_HPARAMS)
+            build_demo_release(folder)  # a tiny GPT-2 trained on a page of text, so its sample reads like text
             m = registry.create_manifest(folder, DEMO_NAME)
             registry.write_manifest(m, manifest_path)
-            return f"{m.parameters:,} parameters, {len(m.tensors)} tensors, TF bundle written without TensorFlow in {folder}"
+            return (f"{m.parameters:,} trained parameters, {len(m.tensors)} tensors, TF bundle written without "
+                    f"TensorFlow in {folder}")
 
         if not step("build a release in OpenAI's layout", build):
             return report
@@ -101,11 +101,12 @@ def run_demo(workdir: Path | str | None = None, *, device: str = "cpu",
             result = gpt2hub.verify(DEMO_NAME, manifest=manifest_path, device=device)
             failed = [f"{r.format} {r.dtype} ({r.consumer})" for r in result.rows if not r.passed]
             failed += [c.name for c in result.integrity if not c.passed]
+            failed += [f"{Path(f.source).name} {f.what}" for f in result.files if not f.passed]
             failed += [t.tokenizer for t in result.tokenization if not t.passed]
             if not result.passed:
                 raise Gpt2hubError(f"verify failed: {', '.join(failed)}")
             consumers = sorted({r.consumer for r in result.rows})
-            return (f"{len(result.integrity)} integrity checks, {len(result.rows)} logit rows "
+            return (f"{len(result.integrity)} integrity checks, {len(result.files)} exact output checks, {len(result.rows)} logit rows "
                     f"({', '.join(consumers)}), {len(result.tokenization)} tokenizers: all PASS")
 
         step("verify every format through its consumer", verify, "torch")

@@ -31,11 +31,11 @@ from .verification.consumers import (CONSUMER_MODULES, consumer_run, gpt2hub_log
                                      tensorflow_logits)
 from .verification.integrity import check_integrity
 from .verification.outputs import Output, converted_outputs, read_back
-from .verification.references import F64, forward
+from .verification.references import F64, forward_lanes
 from .verification.report import Check, FileCheck, Report, Row, TokenizerRow, format_report  # noqa: F401
 from .verification.tokenization import TOKENIZER_TEXT, check_tokenizers  # noqa: F401
 from .verification.tolerances import arithmetic_of, compare, judge  # noqa: F401
-from .verification.weights import held_weights, prove
+from .verification.weights import LayerCache, held_weights, prove
 
 # The default input: prose with punctuation, digits and a quote; long enough to exercise attention.
 DEFAULT_PROMPT = (
@@ -130,7 +130,8 @@ def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | 
     def add(held: tuple, row: Row, run: Callable[[], np.ndarray]) -> None:
         groups.setdefault(held[0], (held[1], []))[1].append((row, run))
 
-    source = held_weights(ckpt, None, None)
+    layer_cache = LayerCache(ckpt)
+    source = held_weights(layer_cache, None, None)
     if "original" in fmts:
         torch_runs: dict[str, np.ndarray] = {}
 
@@ -152,18 +153,20 @@ def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | 
         add(source, Row("original", "f32", "gpt2hub", src, note=device), lambda: gpt2hub_run("full"))
         add(source, Row("original", "f32", "gpt2hub KV cache", src, note=device), lambda: gpt2hub_run("cached"))
     for o in read:
-        add(held_weights(ckpt, o.stored, proofs.get(id(o))),
+        add(held_weights(layer_cache, o.stored, proofs.get(id(o))),
             *consumer_run(o.format, converters.get(o.format).consumer, o.path, o.dtype, ids, device))
 
-    for key, (weights, members) in groups.items():
+    lanes = []
+    for weights, members in groups.values():
         wanted = [arithmetic_of(r.consumer.split(" (")[0], r.dtype) for r, _ in members]
-        arithmetics = list({a.name: a for a in [F64, *wanted] if a is not None}.values())
-        say(f"float64 reference{'' if key == 'source' else ' on ' + (Path(key).name if isinstance(key, str) else 'rounded weights')}"
-            f" and its noise in {', '.join(a.name for a in arithmetics[1:])}")
-        runs = forward(weights, hp, ids, arithmetics)
+        lanes.append((weights, list({a.name: a for a in [F64, *wanted] if a is not None}.values())))
+    say(f"float64 reference on {len(lanes)} set(s) of weights, and its noise in "
+        + ", ".join(sorted({a.name for _, arithmetics in lanes for a in arithmetics[1:]})))
+    references = forward_lanes(lanes, hp, ids)
+    layer_cache.items.clear()
+    for (_, members), (_, arithmetics), runs in zip(groups.values(), lanes, references):
         reference = runs[0]
         noise = {a.name: float(np.abs(r - reference).max()) for a, r in zip(arithmetics, runs)}
-        del runs
         for row, run in members:
             say(f"{row.format} {row.dtype} through {row.consumer}")
             try:
@@ -172,7 +175,7 @@ def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | 
                 row.tolerance, row.note = "-", one_line(e)
                 report.rows.append(row)
             gc.collect()
-        del reference
+        runs.clear()
     say("tokenization parity")
     report.tokenization = check_tokenizers(release.original, outputs)
     report.seconds = time.perf_counter() - t0

@@ -16,13 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..layout import HParams, tensor_shapes
-from ..tfcheckpoint import write_checkpoint
-from .vocab import generated_vocab
-from .release import CHECKPOINT_TEXT, REAL_FIXTURES, SHAPES
+from .release import REAL_FIXTURES, SHAPES, build_release
 
 REGIMES = ("gpt2", "harsh")
-META_GRAPH = b"\x0a\x0e\x0a\x0cgpt2hub-test"  # a MetaGraphDef without a graph: verify runs the transcription
 
 
 def regime_value(name: str, shape: tuple[int, ...], regime: str, n_layer: int, seed: int = 0) -> np.ndarray:
@@ -52,23 +48,9 @@ def regime_value(name: str, shape: tuple[int, ...], regime: str, n_layer: int, s
 def write_regime_release(folder: Path | str, *, n_layer: int, n_embd: int, n_head: int, n_ctx: int,
                          regime: str, seed: int = 0, vocab: str = "generated") -> Path:
     """A release in OpenAI's layout (TF-free writer) with weights in `regime`; vocab "real" or "generated"."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    if vocab == "real":
-        encoder, merges = (REAL_FIXTURES / "encoder.json").read_text(), (REAL_FIXTURES / "vocab.bpe").read_text()
-    else:
-        encoder, merges = generated_vocab()
-    (folder / "encoder.json").write_text(encoder)
-    (folder / "vocab.bpe").write_text(merges)
-    import json
-
-    h = HParams(n_vocab=len(json.loads(encoder)), n_ctx=n_ctx, n_embd=n_embd, n_head=n_head, n_layer=n_layer)
-    write_checkpoint(folder / "model.ckpt",
-                     ((n, regime_value(n, s, regime, n_layer, seed)) for n, s in tensor_shapes(h).items()))
-    (folder / "hparams.json").write_text(h.to_json())
-    (folder / "checkpoint").write_bytes(CHECKPOINT_TEXT)
-    (folder / "model.ckpt.meta").write_bytes(META_GRAPH)
-    return folder
+    return build_release(folder, n_ctx=n_ctx, n_embd=n_embd, n_head=n_head, n_layer=n_layer,
+                         vocab=REAL_FIXTURES if vocab == "real" else None,
+                         values=lambda name, shape: regime_value(name, shape, regime, n_layer, seed))
 
 
 def main(argv: list[str] | None = None) -> None:

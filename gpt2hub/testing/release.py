@@ -26,6 +26,7 @@ import re
 import shutil
 import zlib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -81,10 +82,11 @@ def random_value(name: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray
 
 
 def build_release(folder: Path | str, *, n_ctx: int = 128, n_embd: int = 64, n_head: int = 4, n_layer: int = 2,
-                  seed: int = 0, vocab: Path | None = None) -> Path:
+                  seed: int = 0, vocab: Path | None = None, values: Callable[[str, tuple[int, ...]], np.ndarray] | None = None) -> Path:
     """Write a release in OpenAI's layout with random weights, without TensorFlow.
 
     `vocab` is a folder holding encoder.json and vocab.bpe; without it a small byte-level BPE is trained.
+    `values(name, shape)` gives each variable's value (default: random_value with `seed`).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -96,7 +98,8 @@ def build_release(folder: Path | str, *, n_ctx: int = 128, n_embd: int = 64, n_h
     (folder / "vocab.bpe").write_text(merges)
     n_vocab = len(re.findall(r'":\s*\d+', encoder))  # one "token": id pair per entry
     h = HParams(n_vocab=n_vocab, n_ctx=n_ctx, n_embd=n_embd, n_head=n_head, n_layer=n_layer)
-    write_checkpoint(folder / "model.ckpt", ((n, random_value(n, s, seed)) for n, s in tensor_shapes(h).items()))
+    values = values or (lambda name, shape: random_value(name, shape, seed))
+    write_checkpoint(folder / "model.ckpt", ((n, values(n, s)) for n, s in tensor_shapes(h).items()))
     (folder / "hparams.json").write_text(h.to_json())
     (folder / "checkpoint").write_bytes(CHECKPOINT_TEXT)
     (folder / "model.ckpt.meta").write_bytes(META_GRAPH)

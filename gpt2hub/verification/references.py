@@ -104,20 +104,33 @@ def _block(x: np.ndarray, w: dict[str, np.ndarray], n_head: int, a: Arithmetic) 
 
 def forward(weights: WeightFn, h: HParams, tokens: Sequence[int], arithmetics: Sequence[Arithmetic] = (F64,)) -> list[np.ndarray]:
     """Logits (T, n_vocab) in each arithmetic, from one pass over the weights (each layer read once)."""
+    return forward_lanes([(weights, arithmetics)], h, tokens)[0]
+
+
+def forward_lanes(lanes: Sequence[tuple[WeightFn, Sequence[Arithmetic]]], h: HParams, tokens: Sequence[int]) -> list[list[np.ndarray]]:
+    """forward() for several sets of weights in one pass over the layers, so weights derived from the same
+    source layer (the checkpoint, its f16 rounding, ...) are read from disk once for all of them."""
     ids = np.asarray(tokens)
-    wte = weights(SCOPE + "wte")
-    wpe = weights(SCOPE + "wpe")
-    xs = [round_to(wte[ids].astype(a.dtype) + wpe[: len(ids)].astype(a.dtype), a.activations) for a in arithmetics]
+    heads = []
+    xs: list[list[np.ndarray]] = []
+    for weights, arithmetics in lanes:
+        wte, wpe = weights(SCOPE + "wte"), weights(SCOPE + "wpe")
+        heads.append(wte)
+        xs.append([round_to(wte[ids].astype(a.dtype) + wpe[: len(ids)].astype(a.dtype), a.activations) for a in arithmetics])
     for i in range(h.n_layer):
-        w = {k: weights(f"{SCOPE}h{i}/{k}") for k in BLOCK_TENSORS}
-        xs = [_block(x, w, h.n_head, a) for x, a in zip(xs, arithmetics)]
-        del w
-    g, b = weights(SCOPE + "ln_f/g"), weights(SCOPE + "ln_f/b")
+        for lane, (weights, arithmetics) in enumerate(lanes):
+            w = {k: weights(f"{SCOPE}h{i}/{k}") for k in BLOCK_TENSORS}
+            xs[lane] = [_block(x, w, h.n_head, a) for x, a in zip(xs[lane], arithmetics)]
+            del w
     out = []
-    for x, a in zip(xs, arithmetics):
-        x = round_to(round_to(_layer_norm(x, g.astype(a.dtype), b.astype(a.dtype)), a.activations), a.matmul_inputs)
-        logits = np.empty((len(ids), h.n_vocab), a.dtype)
-        for r in range(0, h.n_vocab, HEAD_ROWS):  # tied head: x @ wte^T, wte cast a slice at a time
-            logits[:, r:r + HEAD_ROWS] = x @ wte[r:r + HEAD_ROWS].astype(a.dtype).T
-        out.append(round_to(logits, a.activations))
+    for (weights, arithmetics), wte, lane_xs in zip(lanes, heads, xs):
+        g, b = weights(SCOPE + "ln_f/g"), weights(SCOPE + "ln_f/b")
+        logits_per = []
+        for x, a in zip(lane_xs, arithmetics):
+            x = round_to(round_to(_layer_norm(x, g.astype(a.dtype), b.astype(a.dtype)), a.activations), a.matmul_inputs)
+            logits = np.empty((len(ids), h.n_vocab), a.dtype)
+            for r in range(0, h.n_vocab, HEAD_ROWS):  # tied head: x @ wte^T, wte cast a slice at a time
+                logits[:, r:r + HEAD_ROWS] = x @ wte[r:r + HEAD_ROWS].astype(a.dtype).T
+            logits_per.append(round_to(logits, a.activations))
+        out.append(logits_per)
     return out

@@ -266,7 +266,25 @@ def transformed_weights(src: np.ndarray, exp: Expected) -> np.ndarray:
     return a.T if exp.transpose else a
 
 
-def held_weights(ckpt, stored: StoredOutput | None, proof: Proof | None):
+class LayerCache:
+    """Source tensors of the scope being read (one layer, or the globals), shared by every lane of a forward
+    pass: each is read from disk once however many sets of weights derive from it."""
+
+    def __init__(self, ckpt):
+        self.ckpt, self.scope, self.items = ckpt, None, {}
+
+    def __call__(self, name: str) -> np.ndarray:
+        if name not in self.items:
+            part = name.split("/")[1]
+            scope = part if part[:1] == "h" and part[1:].isdigit() else "globals"
+            if scope != self.scope:
+                self.items.clear()
+                self.scope = scope
+            self.items[name] = read_source(self.ckpt, name)
+        return self.items[name]
+
+
+def held_weights(source: Callable[[str], np.ndarray], stored: StoredOutput | None, proof: Proof | None):
     """(key, TF name -> float32 array) of the weights an output must hold, for its float64 reference.
 
     Outputs holding the same weights share a key (every f32 output: the source itself). Block types proven
@@ -274,10 +292,10 @@ def held_weights(ckpt, stored: StoredOutput | None, proof: Proof | None):
     through the output's encodings, so a broken output is compared with what it should hold.
     """
     if stored is None or all(e.encoding == "F32" for e in stored.expected.values()):
-        return "source", lambda name: read_source(ckpt, name)
+        return "source", source
     by_source = {e.source: (n, e) for n, e in reversed(stored.expected.items())}  # the tied wte, not an untied copy
     if proof is not None and proof.passed and any(e.encoding not in RAW_DTYPES for _, e in by_source.values()):
         return str(stored.tensors[next(iter(by_source.values()))[0]].path), \
             lambda name: stored_weights(stored.tensors[by_source[name][0]], by_source[name][1])
     key = tuple(sorted((t, e.encoding, e.transpose) for t, (_, e) in by_source.items()))
-    return key, lambda name: transformed_weights(read_source(ckpt, name), by_source[name][1])
+    return key, lambda name: transformed_weights(source(name), by_source[name][1])
