@@ -44,19 +44,20 @@ def test_greedy_tokens_agree_with_transformers_generate(sampler, tiny_converted)
 
 def test_greedy_tokens_agree_with_llama_cpp(sampler, tiny_converted):
     pytest.importorskip("llama_cpp")
-    from gpt2hub.verify import open_llama
+    from gpt2hub.verification.consumers import with_llama
 
     context = sampler.encoding.encode(PROMPT)
-    llm = open_llama(tiny_converted.parent / "original-f32.gguf", n_ctx=64)
-    try:
+
+    def greedy(llm) -> list[int]:
         llm.eval(context)
         theirs = []
         for _ in range(24):
             token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
             theirs.append(token)
             llm.eval([token])
-    finally:
-        llm.close()
+        return theirs
+
+    theirs = with_llama(tiny_converted.parent / "original-f32.gguf", greedy, n_ctx=64)
     assert greedy_ours(sampler, context, 24) == theirs
 
 

@@ -129,7 +129,7 @@ def _llama_session() -> Iterator[list[str]]:
         llama_cpp.llama_log_set(llama_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
-def _with_llama(path: Path, use: Callable, n_ctx: int = 0, vocab_only: bool = False):
+def with_llama(path: Path, use: Callable, n_ctx: int = 0, vocab_only: bool = False):
     """use(llama_cpp.Llama) for a GGUF file (CPU, F32 KV cache, logits of every position), closed after."""
     try:
         from llama_cpp import Llama
@@ -159,12 +159,12 @@ def llama_logits(path: Path, tokens: Sequence[int]) -> np.ndarray:
         llm.eval(list(tokens))
         return np.array(llm.scores[: llm.n_tokens], dtype=np.float32)
 
-    return _with_llama(path, run)
+    return with_llama(path, run)
 
 
 def llama_tokenize(path: Path, text: str) -> list[int]:
     """llama.cpp's token ids for `text` from a GGUF file's own vocabulary (no BOS, no special tokens)."""
-    return _with_llama(path, lambda llm: llm.tokenize(text.encode("utf-8"), add_bos=False, special=False), n_ctx=64,
+    return with_llama(path, lambda llm: llm.tokenize(text.encode("utf-8"), add_bos=False, special=False), n_ctx=64,
                        vocab_only=True)
 
 
@@ -306,6 +306,14 @@ def tensorflow_logits(original: Path, tokens: Sequence[int]) -> tuple[np.ndarray
                 out = sess.run(logits, {X: feed})
             out = out.reshape(-1, hp.n_vocab)[: len(tokens)]
             return out, "f32", f"OpenAI's graph from model.ckpt.meta ({X.name} -> {logits.name})"
+    return tf_transcription(original, tokens), "f64", "a transcription of openai/gpt-2 src/model.py (model.ckpt.meta has no forward)"
+
+
+def tf_transcription(original: Path, tokens: Sequence[int], dtype: str = "float64") -> np.ndarray:
+    """openai_model() eagerly on the variables TensorFlow reads from the checkpoint, cast to `dtype` one at a time."""
+    tf = _import_tensorflow()
+    hp = HParams.from_file(original / "hparams.json")
+    prefix = str(original / "model.ckpt")
     try:
         reader = tf.train.load_checkpoint(prefix)
     except tf.errors.OpError as e:
@@ -313,10 +321,9 @@ def tensorflow_logits(original: Path, tokens: Sequence[int]) -> tuple[np.ndarray
 
     def var(name: str):  # cast one variable at its use, so only float32 copies stay resident
         try:
-            return tf.cast(reader.get_tensor("model/" + name), tf.float64)
+            return tf.cast(reader.get_tensor("model/" + name), dtype)
         except tf.errors.OpError as e:
             raise CheckpointError(f"TensorFlow cannot read model/{name}: {e.message.splitlines()[0]}") from None
 
     X = tf.constant([list(tokens)], dtype=tf.int32)
-    out = openai_model(tf, hp, X, var, tf.float64).numpy()
-    return out, "f64", "a transcription of openai/gpt-2 src/model.py (model.ckpt.meta has no forward)"
+    return openai_model(tf, hp, X, var, getattr(tf, dtype)).numpy().astype(np.float64)
