@@ -155,6 +155,7 @@ def mirror(name: str, dest: str, *, formats: Sequence[str] | None = None, endpoi
            manifest: Path | str | None = None, progress: Reporter | None = None) -> MirrorReport:
     """Upload a pulled release and its conversions to s3://bucket/prefix or hf://org/repo.
 
+    name: a pulled release's name or alias. dest: s3://bucket/prefix or hf://org/repo.
     formats: "original" and format names to send (None: s3:// everything present, hf:// the Hub defaults).
     endpoint_url: an S3-compatible store or Hub endpoint (else AWS_ENDPOINT_URL / HF_ENDPOINT).
     dry_run: decide what would be sent and skipped; send nothing.

@@ -474,7 +474,7 @@ def test_existing_output_without_force_is_refused_and_left_alone(pulled):
 
 
 def test_force_replaces_the_output_once_the_new_one_is_complete(pulled):
-    first = gpt2hub.convert(pulled, to="safetensors")
+    first = gpt2hub.convert(pulled, to="safetensors").path
     (first / "stale.txt").write_text("old")
     again = gpt2hub.convert(pulled, to="safetensors", dtype="bf16", force=True).path
     assert again == first and not (again / "stale.txt").exists()
