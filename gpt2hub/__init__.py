@@ -152,7 +152,8 @@ def sample_interactive(name_or_dir: str | Path | None = None, *, read: Callable[
 
 def mirror(name: str, dest: str, *, formats: Sequence[str] | None = None, endpoint_url: str | None = None,
            dry_run: bool = False, private: bool = False, revision: str | None = None,
-           manifest: Path | str | None = None, progress: Reporter | None = None) -> MirrorReport:
+           manifest: Path | str | None = None, part_size: int | None = None,
+           progress: Reporter | None = None) -> MirrorReport:
     """Upload a pulled release and its conversions to s3://bucket/prefix or hf://org/repo.
 
     name: a pulled release's name or alias. dest: s3://bucket/prefix or hf://org/repo.
@@ -161,6 +162,7 @@ def mirror(name: str, dest: str, *, formats: Sequence[str] | None = None, endpoi
     dry_run: decide what would be sent and skipped; send nothing.
     private, revision: hf:// only: create the repo private; the branch to commit to.
     manifest: a manifest file describing the release.
+    part_size: s3:// only: bytes per multipart part (None: 16 MiB; S3 allows 5 MiB..5 GiB).
     progress: the reporting hook: byte tasks "sha256" and "mirror <release>"; with TerminalProgress
     huggingface_hub also draws its own bars.
     Returns a MirrorReport: .files (each with its destination, size, sha256 and action), bytes sent.
@@ -168,7 +170,7 @@ def mirror(name: str, dest: str, *, formats: Sequence[str] | None = None, endpoi
     from .mirroring import mirror as run
 
     return run(name, dest, formats=formats, endpoint_url=endpoint_url, dry_run=dry_run, private=private,
-               revision=revision, manifest=manifest, progress=progress)
+               revision=revision, manifest=manifest, part_size=part_size, progress=progress)
 
 
 def run_demo(workdir: Path | str | None = None, *, device: str = "cpu", progress: Reporter | None = None) -> DemoReport:

@@ -131,9 +131,10 @@ def mirror(
     revision: str | None = None,
     manifest: Path | str | None = None,
     progress: Reporter | None = None,
-    part_size: int = PART_SIZE,
+    part_size: int | None = None,
 ) -> MirrorReport:
     """Upload a pulled release (and its conversions) to `dest` (see gpt2hub.mirror)."""
+    part_size = part_size or PART_SIZE
     m = registry.resolve(name, manifest)
     where = parse_destination(dest)
     if where.scheme == "s3" and (private or revision):

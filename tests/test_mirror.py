@@ -93,7 +93,6 @@ def s3_requests(monkeypatch) -> RequestCounter:
 
 
 def _mirror_s3(s3_server, bucket: str, prefix: str = "gpt-2/models", **kw):
-    kw.setdefault("progress", False)
     return gpt2hub.mirror(NAME, f"s3://{bucket}/{prefix}", endpoint_url=s3_server.endpoint_url, **kw)
 
 
