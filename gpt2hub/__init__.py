@@ -49,7 +49,7 @@ def path(name: str, fmt: str = "original", manifest: Path | str | None = None) -
     return store.release_dir(resolve(name, manifest).name, fmt)
 
 
-def pull(name: str, *, manifest: Path | str | None = None, sources: Sequence[str] = (), endpoint_url: str | None = None,
+def pull(name: str, *, manifest: Path | str | None = None, sources: Sequence[str] | str = (), endpoint_url: str | None = None,
          connections: int = 8, verify: bool = False, force: bool = False,
          progress: Reporter | None = None) -> PullResult:
     """Fetch and verify every file of a release into <home>/<name>/original/; a verified release is a quick no-op.
@@ -66,7 +66,8 @@ def pull(name: str, *, manifest: Path | str | None = None, sources: Sequence[str
     """
     from .pulling import pull as run
 
-    return run(name, manifest=manifest, sources=tuple(sources), endpoint_url=endpoint_url, connections=connections,
+    sources = (sources,) if isinstance(sources, str) else tuple(sources)
+    return run(name, manifest=manifest, sources=sources, endpoint_url=endpoint_url, connections=connections,
                verify=verify, force=force, progress=progress)
 
 
