@@ -2,7 +2,8 @@
 
     python benchmarks/verify.py --shape 1558M --regime harsh [--work DIR] [--keep]
 
-Writes a release of the shape (gpt2hub/testing/regimes.py, TF-free writer, real vocabulary), converts it with
+Writes a release of the shape (gpt2hub/testing/regimes.py, TF-free writer, real vocabulary; at 124M OpenAI's real
+model.ckpt.meta, so TensorFlow runs OpenAI's own graph), converts it with
 `gpt2hub convert` to safetensors, pytorch, gguf f16 and gguf q8_0, then runs `gpt2hub verify DIR --json` in a
 fresh subprocess and reports its wall time, peak RSS (wait4's ru_maxrss), exit code and every row (max|Δ|,
 measured noise, bound). With --sabotage it also breaks one tensor of the q8_0 file (a block's scale doubled)
@@ -21,17 +22,19 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from gpt2hub.testing.release import REAL_FIXTURES  # noqa: E402
 GPT2HUB = [sys.executable, "-m", "gpt2hub.cli"]
 # `gpt2hub verify DIR --json`, with each step's start time and resident memory (now / peak) printed first.
 STAGES = """
 import json, sys, time
-from gpt2hub.verify import verify
+from gpt2hub.verifying import verify
 t0 = time.perf_counter()
 def memory():
     status = dict(line.split(":", 1) for line in open("/proc/self/status"))
     return " / ".join(f"{int(status[k].split()[0]) / 2**20:.2f}" for k in ("VmRSS", "VmHWM"))
-def say(step):
-    print(f"| {time.perf_counter() - t0:6.1f} s | {memory()} GB | {step} |", flush=True)
+def say(event):
+    print(f"| {time.perf_counter() - t0:6.1f} s | {memory()} GB | {getattr(event, 'text', event)} |", flush=True)
 print("| at | RSS now / peak | step |\\n|---|---|---|")
 report = verify(sys.argv[1], progress=say)
 say("done")
@@ -68,6 +71,8 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "gpt2hub.testing.regimes", str(original), "--shape", a.shape, "--regime", a.regime],
                        cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         print(f"release written in {time.perf_counter() - t0:.0f} s", flush=True)
+    if a.shape == "124M" and REAL_FIXTURES is not None:  # OpenAI's own graph: TensorFlow restores the checkpoint into it
+        shutil.copyfile(REAL_FIXTURES / "model.ckpt.meta", original / "model.ckpt.meta")
     for fmt, dtype in CONVERSIONS:
         done = work / (f"original-{dtype}.gguf" if fmt == "gguf" else f"original-{fmt}")
         if not done.exists():

@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 
 from gpt2hub.verification import references, weights  # noqa: E402
 from gpt2hub.verification.report import format_report  # noqa: E402
-from gpt2hub.verify import verify  # noqa: E402
+from gpt2hub.verifying import verify  # noqa: E402
 
 HAS_LLAMA = importlib.util.find_spec("llama_cpp") is not None
 HAS_TF = importlib.util.find_spec("tensorflow") is not None

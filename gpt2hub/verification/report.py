@@ -92,6 +92,10 @@ class Report:
     def passed(self) -> bool:
         return self.failed == 0
 
+    def to_text(self) -> str:
+        """The report as text tables, as `gpt2hub verify` prints it."""
+        return format_report(self)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["passed"] = self.passed

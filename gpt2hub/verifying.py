@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import converters, store
+from .progress import ProgressEvent, Reporter, emit
 from .errors import ConversionError, VerificationError
 from .layout import HParams
 from .release import locate
@@ -74,12 +75,15 @@ def input_tokens(original: Path, n_ctx: int, n_vocab: int, prompt: str | None, n
 
 def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | str | None = None, device: str = "cpu",
            prompt: str | None = None, tokens: int | None = None, manifest: Path | str | None = None,
-           progress: Callable[[str], None] | None = None) -> Report:
+           progress: Reporter | None = None) -> Report:
     """Run every check on a pulled release (NAME) or a folder (DIR); FAIL rows make `.passed` False."""
     if prompt is not None and tokens is not None:
         raise VerificationError("--prompt and --tokens exclude each other")
     fmts, explicit = parse_formats(formats)
-    say = progress or (lambda message: None)
+
+    def say(step: str) -> None:
+        emit(progress, ProgressEvent.message(f"verify: {step}"))
+
     if importlib.util.find_spec("torch") is None:
         raise VerificationError("verify needs PyTorch: pip install 'gpt2hub[torch]'")
     from .model import resolve_device
