@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from gpt2hub.cli import main  # noqa: E402
 from gpt2hub.errors import Gpt2hubError  # noqa: E402
 
-S = importlib.import_module("gpt2hub.sample")  # the module (gpt2hub.sample is the API function)
+S = importlib.import_module("gpt2hub.sampling")
 PROMPT = "The dog was found in a field"
 GREEDY = S.Settings(temperature=0)
 
@@ -97,7 +97,7 @@ def test_unconditional_samples_start_from_endoftext(sampler):
 
 def test_streamed_pieces_make_up_the_returned_text(sampler):
     pieces: list[str] = []
-    text = sampler.sample("Hello", 12, S.Settings(top_k=40), seed=5, write=pieces.append)
+    text = sampler.sample("Hello", 12, S.Settings(top_k=40), seed=5, progress=lambda e: pieces.append(e.text))
     assert "".join(pieces) == text
 
 
