@@ -508,3 +508,16 @@ def test_random_entry_damage_behind_valid_crcs_reads_or_raises_checkpoint_error(
             value = value[:data.draw(st.integers(0, len(value)))] + data.draw(st.binary(max_size=12))
         item[1] = bytes(value)
     _read_or_checkpoint_error(build_table([(k, v) for k, v in items]), tmp_path)
+
+
+def test_range_crc32c_reads_in_chunks_and_equals_the_whole_buffers_crc(tmp_path, monkeypatch):
+    from gpt2hub import tfcheckpoint
+    from gpt2hub.errors import ChecksumError
+
+    data = bytes(range(256)) * 100
+    path = tmp_path / "data"
+    path.write_bytes(data)
+    monkeypatch.setattr(tfcheckpoint, "CRC_CHUNK_BYTES", 1000)  # many chunks, the last one partial
+    assert tfcheckpoint.range_crc32c(path, 77, 20_000) == tfcheckpoint.crc32c(data[77:20_077])
+    with pytest.raises(ChecksumError, match="ends early"):
+        tfcheckpoint.range_crc32c(path, 25_000, 1_000)
