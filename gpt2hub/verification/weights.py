@@ -105,12 +105,11 @@ def encode(x: np.ndarray, encoding: str) -> np.ndarray:
     """float32 rows in an encoding, by an implementation independent of gpt2hub's converters."""
     if encoding == "F32":
         return x
-    if encoding == "F16":
-        return x.astype(np.float16)  # numpy rounds to nearest even
-    if encoding == "BF16":
+    if encoding in ("F16", "BF16"):  # torch rounds to nearest even, with the CPU's conversion instructions (fast)
         import torch
 
-        return torch.from_numpy(np.ascontiguousarray(x)).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        return t.to(torch.float16).numpy() if encoding == "F16" else t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
     import gguf
 
     return gguf.quants.quantize(np.ascontiguousarray(x), _qtype(encoding))
@@ -121,7 +120,9 @@ def decode(raw: np.ndarray, encoding: str) -> np.ndarray:
     if encoding == "F32":
         return raw
     if encoding == "F16":
-        return raw.astype(np.float32)
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(raw)).to(torch.float32).numpy()
     if encoding == "BF16":
         return (raw.astype(np.uint32) << 16).view(np.float32)
     import gguf
