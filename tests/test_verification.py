@@ -39,9 +39,9 @@ def converted(request, tmp_path_factory) -> Path:
     original = build_demo_release(folder) if request.param == "trained" else \
         write_regime_release(folder, **SHAPES["tiny"], regime=request.param)
     for fmt in ("safetensors", "pytorch"):
-        gpt2hub.convert(original, to=fmt, quiet=True)
+        gpt2hub.convert(original, to=fmt)
     for dtype in GGUF_DTYPES:
-        gpt2hub.convert(original, to="gguf", dtype=dtype, quiet=True)
+        gpt2hub.convert(original, to="gguf", dtype=dtype)
     return original
 
 
