@@ -165,3 +165,30 @@ def test_cuda_float32_matches_the_cpu_reference(tiny_release, reference):
     with torch.inference_mode():
         out = model(torch.tensor([TOKENS], device="cuda"))[0][0].double().cpu().numpy()
     np.testing.assert_allclose(out, logits_of(reference)[0], rtol=0, atol=1e-5)
+
+
+def _float64_model_after_tensorflow(folder: str) -> list[str]:
+    """issue 15's reduced case, in a fresh process: TensorFlow writes a release, then the float64 model loads."""
+    from tests.release import SHAPES, write_release
+
+    release = write_release(folder, **SHAPES["tiny"])  # TensorFlow runs in this process
+    model = M.from_checkpoint(release, dtype=torch.float64)
+    return [str(model.dtype), str(model.wte.weight.device)]
+
+
+def test_float64_model_loads_in_a_process_that_ran_tensorflow(tmp_path):
+    pytest.importorskip("tensorflow")
+    from gpt2hub import isolation
+
+    # torch 2.14's meta-device normal_ imported triton, which crashed (SIGSEGV) beside TensorFlow.
+    assert isolation.run(_float64_model_after_tensorflow, (str(tmp_path / "tiny"),)) == ["torch.float64", "cpu"]
+
+
+def test_loading_runs_no_random_initialisation(tiny_release, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a checkpoint's module was randomly initialised")
+
+    for name in ("normal_", "uniform_", "kaiming_uniform_", "xavier_uniform_", "trunc_normal_"):
+        monkeypatch.setattr(torch.nn.init, name, refuse)
+    model = M.from_checkpoint(tiny_release, dtype=torch.float64)
+    assert model.wte.weight.dtype == torch.float64
