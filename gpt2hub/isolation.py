@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -39,6 +40,7 @@ with open(sys.argv[1], "rb") as f:
 """
 _TAIL_LINES = 3  # lines of a dead child's output put into the error message
 _TAIL_CHARS = 400
+_FRAME = re.compile(r'File "(.*)", line (\d+) in (.*)')  # faulthandler's frame lines
 
 
 def run(fn: Callable[..., T], args: tuple = (), kwargs: Mapping[str, Any] | None = None, *,
@@ -107,8 +109,8 @@ def _tail(log: Path) -> str:
         return ""
     fatal = next((i for i, line in enumerate(lines) if line.startswith("Fatal Python error")), None)
     if fatal is not None:  # faulthandler: "Fatal Python error: ...", then frames, innermost first
-        frame = next((line for line in lines[fatal:] if line.startswith("File ")), None)
-        picked = [lines[fatal]] + ([frame] if frame else [])
+        frame = next((m for line in lines[fatal:] if (m := _FRAME.match(line))), None)
+        picked = [lines[fatal]] + ([f"in {frame[3]} ({'/'.join(Path(frame[1]).parts[-2:])}:{frame[2]})"] if frame else [])
     else:
         picked = lines[-_TAIL_LINES:]
     text = " | ".join(picked)

@@ -5,7 +5,8 @@
 3. a second, independent reference where TensorFlow is installed: openai/gpt-2 src/model.py's graph,
    written with today's tf ops, run by TensorFlow on the variables TensorFlow itself reads;
 4. each converted output loaded by the program people load it with (transformers, llama.cpp);
-   gpt2hub.model only where that program is not installed, and the row says so;
+   gpt2hub.model only where that program is not installed, and the row says so. TensorFlow and
+   every consumer run in a child process (gpt2hub.isolation): one that crashes is an ERROR row;
 5. one row per output: max/mean |delta logit|, top-1 agreement and KL divergence against the
    reference, judged by the tolerance of its (dtype, consumer) from TOLERANCES;
 6. tokenization parity: tiktoken on encoder.json/vocab.bpe vs tokenizer.json vs llama.cpp's GGUF vocab.
@@ -25,8 +26,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import store
-from .errors import ChecksumError, CheckpointError, ConversionError, Gpt2hubError, VerificationError
+from . import isolation, store
+from .errors import ChecksumError, CheckpointError, ConsumerCrashed, ConversionError, Gpt2hubError, VerificationError
 from .layout import HParams, is_model_tensor
 from .registry import sha256_file
 from .release import Release, locate
@@ -121,10 +122,11 @@ class Row:
     tolerance: str = ""
     passed: bool = False
     note: str = ""
+    crashed: bool = False  # the consumer's process died (note says how): status ERROR
 
     @property
     def status(self) -> str:
-        return "PASS" if self.passed else "FAIL"
+        return "ERROR" if self.crashed else "PASS" if self.passed else "FAIL"
 
 
 @dataclass
@@ -136,10 +138,11 @@ class TokenizerRow:
     n_tokens: int | None
     passed: bool
     detail: str = ""
+    crashed: bool = False  # the tokenizer's process died (detail says how): status ERROR
 
     @property
     def status(self) -> str:
-        return "PASS" if self.passed else "FAIL"
+        return "ERROR" if self.crashed else "PASS" if self.passed else "FAIL"
 
 
 @dataclass
@@ -555,9 +558,9 @@ def check_tokenizers(original: Path, outputs: Sequence[tuple[str, Path | None]],
         else:
             continue
         try:
-            ids = tokenize(source, text)
-        except Exception as e:  # a tokenizer that cannot load is that file's FAIL row
-            rows.append(TokenizerRow(name, str(source), None, False, one_line(e)))
+            ids = isolation.run(tokenize, (source, text), name=name)
+        except Exception as e:  # a tokenizer that cannot load is that file's FAIL row; one that crashes, ERROR
+            rows.append(TokenizerRow(name, str(source), None, False, one_line(e), isinstance(e, ConsumerCrashed)))
             continue
         rows.append(TokenizerRow(name, str(source), len(ids), ids == ref, "same ids" if ids == ref else _first_difference(ids, ref)))
     return rows
@@ -630,9 +633,11 @@ def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | 
         if installed("tensorflow"):
             say("the original graph on TensorFlow")
             try:
-                report.rows.append(judge(Row("original", "f64", "tensorflow", src), reference, tf_original_graph(release.original, ids)))
-            except Exception as e:  # TensorFlow refusing the checkpoint is a FAIL row, not a crash
-                report.rows.append(Row("original", "f64", "tensorflow", src, tolerance="-", note=one_line(e)))
+                logits = isolation.run(tf_original_graph, (release.original, ids), name="tensorflow")
+                report.rows.append(judge(Row("original", "f64", "tensorflow", src), reference, logits))
+            except Exception as e:  # TensorFlow refusing the checkpoint is a FAIL row, crashing an ERROR row
+                report.rows.append(Row("original", "f64", "tensorflow", src, tolerance="-", note=one_line(e),
+                                       crashed=isinstance(e, ConsumerCrashed)))
         else:
             report.notes.append("TensorFlow not installed: the second reference (the original graph) was skipped")
         say(f"gpt2hub float32 on {device}")
@@ -655,13 +660,14 @@ def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | 
                 logits = gpt2hub_logits(path, ids, device)
             elif fmt == "gguf":
                 row = Row(fmt, gguf_dtype(path), consumer, str(path), note="cpu, f32 KV cache")
-                logits = llama_logits(path, ids)
+                logits = isolation.run(llama_logits, (path, ids), name=consumer)
             else:
-                logits, dtype = transformers_logits(path, ids, device)
+                logits, dtype = isolation.run(transformers_logits, (path, ids, device), name=consumer)
                 row = Row(fmt, dtype, consumer, str(path), note=device)
             report.rows.append(judge(row, reference, logits))
-        except Exception as e:  # whatever a consumer raises on a bad file is that file's FAIL row
-            report.rows.append(Row(fmt, "-", consumer, str(path), tolerance="-", note=one_line(e)))
+        except Exception as e:  # what a consumer raises on a bad file is that file's FAIL row; a crash, ERROR
+            report.rows.append(Row(fmt, "-", consumer, str(path), tolerance="-", note=one_line(e),
+                                   crashed=isinstance(e, ConsumerCrashed)))
         gc.collect()
 
     say("tokenization parity")

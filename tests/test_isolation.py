@@ -13,6 +13,7 @@ import pytest
 from gpt2hub import isolation
 from gpt2hub.errors import ConsumerCrashed, ConsumerTimedOut, ConversionError, Gpt2hubError
 from tests.checks import one_line
+from tests.crashing import segfault
 
 # The children import this module by name to find these functions.
 
@@ -47,13 +48,6 @@ def raise_unpicklable() -> None:
 
 def exit_quietly() -> None:
     sys.exit(0)
-
-
-def segfault() -> None:
-    import ctypes
-
-    print("loading the model", file=sys.stderr)
-    ctypes.string_at(0)  # a real invalid read in native code
 
 
 def kill_self(sig: int) -> None:
@@ -110,7 +104,7 @@ def test_a_segfault_is_a_one_line_error_naming_the_signal(capfd):
         isolation.run(segfault, name="llama.cpp")
     msg = one_line(e)
     assert msg.startswith("llama.cpp: the child process was killed by SIGSEGV (a crash in native code)")
-    assert "Fatal Python error: Segmentation fault" in msg and "in string_at" in msg  # faulthandler's innermost frame
+    assert "Fatal Python error: Segmentation fault" in msg and "in string_at (ctypes/__init__.py:" in msg  # faulthandler's innermost frame
     assert e.value.signal == signal.SIGSEGV
     assert capfd.readouterr() == ("", "")
 

@@ -349,3 +349,29 @@ def test_compare_reports_the_metrics_of_a_known_shift():
     q = np.exp(shifted) / np.exp(shifted).sum()
     assert m["kl"] == pytest.approx(float(np.sum(np.exp(ref) * (ref - np.log(q)))))
 
+
+
+# --- consumers that crash -------------------------------------------------------------------------
+
+
+def test_a_consumer_that_crashes_is_an_error_row_and_verify_goes_on(tiny_converted, monkeypatch):
+    from tests.crashing import segfault
+
+    # transformers' loader, as verify calls it, replaced by one that dies of SIGSEGV in its child process
+    monkeypatch.setattr(V, "transformers_logits", segfault)
+    result = run_cli("verify", str(tiny_converted), "--formats", "original,safetensors")
+    assert result.exit_code == 1, result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("safetensors "))
+    assert " ERROR " in line and "killed by SIGSEGV" in line
+    assert sum(" ERROR " in x for x in result.output.splitlines()) == 1
+    assert "tokenizers" in result.output and "FAIL (1 failed)" in result.output  # the checks after it still ran
+
+
+def test_a_tokenizer_that_crashes_is_an_error_row(tiny_converted, monkeypatch):
+    from tests.crashing import segfault
+
+    monkeypatch.setattr(V, "_tokenizers_json", segfault)
+    report = V.verify(tiny_converted, formats=["safetensors"])
+    (t,) = [t for t in report.tokenization if t.tokenizer == "tokenizers"]
+    assert t.status == "ERROR" and "SIGSEGV" in t.detail
+    assert row(report, "safetensors").passed and not report.passed
