@@ -370,7 +370,15 @@ def test_a_consumer_that_crashes_is_an_error_row_and_verify_goes_on(tiny_convert
 def test_a_tokenizer_that_crashes_is_an_error_row(tiny_converted, monkeypatch):
     from tests.crashing import segfault
 
-    monkeypatch.setattr(V, "_tokenizers_json", segfault)
+    import dataclasses
+
+    from gpt2hub import converters
+
+    # safetensors' tokenizer.json reader replaced by one that dies of SIGSEGV in its child process
+    form = converters.get("safetensors")
+    crashing = dataclasses.replace(form, tokenizer=dataclasses.replace(form.tokenizer, ids=segfault))
+    get = converters.get
+    monkeypatch.setattr(converters, "get", lambda fmt: crashing if fmt == "safetensors" else get(fmt))
     report = V.verify(tiny_converted, formats=["safetensors"])
     (t,) = [t for t in report.tokenization if t.tokenizer == "tokenizers"]
     assert t.status == "ERROR" and "SIGSEGV" in t.detail
