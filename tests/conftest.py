@@ -3,6 +3,8 @@ import pytest
 from gpt2hub.testing.release import SHAPES, write_release
 from tests.s3server import start_seaweed
 
+pytest_plugins = ["tests.ci", "pytester"]  # tests.ci: in CI a skip is a failure
+
 
 @pytest.fixture(scope="session")
 def tiny_release(tmp_path_factory):

@@ -148,6 +148,7 @@ def test_positions_beyond_n_ctx_are_an_error(reference):
         logits_of(reference, [1] * 65)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda_is_a_one_line_error():
     with pytest.raises(Gpt2hubError, match=r"^--device cuda: PyTorch .* has no CUDA device; use --device cpu$"):
@@ -159,6 +160,7 @@ def test_unknown_device_is_a_one_line_error():
         M.resolve_device("tpu")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_float32_matches_the_cpu_reference(tiny_release, reference):
     model = M.from_checkpoint(tiny_release, device=M.resolve_device("cuda"))
@@ -169,7 +171,7 @@ def test_cuda_float32_matches_the_cpu_reference(tiny_release, reference):
 
 def _float64_model_after_tensorflow(folder: str) -> list[str]:
     """issue 15's reduced case, in a fresh process: TensorFlow writes a release, then the float64 model loads."""
-    from tests.release import SHAPES, write_release
+    from gpt2hub.testing.release import SHAPES, write_release
 
     release = write_release(folder, **SHAPES["tiny"])  # TensorFlow runs in this process
     model = M.from_checkpoint(release, dtype=torch.float64)

@@ -329,6 +329,7 @@ def test_prompt_and_tokens_together_are_an_error(tiny_release):
         V.verify(tiny_release, prompt="hi", tokens=3)
 
 
+@pytest.mark.cuda
 def test_cuda_without_cuda_is_a_one_line_error(tiny_release):
     import torch
 
