@@ -150,3 +150,6 @@ def _serve(request, result: str) -> None:
     with open(tmp, "wb") as f:
         pickle.dump(outcome, f, protocol=pickle.HIGHEST_PROTOCOL)  # an unpicklable value: the child fails
     os.replace(tmp, result)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # skip interpreter teardown: native libraries' exit handlers are slow, and some crash
