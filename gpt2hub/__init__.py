@@ -14,7 +14,9 @@ from . import store  # noqa: E402
 
 def list_releases() -> list[dict]:
     """Every known release with its download size and local state."""
-    return [store.status(m) for m in releases()]
+    from .housekeeping import release_bytes
+
+    return [{**store.status(m), "disk_bytes": release_bytes(m.name)} for m in releases()]
 
 
 def info(name: str, manifest: Path | str | None = None) -> ReleaseManifest:
@@ -25,6 +27,21 @@ def info(name: str, manifest: Path | str | None = None) -> ReleaseManifest:
 def path(name: str, fmt: str = "original", manifest: Path | str | None = None) -> Path:
     """Where one format of a release lives (whether or not it is there yet)."""
     return store.release_dir(resolve(name, manifest).name, fmt)
+
+
+def remove(name: str, formats: list[str] | None = None, dtype: str | None = None, everything: bool = False,
+           dry_run: bool = False):
+    """Remove conversions of a release (or with everything=True the whole release) from the store; returns a Removal."""
+    from .housekeeping import remove as _remove
+
+    return _remove(name, formats, dtype, everything, dry_run)
+
+
+def disk_usage(name: str | None = None) -> list:
+    """Bytes on disk per format and file, of one release or of every release in the store (Usage objects)."""
+    from .housekeeping import usages
+
+    return usages(name)
 
 
 def pull(name: str, **kwargs) -> Path:
@@ -71,5 +88,5 @@ def sample(name_or_dir: str | Path | None = None, **kwargs) -> list[str]:
 
 __all__ = [
     "__version__", "Gpt2hubError", "ReleaseManifest", "Checkpoint",
-    "releases", "resolve", "create_manifest", "list_releases", "info", "path", "pull", "mirror", "convert", "verify", "sample",
+    "releases", "resolve", "create_manifest", "list_releases", "info", "path", "remove", "disk_usage", "pull", "mirror", "convert", "verify", "sample",
 ]

@@ -66,10 +66,10 @@ def list_cmd(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return
-    table = [["NAME", "ALIASES", "PARAMETERS", "DOWNLOAD", "STATE", "FORMATS"]]
+    table = [["NAME", "ALIASES", "PARAMETERS", "DOWNLOAD", "STATE", "FORMATS", "ON DISK"]]
     for r in rows:
         table.append([r["name"], ", ".join(r["aliases"]), f"{r['parameters']:,}", _size(r["download_size"]) + ("" if r["download_size_known"] else "+"),
-                      r["state"], ", ".join(r["formats"]) or "-"])
+                      r["state"], ", ".join(r["formats"]) or "-", _size(r["disk_bytes"]) if r["disk_bytes"] else "-"])
     click.echo(_table(table))
     click.echo(f"\nhome: {store.home()}")
 
@@ -163,6 +163,67 @@ def convert(name_or_dir: str | None, fmt: str, dtype: str | None, out: Path | No
         click.echo(f"hparams {r.hparams_from}: {r.hparams}", err=True)
     click.echo(f"{r.release}: {r.tensors} tensors -> {r.format} {r.dtype} at {r.path} "
                f"({_size(r.bytes_read)} in {r.seconds:.1f} s)")
+
+
+@main.command("rm")
+@click.argument("name")
+@click.option("--format", "formats", default=None, metavar="LIST",
+              help=f"Comma-separated formats to remove ({', '.join(store.FORMATS)}); default: every conversion.")
+@click.option("--dtype", default=None, metavar="DTYPE", help="Only conversions of this weight type (f32, f16, bf16, q8_0).")
+@click.option("--all", "everything", is_flag=True, help="The whole release, original files included.")
+@click.option("--dry-run", is_flag=True, help="Print what would be removed; remove nothing.")
+@click.option("--quiet", is_flag=True, help="Print nothing but errors.")
+@json_option
+def rm(name: str, formats: str | None, dtype: str | None, everything: bool, dry_run: bool, quiet: bool,
+       as_json: bool) -> None:
+    """Remove a release's conversions (or, with --all, the whole release) from the store; print what it freed."""
+    from .housekeeping import remove
+
+    r = remove(name, formats.split(",") if formats else None, dtype, everything, dry_run)
+    if as_json:
+        click.echo(json.dumps(r.to_dict(), indent=1))
+        return
+    if quiet:
+        return
+    verb = "would remove" if dry_run else "removed"
+    for e in r.removed:
+        click.echo(f"{verb} {_in_home(e.path)} ({_size(e.bytes)})")
+    for p in r.kept:
+        click.echo(f"kept {_in_home(p)} (not gpt2hub's)", err=True)
+    click.echo(f"{r.name}: {'would free' if dry_run else 'freed'} {_size(r.freed)}"
+               + ("" if r.removed else " (nothing to remove)"))
+
+
+@main.command()
+@click.argument("name", required=False)
+@json_option
+def du(name: str | None, as_json: bool) -> None:
+    """Bytes on disk per release and format (every release in the store), or per file of NAME."""
+    from .housekeeping import usages
+
+    found = usages(name)
+    if as_json:
+        click.echo(json.dumps([u.to_dict() for u in found], indent=1))
+        return
+    if name is not None:
+        u = found[0]
+        rows = [["FORMAT", "FILE", "ON DISK"]] + [[e.format, str(e.path.relative_to(u.path)), _size(e.bytes)] for e in u.files]
+        rows += [["(other)", str(e.path.relative_to(u.path)), _size(e.bytes)] for e in u.other]
+        click.echo(_table(rows))
+    rows = [["NAME", "FORMAT", "ON DISK"]]
+    for u in found:
+        rows += [[u.name, fmt, _size(n)] for fmt, n in u.formats.items()]
+        rows += [[u.name, "(other)", _size(sum(e.bytes for e in u.other))]] if u.other else []
+        rows.append([u.name, "total", _size(u.bytes)])
+    click.echo(("\n" if name is not None else "") + _table(rows))
+    click.echo(f"\nhome: {store.home()}")
+
+
+def _in_home(path: Path) -> str:
+    try:
+        return str(path.relative_to(store.home()))
+    except ValueError:
+        return str(path)
 
 
 @main.group()
