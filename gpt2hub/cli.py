@@ -52,10 +52,26 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+def _go_offline(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        from . import offline
+
+        offline.enable()
+
+
+offline_option = click.option("--offline", is_flag=True, expose_value=False, callback=_go_offline, is_eager=True,
+                              help="Use only what is on disk (also GPT2HUB_OFFLINE=1); say so if the network is needed.")
+
+
 @click.group(cls=Gpt2hubGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(gpt2hub.__version__, prog_name="gpt2hub")
+@offline_option
 def main() -> None:
     """Pull OpenAI's original GPT-2 release intact and convert it to today's formats."""
+    from . import offline
+
+    if offline.enabled():  # GPT2HUB_OFFLINE=1 set outside: switch the libraries' own offline modes on too
+        offline.enable()
 
 
 @main.command("list")
@@ -116,17 +132,35 @@ def path(name: str, fmt: str, manifest: Path | None) -> None:
 @click.option("--force", is_flag=True, help="Download again even if the release is verified.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--endpoint-url", default=None, metavar="URL", help="S3-compatible endpoint for s3:// sources.")
+@click.option("--only", "only", multiple=True, metavar="WHAT",
+              help="Only these files: tokenizer (encoder.json, vocab.bpe), model (everything else) or file names "
+                   "(repeatable or comma-separated).")
+@click.option("--to", "to", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Put the files in this folder (OpenAI's layout) instead of the store.")
+@click.option("--dry-run", is_flag=True, help="Print what would be fetched, from where, and what is here; touch no file.")
+@offline_option
 @manifest_option
 @json_option
 def pull(name: str, sources: tuple[str, ...], connections: int, verify: bool, force: bool, quiet: bool,
-         endpoint_url: str | None, manifest: Path | None, as_json: bool) -> None:
+         endpoint_url: str | None, only: tuple[str, ...], to: Path | None, dry_run: bool, manifest: Path | None,
+         as_json: bool) -> None:
     """Download a release, verify every file, and print where it is."""
     from .pulling import pull as pull_release
 
     r = pull_release(name, manifest=manifest, sources=sources, connections=connections, verify=verify, force=force,
-                     quiet=quiet or as_json, endpoint_url=endpoint_url)
+                     quiet=quiet or as_json, endpoint_url=endpoint_url, to=to, dry_run=dry_run,
+                     only=[w for item in only for w in item.split(",") if w])
     if as_json:
         click.echo(json.dumps(r.to_dict(), indent=1))
+    elif dry_run:
+        rows = [["FILE", "SIZE", "STATE", "TO FETCH", "FROM"]]
+        for f in r.files:
+            rows.append([f.name, _size(f.size), f.state, _size(f.fetch) if f.fetch else "-",
+                         f.source or ("-" if f.fetch == 0 else "none")])
+        click.echo(_table(rows))
+        click.echo(f"\n{r.name}: would fetch {_size(r.fetch)} into {r.path}" + (" (offline)" if r.offline else ""))
+        for line in r.unavailable:
+            click.echo(f"gpt2hub: no source for {line}", err=True)
     elif r.already:
         click.echo(f"{r.name}: already verified at {r.path}")
     else:
@@ -294,6 +328,9 @@ def completion(shell: str) -> None:
 def mirror(name: str, dest: str, formats: str | None, endpoint_url: str | None, dry_run: bool, private: bool,
            revision: str | None, quiet: bool, manifest: Path | None, as_json: bool) -> None:
     """Upload a pulled release and its conversions to DEST: s3://bucket/prefix or hf://org/repo."""
+    from . import offline
+
+    offline.refuse(f"mirror to {dest}")
     report = gpt2hub.mirror(name, dest, formats=formats.split(",") if formats else None, endpoint_url=endpoint_url,
                             dry_run=dry_run, private=private, revision=revision, manifest=manifest,
                             progress=False if quiet or as_json else None)
