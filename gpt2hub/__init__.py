@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 
 __version__ = "0.1.0"
 
 from .errors import Gpt2hubError  # noqa: E402
 from .registry import ReleaseManifest, create_manifest, releases, resolve  # noqa: E402
-from .tfcheckpoint import Checkpoint  # noqa: E402
 from . import store  # noqa: E402
+
+# Functions named as their modules: importing gpt2hub.convert (say) binds the name to the module, and would
+# shadow the function. Those modules load on first use (so `gpt2hub --help` imports nothing heavy), and the
+# package keeps the functions whatever is imported later.
+_FUNCTIONS_OVER_MODULES = ("convert", "mirror", "verify", "sample")
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value) -> None:
+        if name in _FUNCTIONS_OVER_MODULES and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str):
+    if name == "Checkpoint":  # numpy behind it: loaded on first use
+        from .tfcheckpoint import Checkpoint
+
+        return Checkpoint
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def list_releases() -> list[dict]:
@@ -51,39 +75,33 @@ def pull(name: str, **kwargs) -> Path:
     return _pull(name, **kwargs).path
 
 
-# Imported here, before the function of the same name, so that a later lazy import of the submodule cannot
-# rebind `gpt2hub.mirror` to the module; it is light (boto3 and huggingface_hub load inside its functions).
-from . import mirror as _mirror_module  # noqa: E402
-
-
 def mirror(name: str, dest: str, **kwargs):
     """Upload a pulled release and its conversions to s3://bucket/prefix or hf://org/repo; returns a MirrorReport."""
-    return _mirror_module.mirror(name, dest, **kwargs)
+    from .mirror import mirror as _mirror
 
-
-# As for mirror: bound before the function so the submodule cannot shadow it (light: converters load lazily).
-from . import convert as _convert_module  # noqa: E402
+    return _mirror(name, dest, **kwargs)
 
 
 def convert(name_or_dir: str | Path | None = None, to: str = "safetensors", dtype: str | None = "f32",
             out: Path | str | None = None, force: bool = False, **kwargs) -> Path:
     """Convert a release (name, TF checkpoint folder, or the one pulled) to safetensors, pytorch or gguf; returns the output."""
-    return _convert_module.convert(name_or_dir, to, dtype, out, force, **kwargs).path
+    from .convert import convert as _convert
 
-
-# As for mirror: bound before the functions so the submodules cannot shadow them (torch loads lazily).
-from . import verify as _verify_module  # noqa: E402
-from . import sample as _sample_module  # noqa: E402
+    return _convert(name_or_dir, to, dtype, out, force, **kwargs).path
 
 
 def verify(name_or_dir: str | Path | None = None, **kwargs):
     """Integrity, reference logits and every converted format through its real consumer; returns a Report (.passed)."""
-    return _verify_module.verify(name_or_dir, **kwargs)
+    from .verify import verify as _verify
+
+    return _verify(name_or_dir, **kwargs)
 
 
 def sample(name_or_dir: str | Path | None = None, **kwargs) -> list[str]:
     """Sample text from a release (prompt=..., or unconditional), as openai/gpt-2's scripts; returns the texts."""
-    return _sample_module.sample(name_or_dir, **kwargs)
+    from .sample import sample as _sample
+
+    return _sample(name_or_dir, **kwargs)
 
 
 __all__ = [

@@ -186,8 +186,10 @@ def pull(name: str, sources: tuple[str, ...], connections: int, verify: bool, fo
 def convert(name_or_dir: str | None, fmt: str, dtype: str | None, out: Path | None, force: bool, untie: bool,
             hparams_file: Path | None, quiet: bool, manifest: Path | None, as_json: bool) -> None:
     """Convert a pulled release (NAME, or the only one pulled) or a TF checkpoint DIR."""
-    r = gpt2hub._convert_module.convert(name_or_dir, fmt, dtype, out, force, untie=untie, hparams=hparams_file,
-                                        manifest=manifest, quiet=quiet or as_json)
+    from .convert import convert as run
+
+    r = run(name_or_dir, fmt, dtype, out, force, untie=untie, hparams=hparams_file,
+             manifest=manifest, quiet=quiet or as_json)
     if as_json:
         click.echo(json.dumps(r.to_dict(), indent=1))
         return
