@@ -16,11 +16,13 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol, TypeVar
 
 import numpy as np
 
+from gpt2hub import vocab_cache
 from gpt2hub.errors import CheckpointError, ConversionError
 from gpt2hub.layout import SCOPE, HParams, tensor_shapes
 from gpt2hub.tfcheckpoint import Checkpoint, TensorEntry
@@ -62,11 +64,9 @@ def get(fmt: str) -> Converter:
 
 @dataclass(frozen=True)
 class Vocab:
-    """The BPE vocabulary of a release: tokens by id (byte-level unicode), merges, <|endoftext|>."""
+    """The BPE vocabulary of a release (encoder.json + vocab.bpe): tokens by id (byte-level unicode), merges,
+    <|endoftext|>. Parsed on first use; what converters derive from it is cached by the files' sha256."""
 
-    tokens: list[str]
-    merges: list[str]  # "a b" pairs, in rank order
-    eot_id: int
     encoder_json: Path
     vocab_bpe: Path
 
@@ -76,6 +76,43 @@ class Vocab:
         for p in (encoder_json, vocab_bpe):
             if not p.is_file():
                 raise ConversionError(f"{p}: no such file (the tokenizer needs encoder.json and vocab.bpe)")
+        vocab = cls(encoder_json, vocab_bpe)
+        vocab.facts  # a vocabulary not seen before is parsed now: a bad one fails before anything is written
+        return vocab
+
+    @cached_property
+    def key(self) -> str:
+        """The vocabulary's cache key (see gpt2hub.vocab_cache)."""
+        from gpt2hub import __version__
+
+        return vocab_cache.key([self.encoder_json, self.vocab_bpe], f"gpt2hub {__version__}")
+
+    def derived(self, name: str, build: Callable[[], str]) -> str:
+        """A text built from this vocabulary only (tokenizer.json, say), from the cache when it was built before."""
+        return vocab_cache.text(self.key, name, build)
+
+    @cached_property
+    def facts(self) -> dict:
+        """{"eot_id", "n_tokens"}: what configs need, without parsing the files where they were seen before."""
+        return json.loads(self.derived("facts.json", lambda: json.dumps(
+            {"eot_id": self._parsed[2], "n_tokens": len(self._parsed[0])})))
+
+    @property
+    def eot_id(self) -> int:
+        return self.facts["eot_id"]
+
+    @property
+    def tokens(self) -> list[str]:
+        return self._parsed[0]
+
+    @property
+    def merges(self) -> list[str]:
+        """"a b" pairs, in rank order."""
+        return self._parsed[1]
+
+    @cached_property
+    def _parsed(self) -> tuple[list[str], list[str], int]:
+        encoder_json, vocab_bpe = self.encoder_json, self.vocab_bpe
         try:
             encoder = json.loads(encoder_json.read_text(encoding="utf-8"))
         except ValueError as e:
@@ -89,7 +126,7 @@ class Vocab:
         merges = [line for line in lines[1 if lines[0].startswith("#version") else 0:] if line]
         if any(len(m.split(" ")) != 2 for m in merges):
             raise ConversionError(f"{vocab_bpe}: a merge line is not two symbols separated by a space")
-        return cls(tokens, merges, encoder[ENDOFTEXT], encoder_json, vocab_bpe)
+        return tokens, merges, encoder[ENDOFTEXT]
 
 
 @dataclass
