@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import offline, registry, store
+from . import hashes, offline, registry, store
 from .download import DiskFull, RangeRecord, RetryPolicy, fetch, record_path
 from .errors import CheckpointError, ChecksumError, DownloadError, UnknownRelease
 from .registry import FileRecord, ReleaseManifest, sha256_file
@@ -461,6 +461,7 @@ class _Pull:
             return self._from_source(f, spec, retried=True)
         os.replace(part, self.dest / f.name)
         record_path(part).unlink(missing_ok=True)
+        hashes.remember(self.dest / f.name, result.sha256)  # mirror and convert need not hash it again
         if spec not in self.used:
             self.used.append(spec)
         return result
