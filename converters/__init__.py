@@ -231,19 +231,16 @@ def row_chunks(source: Source, p: Planned, chunk_bytes: int = CHUNK_BYTES) -> It
 # --- dtypes -------------------------------------------------------------------------------------
 
 def to_bf16(x: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 bits (uint16), rounded to nearest even as torch and ggml do; NaN stays NaN."""
-    u = np.array(x, dtype=np.float32, order="C").view(np.uint32)  # a fresh copy, rounded in place
-    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    """float32 -> bfloat16 bits (uint16), rounded to nearest even as torch and ggml do; a NaN keeps its sign and
+    payload, made quiet, as ggml's fp32_to_bf16 (ml_dtypes' cast, one C pass, would make every NaN 0x7fc0)."""
+    import ml_dtypes
+
+    with np.errstate(invalid="ignore"):  # NaNs are cast on purpose, and fixed below
+        out = x.astype(ml_dtypes.bfloat16, order="C").view(np.uint16)
+    nan = np.isnan(x)
     if nan.any():
-        u[nan] = (u[nan] & 0xFFFF0000) | 0x00400000
-    del nan
-    bump = u >> 16
-    bump &= 1
-    bump += 0x7FFF
-    u += bump
-    del bump
-    u >>= 16
-    return u.astype(np.uint16)
+        out[nan] = (np.ascontiguousarray(x[nan]).view(np.uint32) >> 16).astype(np.uint16) | 0x40
+    return out
 
 
 # Each returns a new C-contiguous array (one pass over a strided input).

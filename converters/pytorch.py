@@ -14,6 +14,7 @@ import json
 import struct
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import CASTS, Converter, Planned, Progress, Source, numel, pipelined, plan, row_chunks
@@ -88,7 +89,26 @@ def _record(zf: zipfile.ZipFile, name: str, size: int) -> tuple[zipfile.ZipInfo,
     return info, zip64
 
 
+@contextmanager
+def _fast_crc32():
+    """zipfile's CRC-32 from zlib-ng while a shard is written: the same polynomial and results as zlib's, about
+    6x faster (zlib's was most of a 1558M conversion's time). zipfile takes it from its module global `crc32`."""
+    from zlib_ng import zlib_ng
+
+    saved = zipfile.crc32
+    zipfile.crc32 = zlib_ng.crc32
+    try:
+        yield
+    finally:
+        zipfile.crc32 = saved
+
+
 def _write_shard(path: Path, source: Source, planned: list[Planned], keys: list[str], dtype: str, progress: Progress) -> None:
+    with _fast_crc32():
+        _write_zip(path, source, planned, keys, dtype, progress)
+
+
+def _write_zip(path: Path, source: Source, planned: list[Planned], keys: list[str], dtype: str, progress: Progress) -> None:
     stem = path.stem
     size, cast = CASTS[dtype]
     pickle_bytes = state_dict_pickle([(p.name, STORAGE_TYPES[dtype], k, p.shape) for p, k in zip(planned, keys)])

@@ -1,0 +1,42 @@
+"""The faster paths give the same bytes: bfloat16 via ml_dtypes, the zip CRC-32 via zlib-ng."""
+
+from __future__ import annotations
+
+import zipfile
+import zlib
+
+import numpy as np
+
+import gpt2hub
+from gpt2hub.converters import to_bf16
+
+
+def _ggml_bf16(x: np.ndarray) -> np.ndarray:
+    """ggml's ggml_compute_fp32_to_bf16, element by element: NaN keeps sign and payload, made quiet; else RNE."""
+    out = []
+    for u in np.ascontiguousarray(x, np.float32).view(np.uint32).ravel().tolist():
+        if (u & 0x7FFFFFFF) > 0x7F800000:
+            out.append((u >> 16) | 64)
+        else:
+            out.append((u + (0x7FFF + ((u >> 16) & 1))) >> 16)
+    return np.array(out, np.uint16).reshape(x.shape)
+
+
+def test_bf16_matches_ggml_on_every_kind_of_float():
+    special = np.array([0x7FC00000, 0xFFC00000, 0x7F800001, 0xFF812345, 0x7FBFFFFF, 0x7F800000, 0xFF800000, 0,
+                        0x80000000, 0x00000001, 0x807FFFFF, 0x3F808000, 0x3F818000, 0x3F80FFFF, 0x7F7FFFFF], np.uint32)
+    rng = np.random.default_rng(1)
+    x = np.concatenate([special, rng.integers(0, 2**32, 20000, dtype=np.uint64).astype(np.uint32)]).view(np.float32)
+    assert (to_bf16(x) == _ggml_bf16(x)).all()
+    strided = x[:20000].reshape(100, 200)[:, ::3]  # a transposed or strided input, as converters pass
+    assert (to_bf16(strided) == _ggml_bf16(strided)).all() and to_bf16(strided).flags.c_contiguous
+
+
+def test_pytorch_zip_crcs_are_zips_own(tiny_release, tmp_path, monkeypatch):
+    monkeypatch.setenv("GPT2HUB_HOME", str(tmp_path / "home"))
+    out = gpt2hub.convert(tiny_release, to="pytorch", out=tmp_path / "pt", quiet=True)
+    with zipfile.ZipFile(out / "pytorch_model.bin") as z:
+        assert z.testzip() is None  # every record's CRC-32 recomputed by zlib and compared
+        for info in z.infolist():
+            assert zlib.crc32(z.read(info)) == info.CRC
+    assert zipfile.crc32 is zlib.crc32  # zipfile's own is back for everyone else
