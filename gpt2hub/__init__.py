@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 from .errors import Gpt2hubError  # noqa: E402
 from .registry import ReleaseManifest, create_manifest, releases, resolve  # noqa: E402
-from . import store  # noqa: E402
+from . import converters, store  # noqa: E402
 
 # Functions named as their modules: importing gpt2hub.convert (say) binds the name to the module, and would
 # shadow the function. Those modules load on first use (so `gpt2hub --help` imports nothing heavy), and the
@@ -82,7 +82,7 @@ def mirror(name: str, dest: str, **kwargs):
     return _mirror(name, dest, **kwargs)
 
 
-def convert(name_or_dir: str | Path | None = None, to: str = "safetensors", dtype: str | None = "f32",
+def convert(name_or_dir: str | Path | None = None, to: str = converters.DEFAULT, dtype: str | None = "f32",
             out: Path | str | None = None, force: bool = False, **kwargs) -> Path:
     """Convert a release (name, TF checkpoint folder, or the one pulled) to safetensors, pytorch or gguf; returns the output."""
     from .convert import convert as _convert

@@ -212,7 +212,7 @@ def _plan(release: str, folder: Path, formats: list[str], dtype: str | None) -> 
         outputs = _outputs(release, fmt)
         for out in outputs:
             _refuse_links_below(out)
-            out_dtype = _dtype(out)
+            out_dtype = _dtype(fmt, out)
             if dtype is None or out_dtype == dtype:
                 plan.append(Entry(out, on_disk(out), fmt, out_dtype))
         if d.is_dir() and d not in outputs:
@@ -230,18 +230,11 @@ def _outputs(release: str, fmt: str) -> list[Path]:
     return [p for p in home_release.output_paths(fmt) if p.exists() or p.is_symlink()]
 
 
-def _dtype(out: Path) -> str | None:
-    """The weight type of a conversion: a folder's config.json torch_dtype, else the file name's last `-` part."""
-    if out.is_dir():
-        from .errors import load_json
+def _dtype(fmt: str, out: Path) -> str | None:
+    """The weight type a conversion on disk stores, as its format reads it."""
+    from . import converters
 
-        try:
-            config = load_json(out / "config.json")
-        except Gpt2hubError:
-            return None
-        torch_dtype = config.get("torch_dtype") if isinstance(config, dict) else None
-        return {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}.get(torch_dtype)
-    return out.stem.rpartition("-")[2] or None
+    return converters.get(fmt).read_dtype(out)
 
 
 def _original_files(release: str) -> set[str]:
