@@ -23,14 +23,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
-import numpy as np
-
-from gpt2hub import vocab_cache
+from gpt2hub import lazy, vocab_cache
 from gpt2hub.errors import CheckpointError, ConversionError
 from gpt2hub.layout import SCOPE, HParams, tensor_shapes
-from gpt2hub.tfcheckpoint import Checkpoint, TensorEntry
+
+if TYPE_CHECKING:
+    from gpt2hub.tfcheckpoint import Checkpoint, TensorEntry
+
+# Every command reads this registry (the store's format list); numpy loads only when a tensor is touched.
+np = lazy.module("numpy")
 
 DEFAULT = "safetensors"  # what `gpt2hub convert` writes when no format is named
 ENDOFTEXT = "<|endoftext|>"
@@ -354,7 +357,7 @@ def to_bf16(x: np.ndarray) -> np.ndarray:
 
 # Each returns a new C-contiguous array (one pass over a strided input).
 CASTS: dict[str, tuple[int, Callable[[np.ndarray], np.ndarray]]] = {
-    "f32": (4, np.ascontiguousarray),
+    "f32": (4, lambda x: np.ascontiguousarray(x)),
     "f16": (2, lambda x: x.astype(np.float16, order="C")),
     "bf16": (2, to_bf16),
 }
