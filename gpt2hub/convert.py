@@ -183,13 +183,18 @@ class _progress_bar:
     """tqdm over source bytes, shown only on a terminal."""
 
     def __init__(self, total: int, desc: str, quiet: bool):
-        from tqdm import tqdm
+        self.bar = None
+        if not quiet and sys.stderr.isatty():  # tqdm is imported only when a bar is shown
+            from tqdm import tqdm
 
-        self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                        disable=quiet or not sys.stderr.isatty(), leave=False)
+            self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
 
     def __enter__(self):
-        return self.bar
+        return self.bar or self
+
+    def update(self, n: int) -> None:
+        """The hidden bar's update: nothing to show."""
 
     def __exit__(self, *exc) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
