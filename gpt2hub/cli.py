@@ -163,6 +163,7 @@ def pull(name: str, sources: tuple[str, ...], connections: int, verify: bool, fo
          endpoint_url: str | None, only: tuple[str, ...], to: Path | None, dry_run: bool, manifest: Path | None,
          as_json: bool) -> None:
     """Download a release, verify every file, and print where it is."""
+    from . import offline
     from .pulling import pull as pull_release
 
     r = pull_release(name, manifest=manifest, sources=sources, connections=connections, verify=verify, force=force,
@@ -174,11 +175,15 @@ def pull(name: str, sources: tuple[str, ...], connections: int, verify: bool, fo
         rows = [["FILE", "SIZE", "STATE", "TO FETCH", "FROM"]]
         for f in r.files:
             rows.append([f.name, _size(f.size), f.state, _size(f.fetch) if f.fetch else "-",
-                         f.source or ("-" if f.fetch == 0 else "none")])
+                         f.source or ("-" if f.fetch == 0 else "offline" if r.offline else "none")])
         click.echo(_table(rows))
-        click.echo(f"\n{r.name}: would fetch {_size(r.fetch)} into {r.path}" + (" (offline)" if r.offline else ""))
+        click.echo(f"\n{r.name}: would fetch {_size(r.fetch)} into {r.path}")
         for line in r.unavailable:
             click.echo(f"gpt2hub: no source for {line}", err=True)
+        needs = [f for f in r.files if f.fetch and f.source is None]
+        if r.offline and needs:
+            click.echo(f"gpt2hub: offline ({offline.ENV}=1): {len(needs)} files ({_size(sum(f.fetch for f in needs))}) "
+                       "would need the network", err=True)
     elif r.already:
         click.echo(f"{r.name}: already verified at {r.path}")
     else:

@@ -329,8 +329,7 @@ class _Pull:
                     continue
                 source, size = spec, size if size is not None else st.size
                 break
-            if source is None:
-                why += [f"{s}: offline" for s in self.skipped]
+            if source is None and (why or not self.offline):  # offline with no folder source: the CLI says so once
                 unavailable.append(f"{f.name} ({'; '.join(why) or 'no source'})")
             out.append(PlannedFile(f.name, size, "partial" if done else "missing", done,
                                    None if size is None else size - done, source))
@@ -384,7 +383,7 @@ class _Pull:
                                         "not replacing it (move it away and pull again)") from None
                 self.warn(f"{final.name}: the copy on disk does not verify ({e}); fetching it again")
         if not self.specs:
-            offline.refuse(f"{self.m.name}: {f.name} ({_gb(f.size) if f.size is not None else 'size unknown'}) "
+            offline.refuse(f"{self.m.name}: {f.name} ({'size unknown' if f.size is None else f'{f.size:,} bytes'}) "
                            f"from {self.skipped[0] if self.skipped else 'a source'}")
         failures = []
         for spec in self.specs:
