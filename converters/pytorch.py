@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import CASTS, Format, Planned, Progress, Source, numel, pipelined, plan, row_chunks
+from . import CASTS, Format, Planned, Progress, Source, cast_for, numel, pipelined, plan, row_chunks
 from . import hf
 
 WEIGHTS = "pytorch_model.bin"
@@ -110,7 +110,8 @@ def _write_shard(path: Path, source: Source, planned: list[Planned], keys: list[
 
 def _write_zip(path: Path, source: Source, planned: list[Planned], keys: list[str], dtype: str, progress: Progress) -> None:
     stem = path.stem
-    size, cast = CASTS[dtype]
+    size = CASTS[dtype][0]
+    cast = cast_for(dtype, sum(p.entry.size for p in planned))
     pickle_bytes = state_dict_pickle([(p.name, STORAGE_TYPES[dtype], k, p.shape) for p, k in zip(planned, keys)])
     small = [("data.pkl", pickle_bytes), (".format_version", b"1"), (".storage_alignment", str(ALIGNMENT).encode()),
              ("byteorder", b"little")]

@@ -16,8 +16,8 @@ import struct
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import (CASTS, CHUNK_BYTES, BackgroundSha256, Format, Planned, Progress, Source, numel, pipelined, plan,
-               read_bytes, row_chunks)
+from . import (CASTS, CHUNK_BYTES, BackgroundSha256, Format, Planned, Progress, Source, cast_for, numel, pipelined,
+               plan, read_bytes, row_chunks)
 from . import hf
 
 WEIGHTS = "model.safetensors"
@@ -56,7 +56,7 @@ def write(source: Source, out: Path, dtype: str, progress: Progress) -> None:
                 if dtype == "f32":
                     _copy_runs(source, planned, f, progress)
                 else:
-                    cast = CASTS[dtype][1]
+                    cast = cast_for(dtype, sum(p.entry.size for p in planned))
                     blocks = (b for p in planned for b in row_chunks(source, p))
                     for data, n in pipelined(lambda b: (cast(b), b.nbytes), blocks):
                         f.write(memoryview(data).cast("B"))

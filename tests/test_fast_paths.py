@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 
 import gpt2hub
-from gpt2hub.converters import to_bf16
+from gpt2hub.converters import ONE_PASS_FROM, cast_for, to_bf16, to_bf16_one_pass
 
 
 def _ggml_bf16(x: np.ndarray) -> np.ndarray:
@@ -27,9 +27,15 @@ def test_bf16_matches_ggml_on_every_kind_of_float():
                         0x80000000, 0x00000001, 0x807FFFFF, 0x3F808000, 0x3F818000, 0x3F80FFFF, 0x7F7FFFFF], np.uint32)
     rng = np.random.default_rng(1)
     x = np.concatenate([special, rng.integers(0, 2**32, 20000, dtype=np.uint64).astype(np.uint32)]).view(np.float32)
-    assert (to_bf16(x) == _ggml_bf16(x)).all()
     strided = x[:20000].reshape(100, 200)[:, ::3]  # a transposed or strided input, as converters pass
-    assert (to_bf16(strided) == _ggml_bf16(strided)).all() and to_bf16(strided).flags.c_contiguous
+    for cast in (to_bf16, to_bf16_one_pass):
+        assert (cast(x) == _ggml_bf16(x)).all()
+        assert (cast(strided) == _ggml_bf16(strided)).all() and cast(strided).flags.c_contiguous
+
+
+def test_the_one_pass_cast_is_for_large_models_only():
+    assert cast_for("bf16", ONE_PASS_FROM) is to_bf16_one_pass and cast_for("bf16", ONE_PASS_FROM - 1) is to_bf16
+    assert cast_for("f16", ONE_PASS_FROM) is not to_bf16_one_pass
 
 
 def test_pytorch_zip_crcs_are_zips_own(tiny_release, tmp_path, monkeypatch):
