@@ -116,6 +116,7 @@ def convert(before: Path, release: Path, work: Path, repeat: int, formats: list[
 
 
 def mirror(before: Path, release: Path, work: Path, repeat: int) -> None:
+    sys.path.insert(0, str(ROOT))
     from tests.s3server import SeaweedS3
 
     aws = shutil.which("aws")
@@ -132,7 +133,7 @@ def mirror(before: Path, release: Path, work: Path, repeat: int) -> None:
         for label, code in (("before", before), ("after", None)):
             env = env_for(code, work / f"home-mirror-{label}", creds)
             for cmd in (["manifest", "create", str(release), "--name", name],
-                        ["pull", name, "--source", str(release.parent), "--quiet"]):
+                        ["pull", name, "--source", str(release), "--quiet"]):
                 subprocess.run([PY, "-m", "gpt2hub.cli", *cmd], check=True, env=env, stdout=subprocess.DEVNULL,
                                cwd=ROOT if code is None else "/")
             # the first run sends everything (not measured here: see benchmarks/mirror.py); then nothing to send

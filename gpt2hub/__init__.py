@@ -68,11 +68,13 @@ def disk_usage(name: str | None = None) -> list:
     return usages(name)
 
 
-def pull(name: str, **kwargs) -> Path:
-    """Fetch and verify a release into its original/ folder (see gpt2hub.pulling.pull); returns that folder."""
+def pull(name: str, **kwargs):
+    """Fetch and verify a release into its original/ folder or `to` (see gpt2hub.pulling.pull); returns that folder,
+    or with dry_run=True the PullPlan (what would be fetched, from where)."""
     from .pulling import pull as _pull
 
-    return _pull(name, **kwargs).path
+    result = _pull(name, **kwargs)
+    return result if kwargs.get("dry_run") else result.path
 
 
 def mirror(name: str, dest: str, **kwargs):
