@@ -316,6 +316,37 @@ def read_bytes(f, offset: int, size: int, what: str) -> np.ndarray:
     return buf
 
 
+def copy_range(src, dst, offset: int, dst_pos: int, size: int, progress: Progress) -> None:
+    """`size` bytes at `offset` of the open file `src` to `dst_pos` of the open file `dst`: copied by the kernel
+    (copy_file_range, as cp does) without entering Python, else read and written a chunk at a time."""
+    if _kernel_copy(src.fileno(), dst.fileno(), offset, dst_pos, size, progress):
+        return
+    os.lseek(dst.fileno(), dst_pos, os.SEEK_SET)
+    for pos in range(offset, offset + size, CHUNK_BYTES):
+        chunk = read_bytes(src, pos, min(CHUNK_BYTES, offset + size - pos), "data")
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst.fileno(), view):]
+        progress(len(chunk))
+
+
+def _kernel_copy(src: int, dst: int, src_pos: int, dst_pos: int, size: int, progress: Progress) -> bool:
+    """copy_file_range in chunks (for the progress bar); False if this filesystem pair can't."""
+    done = 0
+    while done < size:
+        try:
+            n = os.copy_file_range(src, dst, min(CHUNK_BYTES * 2, size - done), src_pos + done, dst_pos + done)
+        except OSError:
+            if done:
+                raise
+            return False
+        if n == 0:
+            raise OSError(f"copy_file_range: source ended {size - done} bytes early")
+        done += n
+        progress(n)
+    return True
+
+
 def row_chunks(source: Source, p: Planned, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
     """The tensor in its output layout, as float32 blocks of whole output rows (maybe strided views)."""
     e = p.entry

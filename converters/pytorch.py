@@ -11,13 +11,17 @@ storage, aligned to 64 bytes in the file (so torch.load(mmap=True) can map them)
 from __future__ import annotations
 
 import json
+import os
 import struct
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import CASTS, Format, Planned, Progress, Source, cast_for, numel, pipelined, plan, row_chunks
+from gpt2hub.errors import CheckpointError
+
+from . import (CASTS, CHUNK_BYTES, Format, Planned, Progress, Source, cast_for, copy_range, numel, pipelined, plan,
+               row_chunks)
 from . import hf
 
 WEIGHTS = "pytorch_model.bin"
@@ -30,6 +34,7 @@ PADDING_FIELD = 0x4246  # "FB": the zip extra-field id torch pads local headers 
 LOCAL_HEADER = 30  # fixed part of a zip local file header
 ZIP64_EXTRA = 20  # what zipfile appends to a local header that needs zip64 sizes
 RECORD_DATE = (1980, 1, 1, 0, 0, 0)
+KERNEL_COPY = True  # f32 records copied by the kernel; False: through zipfile's writer (the reference path, in tests)
 
 
 # --- the pickle --------------------------------------------------------------------------------
@@ -103,6 +108,44 @@ def _fast_crc32():
         zipfile.crc32 = saved
 
 
+def _crc32(path: Path, offset: int, size: int) -> int:
+    """The zip CRC-32 of `size` bytes at `offset` of a file, read in CHUNK_BYTES pieces (never mapped: see row_chunks)."""
+    from zlib_ng import zlib_ng
+
+    crc, buf = 0, memoryview(bytearray(max(1, min(CHUNK_BYTES, size))))
+    with open(path, "rb", buffering=0) as f:
+        while size:
+            n = os.preadv(f.fileno(), [buf[:min(len(buf), size)]], offset)
+            if n <= 0:
+                raise CheckpointError(f"{path}: ends early (the data file shrank or is truncated)")
+            crc = zlib_ng.crc32(buf[:n], crc)
+            offset, size = offset + n, size - n
+    return crc
+
+
+def _copied_record(zf: zipfile.ZipFile, info: zipfile.ZipInfo, zip64: bool, crc: int, src: Path, offset: int,
+                   progress: Progress) -> None:
+    """A stored record whose bytes are copied from `src` by the kernel, written as zf.writestr would write them.
+
+    zipfile can only write a record's bytes through Python; this writes the local header it would (CRC and sizes
+    known up front, so written once), then the bytes, then registers the record for the central directory.
+    """
+    info.CRC, info.compress_size, info.header_offset = crc, info.file_size, zf.start_dir
+    info.external_attr = info.external_attr or 0o600 << 16  # as ZipFile.open(..., "w") sets it
+    zf._writecheck(info)
+    zf._didModify = True
+    zf.fp.seek(zf.start_dir)
+    zf.fp.write(info.FileHeader(zip64))
+    zf.fp.flush()
+    start = zf.fp.tell()
+    with open(src, "rb") as f:
+        copy_range(f, zf.fp, offset, start, info.file_size, progress)
+    zf.fp.seek(start + info.file_size)
+    zf.filelist.append(info)
+    zf.NameToInfo[info.filename] = info
+    zf.start_dir = zf.fp.tell()
+
+
 def _write_shard(path: Path, source: Source, planned: list[Planned], keys: list[str], dtype: str, progress: Progress) -> None:
     with _fast_crc32():
         _write_zip(path, source, planned, keys, dtype, progress)
@@ -119,12 +162,20 @@ def _write_zip(path: Path, source: Source, planned: list[Planned], keys: list[st
         for name, data in small:
             info, _ = _record(zf, f"{stem}/{name}", len(data))
             zf.writestr(info, data)
-        for p, key in zip(planned, keys):
-            info, zip64 = _record(zf, f"{stem}/data/{key}", numel(p.shape) * size)
-            with zf.open(info, "w", force_zip64=zip64) as w:
-                for data, n in pipelined(lambda b: (cast(b), b.nbytes), row_chunks(source, p)):
-                    w.write(memoryview(data).cast("B"))
-                    progress(n)
+        if dtype == "f32" and not any(p.rule.transpose for p in planned) and KERNEL_COPY:
+            # The records' bytes are the data file's: CRCs read ahead on threads, bytes copied by the kernel.
+            crcs = pipelined(lambda p: _crc32(source.ckpt.data_paths[p.entry.shard_id], p.entry.offset, p.entry.size),
+                             planned, workers=2)
+            for p, key, crc in zip(planned, keys, crcs):
+                info, zip64 = _record(zf, f"{stem}/data/{key}", p.entry.size)
+                _copied_record(zf, info, zip64, crc, source.ckpt.data_paths[p.entry.shard_id], p.entry.offset, progress)
+        else:
+            for p, key in zip(planned, keys):
+                info, zip64 = _record(zf, f"{stem}/data/{key}", numel(p.shape) * size)
+                with zf.open(info, "w", force_zip64=zip64) as w:
+                    for data, n in pipelined(lambda b: (cast(b), b.nbytes), row_chunks(source, p)):
+                        w.write(memoryview(data).cast("B"))
+                        progress(n)
         info, _ = _record(zf, f"{stem}/version", 2)
         zf.writestr(info, b"3\n")
 

@@ -11,13 +11,12 @@ the source's sha256 is not known (for the header's metadata) it is computed on a
 from __future__ import annotations
 
 import json
-import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import (CASTS, CHUNK_BYTES, BackgroundSha256, Format, Planned, Progress, Source, cast_for, numel, pipelined,
-               plan, read_bytes, row_chunks)
+from . import (CASTS, BackgroundSha256, Format, Planned, Progress, Source, cast_for, copy_range, numel, pipelined,
+               plan, row_chunks)
 from . import hf
 
 WEIGHTS = "model.safetensors"
@@ -88,36 +87,9 @@ def _copy_runs(source: Source, planned: list[Planned], f, progress: Progress) ->
     dst_pos = f.tell()
     for shard, offset, size in _runs(planned):
         with open(source.ckpt.data_paths[shard], "rb") as src:
-            if not _kernel_copy(src.fileno(), f.fileno(), offset, dst_pos, size, progress):
-                os.lseek(f.fileno(), dst_pos, os.SEEK_SET)
-                for pos in range(offset, offset + size, CHUNK_BYTES):
-                    chunk = read_bytes(src, pos, min(CHUNK_BYTES, offset + size - pos), "data")
-                    _write_all(f.fileno(), memoryview(chunk))
-                    progress(len(chunk))
+            copy_range(src, f, offset, dst_pos, size, progress)
             dst_pos += size
     f.seek(dst_pos)
-
-
-def _kernel_copy(src: int, dst: int, src_pos: int, dst_pos: int, size: int, progress: Progress) -> bool:
-    """copy_file_range in chunks (for the progress bar); False if this filesystem pair can't."""
-    done = 0
-    while done < size:
-        try:
-            n = os.copy_file_range(src, dst, min(CHUNK_BYTES * 2, size - done), src_pos + done, dst_pos + done)
-        except OSError:
-            if done:
-                raise
-            return False
-        if n == 0:
-            raise OSError(f"copy_file_range: source ended {size - done} bytes early")
-        done += n
-        progress(n)
-    return True
-
-
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        data = data[os.write(fd, data):]
 
 
 FORMAT = Format(name="safetensors", rank=10, dtypes=tuple(ST_DTYPES), default_dtype="f32", write=write, **hf.FOLDER_FIELDS,

@@ -46,3 +46,16 @@ def test_pytorch_zip_crcs_are_zips_own(tiny_release, tmp_path, monkeypatch):
         for info in z.infolist():
             assert zlib.crc32(z.read(info)) == info.CRC
     assert zipfile.crc32 is zlib.crc32  # zipfile's own is back for everyone else
+
+
+def test_pytorch_f32_copied_by_the_kernel_is_what_zipfile_writes(tiny_release, tmp_path, monkeypatch):
+    from gpt2hub.converters import pytorch
+
+    monkeypatch.setenv("GPT2HUB_HOME", str(tmp_path / "home"))
+    fast = gpt2hub.convert(tiny_release, to="pytorch", out=tmp_path / "fast", quiet=True, max_shard_bytes=300_000)
+    monkeypatch.setattr(pytorch, "KERNEL_COPY", False)
+    slow = gpt2hub.convert(tiny_release, to="pytorch", out=tmp_path / "slow", quiet=True, max_shard_bytes=300_000)
+    names = sorted(p.name for p in slow.iterdir())
+    assert names == sorted(p.name for p in fast.iterdir()) and len([n for n in names if n.endswith(".bin")]) > 1
+    for n in names:
+        assert (fast / n).read_bytes() == (slow / n).read_bytes(), n
