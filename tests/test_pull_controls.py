@@ -19,6 +19,7 @@ from gpt2hub.errors import DownloadError
 from gpt2hub.offline import OfflineError
 from gpt2hub.pulling import pull
 from tests.httpserver import FaultyServer
+from tests.test_pull import mirror_root, tiny_manifest  # noqa: F401 - the same session fixtures as pull's tests
 
 DATA = "model.ckpt.data-00000-of-00001"
 TOKENIZER = ["encoder.json", "vocab.bpe"]
@@ -37,19 +38,6 @@ def env(tmp_path, monkeypatch):
         monkeypatch.setenv(var, DEAD_PROXY)
     for var in ("NO_PROXY", "no_proxy"):
         monkeypatch.setenv(var, "127.0.0.1,localhost")
-
-
-@pytest.fixture(scope="module")
-def mirror_root(tiny_release, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("mirror")
-    shutil.copytree(tiny_release, root / "tiny")
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny_manifest(tiny_release, tmp_path_factory) -> Path:
-    return registry.write_manifest(registry.create_manifest(tiny_release, "tiny"),
-                                   tmp_path_factory.mktemp("manifests") / "tiny.json")
 
 
 @pytest.fixture
