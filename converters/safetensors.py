@@ -21,6 +21,7 @@ from . import hf
 
 WEIGHTS = "model.safetensors"
 ST_DTYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
+PAGE = 4096
 SHA_PLACEHOLDER = "0" * 64  # same length as the digest, patched in place once the source is hashed
 
 
@@ -40,7 +41,9 @@ def header(source: Source, planned: list[Planned], dtype: str, sha256: list[str]
         entries[p.name] = {"dtype": ST_DTYPES[dtype], "shape": list(p.shape), "data_offsets": [offset, offset + n]}
         offset += n
     raw = json.dumps(entries, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
+    # The spec allows trailing spaces. f32: the weights start on a page, as they do in the data file, so the
+    # kernel copies whole pages (copy_file_range to an unaligned offset ran ~3x slower here); else 8 bytes.
+    raw += b" " * (-(8 + len(raw)) % (PAGE if dtype == "f32" else 8))
     return struct.pack("<Q", len(raw)) + raw
 
 
