@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol, T
 from gpt2hub import lazy, vocab_cache
 from gpt2hub.errors import CheckpointError, ConversionError
 from gpt2hub.layout import SCOPE, HParams, tensor_shapes
+from gpt2hub.tokenizer import read_vocab
 
 if TYPE_CHECKING:
     from gpt2hub.tfcheckpoint import Checkpoint, TensorEntry
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 np = lazy.module("numpy")
 
 DEFAULT = "safetensors"  # what `gpt2hub convert` writes when no format is named
-ENDOFTEXT = "<|endoftext|>"
 CHUNK_BYTES = 32 << 20  # source bytes per conversion step: bounds the working set
 Progress = Callable[[int], None]
 T, R = TypeVar("T"), TypeVar("R")
@@ -184,12 +184,10 @@ class Vocab:
 
     @classmethod
     def from_folder(cls, folder: Path) -> "Vocab":
-        encoder_json, vocab_bpe = folder / "encoder.json", folder / "vocab.bpe"
-        for p in (encoder_json, vocab_bpe):
-            if not p.is_file():
-                raise ConversionError(f"{p}: no such file (the tokenizer needs encoder.json and vocab.bpe)")
-        vocab = cls(encoder_json, vocab_bpe)
-        vocab.facts  # a vocabulary not seen before is parsed now: a bad one fails before anything is written
+        """The vocabulary of a release folder (gpt2hub.tokenizer.read_vocab's checks and errors), read on first
+        use; one seen before (the same files' sha256) is not read again."""
+        vocab = cls(folder / "encoder.json", folder / "vocab.bpe")
+        vocab.facts  # a vocabulary not seen before is read now: a bad one fails before anything is written
         return vocab
 
     @cached_property
@@ -197,7 +195,11 @@ class Vocab:
         """The vocabulary's cache key (see gpt2hub.vocab_cache)."""
         from gpt2hub import __version__
 
-        return vocab_cache.key([self.encoder_json, self.vocab_bpe], f"gpt2hub {__version__}")
+        try:
+            return vocab_cache.key([self.encoder_json, self.vocab_bpe], f"gpt2hub {__version__}")
+        except OSError:
+            read_vocab(self.encoder_json.parent)  # says what is wrong with the files, in one line
+            raise
 
     def derived(self, name: str, build: Callable[[], str]) -> str:
         """A text built from this vocabulary only (tokenizer.json, say), from the cache when it was built before."""
@@ -205,7 +207,7 @@ class Vocab:
 
     @cached_property
     def facts(self) -> dict:
-        """{"eot_id", "n_tokens"}: what configs need, without parsing the files where they were seen before."""
+        """{"eot_id", "n_tokens"}: what configs need, without reading the files where they were seen before."""
         return json.loads(self.derived("facts.json", lambda: json.dumps(
             {"eot_id": self._parsed[2], "n_tokens": len(self._parsed[0])})))
 
@@ -224,21 +226,7 @@ class Vocab:
 
     @cached_property
     def _parsed(self) -> tuple[list[str], list[str], int]:
-        encoder_json, vocab_bpe = self.encoder_json, self.vocab_bpe
-        try:
-            encoder = json.loads(encoder_json.read_text(encoding="utf-8"))
-        except ValueError as e:
-            raise ConversionError(f"{encoder_json}: not valid JSON ({e})") from None
-        if not isinstance(encoder, dict) or sorted(encoder.values()) != list(range(len(encoder))):
-            raise ConversionError(f"{encoder_json}: ids are not 0..{len(encoder) - 1} (not a GPT-2 encoder)")
-        if ENDOFTEXT not in encoder:
-            raise ConversionError(f"{encoder_json}: no {ENDOFTEXT} token")
-        tokens = sorted(encoder, key=encoder.__getitem__)
-        lines = vocab_bpe.read_text(encoding="utf-8").split("\n")
-        merges = [line for line in lines[1 if lines[0].startswith("#version") else 0:] if line]
-        if any(len(m.split(" ")) != 2 for m in merges):
-            raise ConversionError(f"{vocab_bpe}: a merge line is not two symbols separated by a space")
-        return tokens, merges, encoder[ENDOFTEXT]
+        return read_vocab(self.encoder_json.parent)
 
 
 @dataclass

@@ -13,8 +13,9 @@ import shutil
 from pathlib import Path
 
 from gpt2hub.errors import ConversionError, load_json
+from gpt2hub.tokenizer import ENDOFTEXT
 
-from . import ENDOFTEXT, Rule, Source, TokenizerReader, Weights, expand
+from . import Rule, Source, TokenizerReader, Weights, expand
 
 GLOBAL_RULES: dict[str, Rule] = {
     "wte": Rule("wte.weight"),

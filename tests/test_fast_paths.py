@@ -40,7 +40,7 @@ def test_the_one_pass_cast_is_for_large_models_only():
 
 def test_pytorch_zip_crcs_are_zips_own(tiny_release, tmp_path, monkeypatch):
     monkeypatch.setenv("GPT2HUB_HOME", str(tmp_path / "home"))
-    out = gpt2hub.convert(tiny_release, to="pytorch", out=tmp_path / "pt", quiet=True)
+    out = gpt2hub.convert(tiny_release, to="pytorch", out=tmp_path / "pt").path
     with zipfile.ZipFile(out / "pytorch_model.bin") as z:
         assert z.testzip() is None  # every record's CRC-32 recomputed by zlib and compared
         for info in z.infolist():
@@ -49,12 +49,13 @@ def test_pytorch_zip_crcs_are_zips_own(tiny_release, tmp_path, monkeypatch):
 
 
 def test_pytorch_f32_copied_by_the_kernel_is_what_zipfile_writes(tiny_release, tmp_path, monkeypatch):
+    from gpt2hub.conversion import convert
     from gpt2hub.converters import pytorch
 
     monkeypatch.setenv("GPT2HUB_HOME", str(tmp_path / "home"))
-    fast = gpt2hub.convert(tiny_release, to="pytorch", out=tmp_path / "fast", quiet=True, max_shard_bytes=300_000)
+    fast = convert(tiny_release, to="pytorch", out=tmp_path / "fast", max_shard_bytes=300_000).path
     monkeypatch.setattr(pytorch, "KERNEL_COPY", False)
-    slow = gpt2hub.convert(tiny_release, to="pytorch", out=tmp_path / "slow", quiet=True, max_shard_bytes=300_000)
+    slow = convert(tiny_release, to="pytorch", out=tmp_path / "slow", max_shard_bytes=300_000).path
     names = sorted(p.name for p in slow.iterdir())
     assert names == sorted(p.name for p in fast.iterdir()) and len([n for n in names if n.endswith(".bin")]) > 1
     for n in names:

@@ -28,10 +28,10 @@ def pulled_home(tiny_release, tmp_path_factory) -> Path:
     os.environ["GPT2HUB_HOME"] = str(home)
     try:
         registry.save_user_manifest(registry.create_manifest(tiny_release, "tiny"))
-        gpt2hub.pull("tiny", sources=[str(mirror)], quiet=True)
-        gpt2hub.convert("tiny", to="safetensors", quiet=True)
+        gpt2hub.pull("tiny", sources=[str(mirror)])
+        gpt2hub.convert("tiny", to="safetensors")
         for dtype in ("f32", "q8_0"):
-            gpt2hub.convert("tiny", to="gguf", dtype=dtype, quiet=True)
+            gpt2hub.convert("tiny", to="gguf", dtype=dtype)
     finally:
         os.environ.pop("GPT2HUB_HOME") if old is None else os.environ.update(GPT2HUB_HOME=old)
     return home

@@ -48,7 +48,7 @@ def server(mirror_root):
 
 def _pull(server, manifest, **kw):
     kw.setdefault("sources", [server.url])
-    return pull("tiny", manifest=manifest, quiet=True, retry=FAST, **kw)
+    return pull("tiny", manifest=manifest, retry=FAST, **kw)
 
 
 def _got(server) -> set[str]:
@@ -75,7 +75,7 @@ def test_only_tokenizer_fetches_two_files_and_leaves_the_release_partial(server,
     assert all((folder / n).read_bytes() == (tiny_release / n).read_bytes() for n in TOKENIZER)
     assert store.original_state("tiny") == "partial" and store.read_verified("tiny")["partial"] is True
     with pytest.raises(gpt2hub.Gpt2hubError, match="only partly pulled"):
-        gpt2hub.convert("tiny", to="safetensors", manifest=tiny_manifest, quiet=True)
+        gpt2hub.convert("tiny", to="safetensors", manifest=tiny_manifest)
 
     server.log.clear()
     r = _pull(server, tiny_manifest, only=["model"])  # the rest; the tokenizer is not fetched again
@@ -145,7 +145,7 @@ def test_to_puts_the_release_in_the_users_folder(server, tiny_manifest, tiny_rel
     assert store.folder_state(dest) == "verified" and (dest / ".gpt2hub-pull.lock").exists()
     server.log.clear()
     assert _pull(server, tiny_manifest, to=dest).already and _got(server) == set()
-    out = gpt2hub.convert(dest, to="safetensors", quiet=True)  # an OpenAI-layout folder: convert takes it as DIR
+    out = gpt2hub.convert(dest, to="safetensors").path  # an OpenAI-layout folder: convert takes it as DIR
     assert (out / "model.safetensors").is_file()
 
 
@@ -213,9 +213,9 @@ def test_offline_pull_opens_no_connection_and_says_so(listener, tiny_manifest, m
     url, connections = listener
     monkeypatch.setenv("GPT2HUB_OFFLINE", "1")
     with pytest.raises(OfflineError, match=r"offline \(GPT2HUB_OFFLINE=1\): tiny: .* would need the network") as e:
-        pull("tiny", manifest=tiny_manifest, sources=[url], quiet=True)
+        pull("tiny", manifest=tiny_manifest, sources=[url])
     assert "\n" not in str(e.value)
-    plan = pull("tiny", manifest=tiny_manifest, sources=[url], quiet=True, dry_run=True)
+    plan = pull("tiny", manifest=tiny_manifest, sources=[url], dry_run=True)
     assert plan.offline and all(f.source is None for f in plan.files) and plan.unavailable == []
     assert connections() == 0
 
@@ -237,9 +237,9 @@ def test_offline_cli_is_one_line_and_connects_nowhere(listener, tiny_manifest):
 
 def test_offline_uses_what_is_on_disk(server, tiny_manifest, mirror_root, tiny_release, monkeypatch):
     monkeypatch.setenv("GPT2HUB_OFFLINE", "1")
-    r = pull("tiny", manifest=tiny_manifest, sources=[str(mirror_root)], quiet=True)  # a folder is on disk
+    r = pull("tiny", manifest=tiny_manifest, sources=[str(mirror_root)])  # a folder is on disk
     assert r.sources == [str(mirror_root)]
     monkeypatch.setattr(socket.socket, "connect", lambda *a: pytest.fail("connected"))
-    assert pull("tiny", manifest=tiny_manifest, sources=[server.url], quiet=True).already
-    assert gpt2hub.convert("tiny", to="safetensors", manifest=tiny_manifest, quiet=True).is_dir()
+    assert pull("tiny", manifest=tiny_manifest, sources=[server.url]).already
+    assert gpt2hub.convert("tiny", to="safetensors", manifest=tiny_manifest).path.is_dir()
     assert _got(server) == set()

@@ -10,7 +10,8 @@ import pytest
 
 import gpt2hub
 from gpt2hub import vocab_cache
-from gpt2hub.converters import ENDOFTEXT, Vocab, hf
+from gpt2hub.converters import Vocab, hf
+from gpt2hub.tokenizer import ENDOFTEXT
 
 
 @pytest.fixture
@@ -27,10 +28,10 @@ def _fresh_tokenizer_json(release: Path) -> str:
 
 
 def test_second_conversion_reuses_the_tokenizer_json(release, tmp_path, monkeypatch):
-    first = gpt2hub.convert(release, to="safetensors", out=tmp_path / "a", quiet=True)
+    first = gpt2hub.convert(release, to="safetensors", out=tmp_path / "a").path
     monkeypatch.setattr(hf, "tokenizer_json", lambda source: pytest.fail("tokenizer.json built twice"))
     monkeypatch.setattr(Vocab, "_parsed", property(lambda self: pytest.fail("vocabulary parsed twice")))
-    second = gpt2hub.convert(release, to="pytorch", out=tmp_path / "b", quiet=True)
+    second = gpt2hub.convert(release, to="pytorch", out=tmp_path / "b").path
     monkeypatch.undo()
     text = (first / "tokenizer.json").read_text(encoding="utf-8")
     assert text == (second / "tokenizer.json").read_text(encoding="utf-8") == _fresh_tokenizer_json(release)
@@ -39,10 +40,10 @@ def test_second_conversion_reuses_the_tokenizer_json(release, tmp_path, monkeypa
 
 
 def test_a_tampered_cache_entry_is_rebuilt(release, tmp_path):
-    gpt2hub.convert(release, to="safetensors", out=tmp_path / "a", quiet=True)
+    gpt2hub.convert(release, to="safetensors", out=tmp_path / "a").path
     [entry] = (Path(gpt2hub.store.home()) / vocab_cache.CACHE).glob("*/tokenizer.json")
     entry.write_text('{"model": {"vocab": {"evil": 0}}}\n')
-    out = gpt2hub.convert(release, to="safetensors", out=tmp_path / "b", quiet=True)
+    out = gpt2hub.convert(release, to="safetensors", out=tmp_path / "b").path
     assert (out / "tokenizer.json").read_text(encoding="utf-8") == _fresh_tokenizer_json(release)
     assert entry.read_text(encoding="utf-8") == _fresh_tokenizer_json(release)
 
@@ -58,5 +59,5 @@ def test_an_unwritable_cache_only_costs_time(release, tmp_path):
     home = Path(gpt2hub.store.home())
     home.mkdir(parents=True)
     (home / ".cache").write_text("not a folder")  # every cache write fails
-    out = gpt2hub.convert(release, to="safetensors", out=tmp_path / "a", quiet=True)
+    out = gpt2hub.convert(release, to="safetensors", out=tmp_path / "a").path
     assert (out / "tokenizer.json").read_text(encoding="utf-8") == _fresh_tokenizer_json(release)
