@@ -9,6 +9,8 @@
 4. each output loaded by its real consumer (transformers, llama.cpp; TensorFlow for the original), one
    after another, judged against its reference within SAFETY x the measured noise;
 5. tokenization parity of every tokenizer the release ships.
+Every consumer (TensorFlow, gpt2hub.model, transformers, llama.cpp, tokenizers) runs in a child process of its
+own (gpt2hub.isolation): its memory is returned when it ends, and a crash there is that row's ERROR.
 No torch/TensorFlow/llama.cpp import happens until a check needs it.
 """
 
@@ -23,9 +25,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import converters, store
+from . import converters, isolation, store
 from .progress import ProgressEvent, Reporter, emit
-from .errors import ConversionError, VerificationError
+from .errors import ConsumerCrashed, ConversionError, VerificationError
 from .layout import HParams
 from .release import locate
 from .verification.consumers import (CONSUMER_MODULES, consumer_run, gpt2hub_logits, installed, one_line,  # noqa: F401
@@ -141,7 +143,8 @@ def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | 
 
         def gpt2hub_run(which: str) -> np.ndarray:  # one model load for the one-pass and the cached rows
             if not torch_runs:
-                torch_runs["full"], torch_runs["cached"] = gpt2hub_logits(release.original, ids, device)
+                torch_runs["full"], torch_runs["cached"] = isolation.run(gpt2hub_logits, (release.original, ids, device),
+                                                                         name="gpt2hub")
             return torch_runs.pop(which)
 
         add(source, Row("original", "f32", "gpt2hub", src, note=device), lambda: gpt2hub_run("full"))
@@ -153,7 +156,7 @@ def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | 
         tf_row = Row("original", "f64", "tensorflow", src)
 
         def tf_run() -> np.ndarray:  # OpenAI's graph (f32) if model.ckpt.meta has the forward, else a transcription (f64)
-            logits, tf_row.dtype, tf_row.note = tensorflow_logits(release.original, ids)
+            logits, tf_row.dtype, tf_row.note = isolation.run(tensorflow_logits, (release.original, ids), name="tensorflow")
             return logits
 
         add(source, tf_row, tf_run)
@@ -175,8 +178,8 @@ def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | 
             say(f"{row.format} {row.dtype} through {row.consumer}")
             try:
                 report.rows.append(judge(row, reference, run(), noise))
-            except Exception as e:  # whatever a consumer raises on a bad file is that file's FAIL row
-                row.tolerance, row.note = "-", one_line(e)
+            except Exception as e:  # what a consumer raises on a bad file is that file's FAIL row; a crash, ERROR
+                row.tolerance, row.note, row.crashed = "-", one_line(e), isinstance(e, ConsumerCrashed)
                 report.rows.append(row)
             gc.collect()
         runs.clear()

@@ -36,15 +36,20 @@ def one_line(e: BaseException) -> str:
 
 
 def consumer_run(fmt: str, consumer: str, path: Path, dtype: str, tokens: Sequence[int], device: str) -> tuple[Row, Callable[[], np.ndarray]]:
-    """The row an output's consumer fills, and how to get its logits; gpt2hub.model where that program is missing."""
-    if not installed(consumer):
-        return Row(fmt, dtype, f"gpt2hub ({consumer} not installed)", str(path)), lambda: gpt2hub_logits(path, tokens, device)[0]
+    """The row an output's consumer fills, and how to get its logits: the program in a child process of its own
+    (gpt2hub.isolation), so its memory is returned when it ends and a crash is that row's ERROR; gpt2hub.model
+    where the program is missing, or for a format no other program loads."""
+    from .. import isolation
+
+    if not installed(consumer) or consumer == "gpt2hub":
+        name = consumer if consumer == "gpt2hub" else f"gpt2hub ({consumer} not installed)"
+        return Row(fmt, dtype, name, str(path), note=device), \
+            lambda: isolation.run(gpt2hub_logits, (path, tokens, device), name="gpt2hub")[0]
     if consumer == "llama.cpp":
-        return Row(fmt, dtype, consumer, str(path), note="cpu,f32-KV-cache"), lambda: llama_logits(path, tokens)
-    if consumer == "transformers":
-        return Row(fmt, dtype, consumer, str(path), note=device), lambda: transformers_logits(path, tokens, device)[0]
-    # a format no other program loads: gpt2hub.model through the format's read_weights
-    return Row(fmt, dtype, consumer, str(path), note=device), lambda: gpt2hub_logits(path, tokens, device)[0]
+        return Row(fmt, dtype, consumer, str(path), note="cpu,f32-KV-cache"), \
+            lambda: isolation.run(llama_logits, (path, tokens), name="llama.cpp")
+    return Row(fmt, dtype, consumer, str(path), note=device), \
+        lambda: isolation.run(transformers_logits, (path, tokens, device), name=consumer)[0]
 
 
 # --- PyTorch: gpt2hub.model and transformers -----------------------------------------------------

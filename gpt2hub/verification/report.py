@@ -48,10 +48,11 @@ class Row:
     tolerance: str = ""
     passed: bool = False
     note: str = ""
+    crashed: bool = False  # the consumer's process died (note says how): status ERROR
 
     @property
     def status(self) -> str:
-        return "PASS" if self.passed else "FAIL"
+        return "ERROR" if self.crashed else "PASS" if self.passed else "FAIL"
 
 
 @dataclass
@@ -63,10 +64,11 @@ class TokenizerRow:
     n_tokens: int | None
     passed: bool
     detail: str = ""
+    crashed: bool = False  # the tokenizer's process died (detail says how): status ERROR
 
     @property
     def status(self) -> str:
-        return "PASS" if self.passed else "FAIL"
+        return "ERROR" if self.crashed else "PASS" if self.passed else "FAIL"
 
 
 @dataclass

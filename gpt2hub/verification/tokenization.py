@@ -6,7 +6,8 @@ import importlib.util
 from pathlib import Path
 from typing import Sequence
 
-from .. import converters
+from .. import converters, isolation
+from ..errors import ConsumerCrashed
 from .consumers import one_line
 from .report import TokenizerRow
 
@@ -42,9 +43,9 @@ def check_tokenizers(original: Path, outputs: Sequence[tuple[str, Path | None]],
             continue
         name = reader.name
         try:
-            ids = reader.ids(source, text)
-        except Exception as e:  # a tokenizer that cannot load is that file's FAIL row
-            rows.append(TokenizerRow(name, str(source), None, False, one_line(e)))
+            ids = isolation.run(reader.ids, (source, text), name=name)
+        except Exception as e:  # a tokenizer that cannot load is that file's FAIL row; one that crashes, ERROR
+            rows.append(TokenizerRow(name, str(source), None, False, one_line(e), isinstance(e, ConsumerCrashed)))
             continue
         rows.append(TokenizerRow(name, str(source), len(ids), ids == ref, "same ids" if ids == ref else _first_difference(ids, ref)))
     return rows
