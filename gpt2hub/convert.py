@@ -123,8 +123,8 @@ def _known_sha256(ckpt: Checkpoint, release: str, m, folder: Path) -> list[str] 
     record = store.read_verified(release) if m is not None and folder == store.release_dir(release).resolve() else None
     out = []
     for path in ckpt.data_paths:
-        info = (record or {}).get("files", {}).get(path.name, {})
-        sha = info.get("sha256") if info.get("size") == path.stat().st_size else None
+        info = record.files.get(path.name) if record is not None else None
+        sha = info.sha256 if info is not None and info.size == path.stat().st_size else None
         if sha is None and m is not None:
             f = next((f for f in m.files if f.name == path.name), None)
             sha = f.sha256 if f is not None and f.status != "expected" and f.size == path.stat().st_size else None

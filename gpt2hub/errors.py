@@ -40,11 +40,49 @@ class MirrorError(Gpt2hubError):
     """An upload that failed or a destination that cannot be used."""
 
 
-def load_json(path: Path | str, error: type[Gpt2hubError] = Gpt2hubError) -> object:
-    """A JSON file's content, or `error` naming the file: missing, unreadable or not JSON."""
+MAX_JSON_BYTES = 64 << 20  # no JSON input gpt2hub reads (hparams, configs, manifests) comes near this
+MAX_JSON_DEPTH = 32  # a manifest nests 4 deep; deeper is an attack on the parser, not data
+
+
+def parse_json(text: str | bytes, where: str, error: type[Gpt2hubError] = Gpt2hubError,
+               max_depth: int = MAX_JSON_DEPTH) -> object:
+    """Parsed JSON, or `error` naming `where`: not JSON, or nested deeper than `max_depth`."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        value = json.loads(text)
+    except RecursionError:
+        raise error(f"{where}: JSON nested too deeply (more than {max_depth} levels)") from None
+    except ValueError as e:
+        raise error(f"{where}: not valid JSON ({e})") from None
+    if json_depth(value) > max_depth:
+        raise error(f"{where}: JSON nested too deeply (more than {max_depth} levels)")
+    return value
+
+
+def json_depth(value: object) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (walked without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (list, dict)):
+            deepest = max(deepest, d)
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def read_capped(path: Path | str, error: type[Gpt2hubError] = Gpt2hubError, max_bytes: int = MAX_JSON_BYTES) -> bytes:
+    """A file's bytes, or `error`: missing, unreadable, or larger than `max_bytes`."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
     except FileNotFoundError:
         raise error(f"{path}: no such file") from None
-    except (OSError, ValueError) as e:
-        raise error(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror})") from None
+    if len(data) > max_bytes:
+        raise error(f"{path}: larger than {max_bytes:,} bytes; not a file gpt2hub reads")
+    return data
+
+
+def load_json(path: Path | str, error: type[Gpt2hubError] = Gpt2hubError) -> object:
+    """A JSON file's content, or `error` naming the file: missing, unreadable, oversized, not JSON, nested too deep."""
+    return parse_json(read_capped(path, error), str(path), error)

@@ -2,29 +2,32 @@
 
 Sources are tried in order for each file (a failed one falls over to the next, continuing the same
 `.part`), and each source under each of the release's folder names (124M, then 117M). Integrity:
-a size or sha256 the manifest calls *published* must match, or the file is refused; an *expected*
-one that differs is a warning. The data file is checked tensor by tensor against the index's
-CRC32Cs, which also locates corrupted bytes so only those are fetched again; its sha256 is
-recorded, labelled `published` when it matched a published one and `seen` otherwise.
+a size or sha256 the manifest gives as published, shared (124M's identical file), measured or a
+mirror's must match, or the file is refused; an *expected* one that differs is a warning. The data
+file is checked tensor by tensor against the index's CRC32Cs, which also locates corrupted bytes so
+only those are fetched again. For a release OpenAI published whose data file has no published
+sha256, the index comes from OpenAI's origin first, whatever source the data comes from. What each
+file was checked against is recorded (`integrity.Record`) and reported; "verified" means one of
+published sha256, 124M's identical published file, or CRC32C from a verified index.
 (Named `pulling`, not `pull`, so importing it cannot shadow the function `gpt2hub.pull`.)
 """
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import registry, store
 from .download import DiskFull, RangeRecord, RetryPolicy, fetch, record_path
-from .errors import CheckpointError, ChecksumError, DownloadError, UnknownRelease
+from .errors import CheckpointError, ChecksumError, DownloadError, ManifestError, UnknownRelease
+from .integrity import Check, FileCheck, Record, write_record
 from .registry import FileRecord, ReleaseManifest, sha256_file
-from .sources import Source, TransferError, default_sources, open_source, user_sources
+from .sources import (Source, TransferError, default_sources, open_source, origin_url, redact, user_sources)
 from .tfcheckpoint import crc32c, read_index, unmask_crc
 
 LOCK_NAME = ".pull.lock"  # in <home>/<name>/, beside the format folders
@@ -33,15 +36,28 @@ CRC_REPAIR_ROUNDS = 3
 FREE_SPACE_MARGIN = 64 << 20
 
 
+# The manifest statuses whose sha256 binds, and what a match is called.
+SHA256_CHECKS = {"published": Check.PUBLISHED_SHA256, "measured": Check.PUBLISHED_SHA256,
+                 "shared": Check.SHARED_SHA256, "mirror": Check.MIRROR_SHA256}
+
+
 @dataclass
 class FileResult:
     name: str
     size: int
-    sha256: str
-    sha256_status: str  # "published", "expected" (matched that figure) or "seen" (nothing to compare with)
-    verified_by: str  # what vouches for the bytes: "sha256", "crc32c" (every tensor) or "size"
-    source: str | None  # None: already here
+    sha256: str | None
+    check: Check  # what vouches for the bytes (integrity.Check)
+    against: str  # the hash or index they matched, in words
+    source: str | None  # where they came from, secrets removed; None: already here
     fetched: int = 0
+
+    @property
+    def verified(self) -> bool:
+        return self.check.verified
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "size": self.size, "sha256": self.sha256, "check": self.check.value,
+                "verified": self.verified, "against": self.against, "source": self.source, "fetched": self.fetched}
 
 
 @dataclass
@@ -58,7 +74,8 @@ class PullResult:
     def to_dict(self) -> dict:
         return {"name": self.name, "path": str(self.path), "already_verified": self.already,
                 "seconds": round(self.seconds, 3), "bytes": self.fetched, "sources": self.sources,
-                "files": [asdict(f) for f in self.files], "warnings": self.warnings}
+                "verified": all(f.verified for f in self.files),
+                "files": [f.to_dict() for f in self.files], "warnings": self.warnings}
 
 
 class _Bad(Exception):
@@ -107,8 +124,13 @@ class Progress:
 
 def pull(name: str, *, manifest: Path | str | None = None, sources: list[str] | tuple[str, ...] = (),
          endpoint_url: str | None = None, connections: int = 8, verify: bool = False, force: bool = False,
-         quiet: bool = False, retry: RetryPolicy = RetryPolicy(), span: int | None = None) -> PullResult:
-    """Fetch and verify every file of a release; a verified release is a quick no-op."""
+         quiet: bool = False, retry: RetryPolicy = RetryPolicy(), span: int | None = None,
+         public_mirrors: bool = True) -> PullResult:
+    """Fetch and verify every file of a release; a verified release is a quick no-op.
+
+    Only a release OpenAI published (a shipped manifest) is ever asked of OpenAI and, unless
+    `public_mirrors` is False or $GPT2HUB_NO_PUBLIC_MIRRORS is set, of the public copies.
+    """
     from filelock import FileLock, Timeout
 
     if connections < 1:
@@ -121,6 +143,8 @@ def pull(name: str, *, manifest: Path | str | None = None, sources: list[str] | 
     try:
         m = registry.resolve(name, manifest)
     except UnknownRelease:
+        if manifest is not None:
+            raise
         m = _manifest_from_sources(name, sources, endpoint_url)
     dest = store.release_dir(m.name)
     dest.mkdir(parents=True, exist_ok=True)
@@ -132,7 +156,8 @@ def pull(name: str, *, manifest: Path | str | None = None, sources: list[str] | 
             print(f"gpt2hub: another pull of {m.name} is running; waiting for it", file=sys.stderr)
         lock.acquire()
     try:
-        return _Pull(m, dest, sources, endpoint_url, connections, verify, force, quiet, retry, span).run()
+        return _Pull(m, dest, sources, endpoint_url, connections, verify, force, quiet, retry, span,
+                     public_mirrors).run()
     finally:
         lock.release()
 
@@ -140,29 +165,49 @@ def pull(name: str, *, manifest: Path | str | None = None, sources: list[str] | 
 def _manifest_from_sources(name: str, sources, endpoint_url: str | None) -> ReleaseManifest:
     """A release unknown here, taken from the manifest a gpt2hub mirror publishes beside its files.
 
-    Only the user's own sources are asked, and the manifest is saved to <home>/manifests/ so that
-    convert, verify and list know the release afterwards.
+    Only the user's own sources are asked. The manifest is the mirror's word only: it may name a release
+    that is new here and nothing else, it brings no sources, and its sizes and hashes are recorded as the
+    mirror's ("mirror"), never as published. It is saved to <home>/manifests/ so that convert, verify
+    and list know the release afterwards.
     """
+    try:
+        registry.check_name(name, "release name")
+    except ManifestError:
+        return registry.resolve(name)  # raises the usual error listing the known names
     for spec in user_sources(sources):
-        where = f"{spec.rstrip('/')}/{name}/{registry.MIRROR_MANIFEST}"
+        where = f"{redact(spec).rstrip('/')}/{name}/{registry.MIRROR_MANIFEST}"
         try:
             remote = open_source(spec, endpoint_url, 1).remote(name, registry.MIRROR_MANIFEST)
             size = remote.stat().size
+            if size > registry.MAX_MANIFEST_BYTES:
+                raise ManifestError(f"{where}: {size:,} bytes, larger than a manifest may be "
+                                    f"({registry.MAX_MANIFEST_BYTES:,})")
             data = b"".join(remote.read(0, size, whole=True))
-            found = ReleaseManifest.from_dict(json.loads(data), where)
         except (TransferError, ValueError, OSError):
             continue
+        found = ReleaseManifest.from_bytes(data, where).from_mirror()
         if name.lower() not in (n.lower() for n in found.names):
             raise UnknownRelease(f"{where} describes {found.name!r}, not {name!r}")
+        clash = registry.clashes(found)
+        if clash:
+            raise ManifestError(f"{where}: refused: {', '.join(clash)} already names a release here; "
+                                "a mirror's manifest may only describe a new release")
         return ReleaseManifest.from_file(registry.save_user_manifest(found))
     return registry.resolve(name)  # raises the usual error listing the known names
 
 
 class _Pull:
     def __init__(self, m: ReleaseManifest, dest: Path, sources, endpoint_url, connections, verify, force, quiet,
-                 retry, span):
+                 retry, span, public_mirrors=True):
         self.m, self.dest = m, dest
-        self.specs = default_sources(tuple(sources), m.sources)
+        shipped = registry.is_shipped(m)
+        self.specs = default_sources(tuple(sources), m.sources, openai=shipped, public_mirrors=public_mirrors)
+        # The origin vouches for the data file through its index wherever no sha256 can.
+        data, index = m.data_file, self._index_record()
+        self.origin = origin_url() if shipped and data is not None and index is not None and not (
+            _binding_sha(data) or _binding_sha(index)) else None
+        self.index_check: Check | None = None  # what vouched for the index now on disk, and where it came from
+        self._index_source: str | None = None
         self.endpoint_url, self.connections = endpoint_url, connections
         self.verify, self.force, self.quiet = verify, force, quiet
         self.retry, self.span = retry, span
@@ -178,6 +223,9 @@ class _Pull:
             self.progress.say(f"gpt2hub: warning: {line}")
         else:
             print(f"gpt2hub: warning: {line}", file=sys.stderr)
+
+    def _index_record(self) -> FileRecord | None:
+        return next((f for f in self.m.files if f.name.endswith(INDEX_SUFFIX)), None)
 
     def run(self) -> PullResult:
         if not self.force:
@@ -195,13 +243,9 @@ class _Pull:
                 results.append(self._file(f))
         finally:
             self.progress.close()
-        store.write_verified(self.m.name, {
-            "name": self.m.name,
-            "manifest": str(self.m.path) if self.m.path else None,
-            "verified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "files": {r.name: {"size": r.size, "sha256": r.sha256, "sha256_status": r.sha256_status,
-                               "verified_by": r.verified_by, "source": r.source} for r in results},
-        })
+        write_record(self.dest, Record(self.m.name, {
+            r.name: FileCheck(r.size, r.sha256, r.check, r.against, r.source) for r in results},
+            str(self.m.path) if self.m.path else None))
         return PullResult(self.m.name, self.dest, results, time.monotonic() - self.t0,
                           sum(r.fetched for r in results), self.used, warnings=self.warnings)
 
@@ -210,23 +254,21 @@ class _Pull:
     def _already_verified(self) -> list[FileResult] | None:
         if store.original_state(self.m.name) != "verified":
             return None
-        record = store.read_verified(self.m.name) or {}
-        files = record.get("files", {})
-        if set(files) != {f.name for f in self.m.files}:
+        record = store.read_verified(self.m.name)
+        if record is None or set(record.files) != {f.name for f in self.m.files}:
             return None
         out = []
         for f in self.m.files:
-            info = files[f.name]
-            if f.size is not None and f.status != "expected" and info["size"] != f.size:
+            info = record.files[f.name]
+            if f.size is not None and f.status != "expected" and info.size != f.size:
                 return None
             if self.verify:
-                seen = sha256_file(self.dest / f.name)
-                want = f.sha256 if f.sha256 and f.status != "expected" else info.get("sha256")
+                seen = sha256_file(store.inside(self.dest, f.name))
+                want = f.sha256 if _binding_sha(f) else info.sha256
                 if seen != want:
                     self.warn(f"{f.name}: sha256 {seen[:12]}… differs from {want[:12] if want else '?'}…; fetching it again")
                     return None
-            out.append(FileResult(f.name, info["size"], info.get("sha256"), info.get("sha256_status", "seen"),
-                                  info.get("verified_by", "size"), None))
+            out.append(FileResult(f.name, info.size, info.sha256, info.check, info.against, None))
         return out
 
     def _check_free_space(self) -> int:
@@ -238,7 +280,7 @@ class _Pull:
             if not self.force and _size(self.dest / f.name) == f.size:
                 here += f.size
                 continue
-            done = RangeRecord(record_path(self._part(f)), f.size).done_bytes
+            done = RangeRecord(self._part(f), f.size).done_bytes
             need, here = need + f.size - done, here + done
         free = shutil.disk_usage(self.dest).free
         if need + FREE_SPACE_MARGIN > free:
@@ -247,26 +289,38 @@ class _Pull:
         return here
 
     def _part(self, f: FileRecord) -> Path:
-        return self.dest / (f.name + store.PARTIAL_SUFFIX)
+        return store.inside(self.dest, f.name + store.PARTIAL_SUFFIX)
 
     # --- one file ------------------------------------------------------------------------------
 
     def _file(self, f: FileRecord) -> FileResult:
-        final = self.dest / f.name
-        if not self.force and final.is_file():
-            recorded = ((store.read_verified(self.m.name) or {}).get("files") or {}).get(f.name) or {}
+        final = store.inside(self.dest, f.name)
+        is_index = f.name.endswith(INDEX_SUFFIX)
+        record = store.read_verified(self.m.name)
+        recorded = record.files.get(f.name) if record is not None else None
+        # An index of unknown provenance cannot vouch for the data file: fetch it again (it is small).
+        unknown_index = is_index and self.origin is not None and recorded is None
+        if not self.force and final.is_file() and not unknown_index:
             try:
-                return self._check(f, final, None, 0, reuse=True, recorded=recorded.get("sha256"))
+                return self._check(f, final, None, 0, reuse=True, recorded=recorded)
             except (_Bad, CheckpointError) as e:
                 self.warn(f"{final.name}: the copy on disk does not verify ({e}); fetching it again")
+        specs = self.specs
+        if is_index and self.origin is not None:
+            specs = [self.origin, *(s for s in specs if s.rstrip("/") != self.origin.rstrip("/"))]
         failures = []
-        for spec in self.specs:
+        for spec in specs:
             try:
-                return self._from_source(f, spec)
+                result = self._from_source(f, spec)
             except DiskFull:
                 raise
             except (TransferError, DownloadError, _Bad, CheckpointError) as e:
-                failures.append(f"{spec}: {_short(e, spec)}")
+                failures.append(f"{redact(spec)}: {_short(e, redact(spec))}")
+                continue
+            if is_index and self.origin is not None and spec != self.origin:
+                self.warn(f"{f.name}: OpenAI's origin could not be reached ({failures[0] if failures else '?'}); "
+                          f"the data file's CRC32C check rests on the index from {redact(spec)}")
+            return result
         raise DownloadError(f"{self.m.name}: {f.name}: no source could provide it ({'; '.join(failures)}); "
                             "bytes already downloaded are kept for the next pull")
 
@@ -312,7 +366,7 @@ class _Pull:
                       "integrity rests on the checks below")
         part = self._part(f)
         fetched = 0
-        self.progress.start(f.name, size, RangeRecord(record_path(part), size).done_bytes)
+        self.progress.start(f.name, size, RangeRecord(part, size).done_bytes)
         seen = None
         for attempt in range(CRC_REPAIR_ROUNDS + 1):
             stats = fetch(remote, part, size, connections=self.connections, etag=st.etag, retry=self.retry,
@@ -328,7 +382,7 @@ class _Pull:
                 raise ChecksumError(f"{f.name}: {len(bad)} tensors ({', '.join(n for n, _, _ in bad[:3])}) still fail "
                                     f"their CRC32C after {CRC_REPAIR_ROUNDS} refetches from {spec}; "
                                     "the good bytes are kept")
-            record = RangeRecord(record_path(part), size)
+            record = RangeRecord(part, size)
             for _, a, b in bad:
                 record.remove(a, b)
             self.warn(f"{f.name}: {len(bad)} tensor(s) from {spec} failed their CRC32C "
@@ -337,21 +391,22 @@ class _Pull:
         try:
             result = self._check(f, part, spec, fetched, seen=seen)
         except _Bad:
+            record_path(part).unlink(missing_ok=True)  # the record first: it must never outlive its part
             part.unlink(missing_ok=True)  # complete, and not the release's bytes: nothing to keep
-            record_path(part).unlink(missing_ok=True)
             if ".data-" in f.name or retried:
                 raise
             # A small file has no CRCs to locate a corrupted byte: fetch it once more, whole.
             return self._from_source(f, spec, retried=True)
-        os.replace(part, self.dest / f.name)
-        record_path(part).unlink(missing_ok=True)
-        if spec not in self.used:
-            self.used.append(spec)
+        record_path(part).unlink(missing_ok=True)  # before the rename: a kill between leaves a part, never a record alone
+        os.replace(part, store.inside(self.dest, f.name))
+        if redact(spec) not in self.used:
+            self.used.append(redact(spec))
         return result
 
     def _index(self):
-        index = self.dest / next((f.name for f in self.m.files if f.name.endswith(INDEX_SUFFIX)), "-")
-        return read_index(index)[1] if index.is_file() else None
+        f = self._index_record()
+        index = store.inside(self.dest, f.name) if f is not None else None
+        return read_index(index)[1] if index is not None and index.is_file() else None
 
     def _bad_tensors(self, f: FileRecord, data: Path, size: int) -> list[tuple[str, int, int]]:
         """Tensors of the data file whose bytes fail the index's CRC32C: (name, start, end)."""
@@ -383,27 +438,68 @@ class _Pull:
                 raise _Bad(f"model.ckpt.index: tensor {t['name']} differs from the manifest")
 
     def _check(self, f: FileRecord, path: Path, spec: str | None, fetched: int, reuse: bool = False,
-               seen: str | None = None, recorded: str | None = None) -> FileResult:
-        """Size, sha256 and (data file) CRC32C of a complete file, against the manifest."""
+               seen: str | None = None, recorded: FileCheck | None = None) -> FileResult:
+        """Size, sha256 and (data file) CRC32C of a complete file, against the manifest; says what vouched."""
         size = path.stat().st_size
+        source = redact(spec) if spec is not None else None
         if f.size is not None and size != f.size and (f.status != "expected" or reuse):
             raise _Bad(f"{size:,} bytes, the manifest says {f.size:,}")
-        crc_checked = False
+        crc: Check | None = None
         if ".data-" in f.name and self._index() is not None:
             if self._bad_tensors(f, path, size):
                 raise _Bad(f"{f.name}: tensors fail their CRC32C")
-            crc_checked = True
+            crc = Check.ORIGIN_CRC32C if self.index_check is not None and self.index_check.verified else Check.MIRROR_CRC32C
         seen = seen or sha256_file(path)
-        if f.sha256 is not None and seen == f.sha256:
-            return FileResult(f.name, size, seen, f.status, "sha256", spec, fetched)
-        if f.sha256 is not None and f.status != "expected":
-            raise _Bad(f"sha256 {seen[:16]}… is not the {f.status} {f.sha256[:16]}…")
-        if recorded is not None and seen != recorded:
-            raise _Bad(f"sha256 {seen[:16]}… is not the {recorded[:16]}… recorded when it was pulled")
-        if f.sha256 is not None:
+        if f.sha256 is not None and seen == f.sha256 and f.status in SHA256_CHECKS:
+            kind = SHA256_CHECKS[f.status]
+            return self._result(f, size, seen, kind, f"{_WHOSE[f.status]} sha256 {f.sha256[:16]}…", source, fetched)
+        if f.sha256 is not None and seen != f.sha256 and f.status != "expected":
+            if f.status == "shared" and _accept_different_shared():
+                self.warn(f"{f.name}: sha256 {seen[:16]}… is not {registry.SHARED_FROM}'s published "
+                          f"{f.sha256[:16]}…; accepted, unverified (${registry.ACCEPT_DIFFERENT_SHARED_ENV})")
+            else:
+                hint = (f"; if you know this copy is right, set {registry.ACCEPT_DIFFERENT_SHARED_ENV}=1"
+                        if f.status == "shared" else "")
+                raise _Bad(f"sha256 {seen[:16]}… is not the {_WHOSE[f.status]} {f.sha256[:16]}…{hint}")
+        if recorded is not None and recorded.sha256 and seen != recorded.sha256:
+            raise _Bad(f"sha256 {seen[:16]}… is not the {recorded.sha256[:16]}… recorded when it was pulled")
+        if f.sha256 is not None and f.status == "expected" and seen != f.sha256:
             self.warn(f"{f.name}: sha256 {seen[:16]}… differs from the expected {f.sha256[:16]}…"
-                      + ("; every tensor matches its index CRC32C" if crc_checked else ""))
-        return FileResult(f.name, size, seen, "seen", "crc32c" if crc_checked else "size", spec, fetched)
+                      + ("; every tensor matches its index CRC32C" if crc else ""))
+        if f.name.endswith(INDEX_SUFFIX) and self.origin is not None:
+            from_origin = spec == self.origin or (spec is None and recorded is not None and recorded.check.verified)
+            if from_origin:
+                return self._result(f, size, seen, Check.ORIGIN_CRC32C, f"fetched from OpenAI ({redact(self.origin)})",
+                                    source, fetched)
+        if crc is not None:
+            index = self._index_record()
+            whose = "a verified index" if crc.verified else f"the index from {self._index_source or 'a mirror'}"
+            return self._result(f, size, seen, crc, f"every tensor's CRC32C in {whose} ({index.name if index else '?'})",
+                                source, fetched)
+        if f.sha256 is not None and f.status == "mirror":
+            return self._result(f, size, seen, Check.SIZE, "size only (the mirror's sha256 did not match)", source, fetched)
+        return self._result(f, size, seen, Check.SIZE,
+                            f"size {f.size:,} ({f.status})" if f.size is not None else "nothing: no size or hash known",
+                            source, fetched)
+
+    def _result(self, f: FileRecord, size: int, sha: str, check: Check, against: str, source: str | None,
+                fetched: int) -> FileResult:
+        if f.name.endswith(INDEX_SUFFIX):
+            self.index_check, self._index_source = check, source
+        return FileResult(f.name, size, sha, check, against, source, fetched)
+
+
+_WHOSE = {"published": "published", "measured": "manifest's measured", "shared": f"{registry.SHARED_FROM}'s published",
+          "mirror": "mirror's", "expected": "expected"}
+
+
+def _binding_sha(f: FileRecord) -> bool:
+    """True where the manifest gives a sha256 that vouches for the file (not a mirror's or an expected one)."""
+    return f.sha256 is not None and f.status in ("published", "measured", "shared")
+
+
+def _accept_different_shared() -> bool:
+    return os.environ.get(registry.ACCEPT_DIFFERENT_SHARED_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _size(path: Path) -> int | None:

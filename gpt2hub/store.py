@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from .errors import Gpt2hubError
+from .integrity import RECORD_NAME as VERIFIED_RECORD, Record, read_record
 
 HOME_ENV = "GPT2HUB_HOME"
 FORMATS = ("original", "safetensors", "pytorch", "gguf")
-VERIFIED_RECORD = ".gpt2hub-verified.json"  # written by pull once every file checked out
 PARTIAL_SUFFIX = ".part"
 
 
 def home() -> Path:
-    """$GPT2HUB_HOME, else the user's cache folder (`$XDG_CACHE_HOME` or `~/.cache`) + `/gpt2hub`."""
+    """$GPT2HUB_HOME, else the user's cache folder (`$XDG_CACHE_HOME` or `~/.cache`) + `/gpt2hub`.
+
+    Resolved (absolute, links followed), so every command names a release's folders the same way.
+    """
     if os.environ.get(HOME_ENV):
-        return Path(os.environ[HOME_ENV]).expanduser()
+        return Path(os.environ[HOME_ENV]).expanduser().resolve()
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache).expanduser() / "gpt2hub"
+    return (Path(cache).expanduser() / "gpt2hub").resolve()
+
+
+def inside(root: Path, name: str) -> Path:
+    """`root / name`, refused unless it resolves (links followed) to a path directly inside `root`."""
+    path = root / name
+    if path.resolve().parent != root.resolve():
+        raise Gpt2hubError(f"{path}: resolves outside {root}; refusing to write there")
+    return path
 
 
 def release_dir(name: str, fmt: str = "original") -> Path:
@@ -29,33 +39,18 @@ def release_dir(name: str, fmt: str = "original") -> Path:
     return home() / name / fmt
 
 
-def read_verified(name: str) -> dict | None:
-    """The record pull left after verifying a release, or None."""
-    path = release_dir(name) / VERIFIED_RECORD
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def write_verified(name: str, record: dict) -> Path:
-    path = release_dir(name) / VERIFIED_RECORD
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
+def read_verified(name: str) -> Record | None:
+    """The record pull left in a release's original folder, or None."""
+    return read_record(release_dir(name))
 
 
 def original_state(name: str) -> str:
-    """'verified' (every recorded file present at its recorded size), 'partial' or 'absent'."""
+    """'verified' (pulled: every recorded file present at its recorded size; see the record for what vouched
+    for each), 'partial' or 'absent'."""
     folder = release_dir(name)
     record = read_verified(name)
-    if record is not None:
-        files = record.get("files")
-        if isinstance(files, dict) and files and all(
-                isinstance(info, dict) and _size(folder / f) == info.get("size") for f, info in files.items()):
-            return "verified"
+    if record is not None and record.files and all(_size(folder / f) == info.size for f, info in record.files.items()):
+        return "verified"
     if folder.is_dir() and any(p.name != VERIFIED_RECORD for p in folder.iterdir()):
         return "partial"
     return "absent"
@@ -87,7 +82,16 @@ def status(manifest) -> dict:
         "parameters": manifest.parameters,
         "download_size": manifest.download_size,
         "download_size_known": manifest.download_size_known,
-        "state": original_state(manifest.name),
+        "state": _shown_state(manifest.name),
         "formats": converted_formats(manifest.name),
         "path": str(home() / manifest.name),
     }
+
+
+def _shown_state(name: str) -> str:
+    """'verified' only where every file was checked against something OpenAI published; 'pulled' where some
+    rest on a mirror or on their size only (see `gpt2hub info NAME`)."""
+    state = original_state(name)
+    if state == "verified" and not read_verified(name).verified:
+        return "pulled"
+    return state

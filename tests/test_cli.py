@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from gpt2hub import store
 from gpt2hub.cli import main
+from gpt2hub.integrity import Check, FileCheck, Record, write_record
 from gpt2hub.registry import resolve
 
 RELEASES = ["124M", "355M", "774M", "1558M"]
@@ -78,15 +79,17 @@ def test_list_state_verified_when_record_matches_files(home):
     folder = home / "124M" / "original"
     folder.mkdir(parents=True)
     (folder / "checkpoint").write_bytes(b"c" * 77)
-    store.write_verified("124M", {"files": {"checkpoint": {"size": 77}}})
+    write_record(folder, Record("124M", {"checkpoint": FileCheck(77, None, Check.PUBLISHED_SHA256)}))
     assert states(home)["124M"] == ("verified", [])
+    write_record(folder, Record("124M", {"checkpoint": FileCheck(77, None, Check.SIZE)}))
+    assert states(home)["124M"] == ("pulled", [])  # complete, but not every file verified
 
 
 def test_list_state_partial_when_verified_file_changed_size(home):
     folder = home / "124M" / "original"
     folder.mkdir(parents=True)
     (folder / "checkpoint").write_bytes(b"c" * 70)
-    store.write_verified("124M", {"files": {"checkpoint": {"size": 77}}})
+    write_record(folder, Record("124M", {"checkpoint": FileCheck(77, None, Check.PUBLISHED_SHA256)}))
     assert states(home)["124M"] == ("partial", [])
 
 
