@@ -81,8 +81,9 @@ def list_cmd(as_json: bool) -> None:
 def info(name: str, manifest: Path | None, as_json: bool) -> None:
     """The manifest of a release (by name or alias)."""
     m = gpt2hub.info(name, manifest)
+    record = store.read_verified(m.name) if store.original_state(m.name) == "verified" else None
     if as_json:
-        click.echo(json.dumps(m.to_dict(), indent=1))
+        click.echo(json.dumps({**m.to_dict(), **({"pulled": record.to_dict()} if record else {})}, indent=1))
         return
     h = m.hparams
     click.echo(f"{m.name}  ({', '.join(m.aliases) or 'no aliases'})")
@@ -95,6 +96,9 @@ def info(name: str, manifest: Path | None, as_json: bool) -> None:
     for f in m.files:
         rows.append([f.name, "unknown" if f.size is None else f"{f.size:,}", f.sha256 or "-", f.status])
     click.echo(_table(rows))
+    if record is not None:
+        click.echo(f"\npulled to {store.release_dir(m.name)} ({'verified' if record.verified else 'not every file verified'}):")
+        click.echo(_checks_table(record.files))
 
 
 @main.command()
@@ -116,23 +120,43 @@ def path(name: str, fmt: str, manifest: Path | None) -> None:
 @click.option("--force", is_flag=True, help="Download again even if the release is verified.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--endpoint-url", default=None, metavar="URL", help="S3-compatible endpoint for s3:// sources.")
+@click.option("--no-public-mirrors", is_flag=True, envvar="GPT2HUB_NO_PUBLIC_MIRRORS",
+              help="Only your sources and OpenAI's, never the public third-party copies "
+                   "(also $GPT2HUB_NO_PUBLIC_MIRRORS=1).")
 @manifest_option
 @json_option
 def pull(name: str, sources: tuple[str, ...], connections: int, verify: bool, force: bool, quiet: bool,
-         endpoint_url: str | None, manifest: Path | None, as_json: bool) -> None:
-    """Download a release, verify every file, and print where it is."""
+         endpoint_url: str | None, no_public_mirrors: bool, manifest: Path | None, as_json: bool) -> None:
+    """Download a release, check every file, and print where it is and what each file was checked against.
+
+    "verified" means a published sha256, the sha256 of 124M's identical published file, or every tensor's
+    CRC32C from an index fetched from OpenAI; anything less is printed as what it is.
+    """
     from .pulling import pull as pull_release
 
     r = pull_release(name, manifest=manifest, sources=sources, connections=connections, verify=verify, force=force,
-                     quiet=quiet or as_json, endpoint_url=endpoint_url)
+                     quiet=quiet or as_json, endpoint_url=endpoint_url, public_mirrors=not no_public_mirrors)
     if as_json:
         click.echo(json.dumps(r.to_dict(), indent=1))
-    elif r.already:
-        click.echo(f"{r.name}: already verified at {r.path}")
+        return
+    weak = [f for f in r.files if not f.verified]
+    state = "verified" if not weak else f"pulled ({len(r.files) - len(weak)} of {len(r.files)} files verified)"
+    if r.already:
+        click.echo(f"{r.name}: already {state} at {r.path}")
     else:
         rate = r.fetched / r.seconds / 1e6 if r.seconds else 0
-        click.echo(f"{r.name}: {len(r.files)} files verified at {r.path} "
+        click.echo(f"{r.name}: {len(r.files)} files {state} at {r.path} "
                    f"({_size(r.fetched)} in {r.seconds:.1f} s, {rate:.0f} MB/s, from {', '.join(r.sources) or 'disk'})")
+    if weak:
+        click.echo(_checks_table({f.name: f for f in r.files}))
+
+
+def _checks_table(files: dict) -> str:
+    """FILE / CHECKED AGAINST rows from pull's results or record (anything with .check and .against)."""
+    rows = [["FILE", "CHECKED AGAINST", "DETAIL"]]
+    for name, f in sorted(files.items()):
+        rows.append([name, f.check.label, f.against])
+    return _table(rows)
 
 
 @main.command()

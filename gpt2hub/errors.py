@@ -1,6 +1,7 @@
 """The errors gpt2hub raises: each carries one line a user can act on."""
 
 import json
+import os
 from pathlib import Path
 
 
@@ -72,8 +73,8 @@ def json_depth(value: object) -> int:
 def read_capped(path: Path | str, error: type[Gpt2hubError] = Gpt2hubError, max_bytes: int = MAX_JSON_BYTES) -> bytes:
     """A file's bytes, or `error`: missing, unreadable, or larger than `max_bytes`."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
+        with open(path, "rb") as f:  # read(n) allocates n bytes up front: ask for what the file holds
+            data = f.read(min(os.fstat(f.fileno()).st_size, max_bytes) + 1)
     except FileNotFoundError:
         raise error(f"{path}: no such file") from None
     except OSError as e:

@@ -42,7 +42,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MAX_MANIFEST_BYTES = 8 << 20
 MAX_NAME_BYTES = 255
 MAX_FILES, MAX_FOLDERS, MAX_ALIASES, MAX_SOURCES = 64, 8, 32, 16
-MAX_TENSORS, MAX_TENSOR_NAME, MAX_RANK, MAX_DIM, MAX_BYTES = 1 << 16, 1024, 8, 1 << 40, 1 << 50
+MAX_TENSORS, MAX_TENSOR_NAME, MAX_RANK, MAX_DIM, MAX_BYTES = 1 << 16, 1024, 8, 1 << 40, 1 << 62
 MAX_TEXT = 4096  # description, note
 # Names gpt2hub gives its own files beside a release's: a manifest may not claim them.
 RESERVED_SUFFIXES = (".part", ".ranges.json", ".tmp", ".lock")

@@ -32,8 +32,8 @@ HEADER_KEY = b""
 MAX_INDEX_BYTES = 64 << 20
 MAX_BLOCK_BYTES = 16 << 20  # a block after snappy decompression
 MAX_KEY_BYTES = 4096
-MAX_ENTRIES = 1 << 17
-MAX_TOTAL_KEY_BYTES = 16 << 20
+MAX_ENTRIES = 1 << 16
+MAX_TOTAL_KEY_BYTES = 4 << 20
 
 # tensorflow/core/framework/types.proto -> numpy dtype; the _REF variants (+100) read the same.
 DTYPES: dict[int, np.dtype] = {
@@ -343,8 +343,8 @@ def read_index(path: Path) -> tuple[BundleHeader, dict[str, TensorEntry]]:
     """Parse a `.index` file into its header and its entries by name."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_INDEX_BYTES + 1)
+        with open(path, "rb") as f:  # read(n) allocates n bytes up front: ask for what the file holds
+            data = f.read(min(os.fstat(f.fileno()).st_size, MAX_INDEX_BYTES) + 1)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
     if len(data) > MAX_INDEX_BYTES:

@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from .errors import CheckpointError
+from .errors import CheckpointError, parse_json
 
 ENDOFTEXT = "<|endoftext|>"
 # openai/gpt-2 src/encoder.py's pre-tokenizer, as tiktoken's r50k_base writes it.
@@ -26,12 +26,14 @@ def mergeable_ranks(folder: Path) -> tuple[dict[bytes, int], int]:
     """
     enc_path, bpe_path = folder / "encoder.json", folder / "vocab.bpe"
     try:
-        encoder = json.loads(enc_path.read_text(encoding="utf-8"))
+        encoder = parse_json(enc_path.read_text(encoding="utf-8"), str(enc_path), CheckpointError)
         merges = bpe_path.read_text(encoding="utf-8").split("\n")[1:]
     except FileNotFoundError as e:
         raise CheckpointError(f"{e.filename}: no such file (the tokenizer needs encoder.json and vocab.bpe)") from None
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{enc_path}: unreadable ({e})") from None
+    if not isinstance(encoder, dict) or not all(isinstance(i, int) and not isinstance(i, bool) for i in encoder.values()):
+        raise CheckpointError(f"{enc_path}: not a JSON object mapping tokens to ids")
     if ENDOFTEXT not in encoder:
         raise CheckpointError(f"{enc_path}: no {ENDOFTEXT} token")
     eot = encoder.pop(ENDOFTEXT)
