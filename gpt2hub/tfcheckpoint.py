@@ -284,7 +284,7 @@ def _read_block(data: bytes, handle: tuple[int, int], what: str) -> bytes:
         import cramjam
         expanded, _ = _varint(contents, 0, len(contents), what)  # raw snappy begins with its decompressed length
         if expanded > MAX_BLOCK_BYTES:
-            raise CheckpointError(f"{what}: block at {offset} expands to {expanded:,} bytes (limit {MAX_BLOCK_BYTES:,})")
+            raise CheckpointError(f"{what}: snappy block at {offset} claims {expanded:,} bytes decompressed (limit {MAX_BLOCK_BYTES:,})")
         try:
             return bytes(cramjam.snappy.decompress_raw(contents))
         except Exception as e:
