@@ -234,6 +234,12 @@ class _PrefixHasher(threading.Thread):
         self._halt = False
 
     def run(self) -> None:
+        try:
+            self._hash()
+        except OSError:  # the caller hashes the finished file instead (result() is None)
+            self._halt = True
+
+    def _hash(self) -> None:
         size = self.record.size
         while self.pos < size:
             with self.record.changed:

@@ -112,13 +112,20 @@ def read_record(folder: Path | str) -> Record | None:
             size, sha = info["size"], info.get("sha256")
             if not isinstance(name, str) or not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 return None
-            files[name] = FileCheck(size, sha if isinstance(sha, str) else None, Check(info.get("check", "size")),
+            files[name] = FileCheck(size, sha if isinstance(sha, str) else None, Check(info.get("check") or _legacy(info)),
                                     str(info.get("against") or ""), info.get("source") if isinstance(info.get("source"), str) else None)
         return Record(str(data.get("name") or Path(folder).parent.name), files,
                       data.get("manifest") if isinstance(data.get("manifest"), str) else None,
                       str(data.get("verified_at") or ""))
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
+
+
+def _legacy(info: dict) -> str:
+    """The check kind of a record written before kinds existed (sha256_status / verified_by)."""
+    if info.get("verified_by") == "sha256" and info.get("sha256_status") in ("published", "measured"):
+        return Check.PUBLISHED_SHA256.value
+    return Check.MIRROR_CRC32C.value if info.get("verified_by") == "crc32c" else Check.SIZE.value
 
 
 def write_record(folder: Path | str, record: Record) -> Path:

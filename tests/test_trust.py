@@ -540,3 +540,14 @@ def test_every_hostile_manifest_is_exercised():
     exercised = {"escape-dotdot", "escape-absolute", "adopt-outside", "folder-escape", "own-suffix", "nul-name",
                  "shadow-shipped", "alias-shadow", "non-list-shape", "huge-hparams"}
     assert exercised == set(HOSTILE)
+
+
+def test_a_record_from_before_check_kinds_reads_as_what_it_was(tmp_path):
+    (tmp_path / ".gpt2hub-verified.json").write_text(json.dumps({"name": "124M", "files": {
+        "a": {"size": 1, "sha256": "x", "sha256_status": "published", "verified_by": "sha256"},
+        "b": {"size": 2, "sha256": "y", "sha256_status": "seen", "verified_by": "crc32c"},
+        "c": {"size": 3}}}))
+    record = read_record(tmp_path)
+    assert [record.files[n].check for n in "abc"] == [Check.PUBLISHED_SHA256, Check.MIRROR_CRC32C, Check.SIZE]
+    (tmp_path / ".gpt2hub-verified.json").write_text('{"files": {"a": {"size": "big"}}}')
+    assert read_record(tmp_path) is None
