@@ -395,6 +395,11 @@ def create_manifest(folder: Path | str, name: str, *, aliases: Iterable[str] = (
     check_name(name, "--name")
     for alias in aliases:
         check_name(alias, "--alias")
+    # Before hashing gigabytes: a name or alias of another release is refused (remaking your own is not).
+    taken = set().union(*(_names(r) for r in releases() if r.name != name or any(r is s for s in _builtin_manifests())))
+    clash = [n for n in (name, *aliases) if n.lower() in taken]
+    if clash:
+        raise ManifestError(f"{name}: {', '.join(clash)} already names another release; choose another name")
     ckpt = Checkpoint(folder)
     hparams_path = folder / "hparams.json"
     shapes = ckpt.shapes()
