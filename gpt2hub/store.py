@@ -75,7 +75,9 @@ def _size(path: Path) -> int | None:
 
 
 def status(manifest) -> dict:
-    """A release's registry facts and local state, as `gpt2hub list` shows them."""
+    """A release's registry facts and local state, as `gpt2hub list` shows them (with, once pulled, what
+    each file was checked against)."""
+    record = read_verified(manifest.name) if original_state(manifest.name) == "verified" else None
     return {
         "name": manifest.name,
         "aliases": list(manifest.aliases),
@@ -85,6 +87,7 @@ def status(manifest) -> dict:
         "state": _shown_state(manifest.name),
         "formats": converted_formats(manifest.name),
         "path": str(home() / manifest.name),
+        "checks": {n: f.check.value for n, f in sorted(record.files.items())} if record else {},
     }
 
 

@@ -156,7 +156,8 @@ def test_a_mirror_manifest_is_only_the_mirrors_word(evil, base):
     assert "sources" not in saved and {f["status"] for f in saved["files"]} == {"mirror"}
     text = cli("pull", "foo", "--source", evil.url)
     assert "already pulled (0 of 7 files verified)" in text.stdout and "not verified: the mirror's own sha256" in text.stdout
-    assert {r["name"]: r["state"] for r in json.loads(cli("list", "--json").stdout)}["foo"] == "pulled"
+    row = {r["name"]: r for r in json.loads(cli("list", "--json").stdout)}["foo"]
+    assert row["state"] == "pulled" and set(row["checks"].values()) == {Check.MIRROR_SHA256.value}
     info = cli("info", "foo")
     assert "not every file verified" in info.stdout and "mirror's own sha256" in info.stdout
 
