@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from . import converters
 from .errors import Gpt2hubError
 from .integrity import RECORD_NAME as VERIFIED_RECORD, Record, read_record
 
 HOME_ENV = "GPT2HUB_HOME"
-FORMATS = ("original", "safetensors", "pytorch", "gguf")
+FORMATS = ("original", *converters.names())  # the original checkpoint, then the registry's formats
 PARTIAL_SUFFIX = ".part"
 
 
