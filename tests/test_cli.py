@@ -9,12 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from gpt2hub import store
-from gpt2hub.cli import main
 from gpt2hub.integrity import Check, FileCheck, Record, write_record
 from gpt2hub.registry import resolve
+from tests.checks import invoke
 
 RELEASES = ["124M", "355M", "774M", "1558M"]
 
@@ -28,11 +27,7 @@ def home(tmp_path, monkeypatch) -> Path:
     return h
 
 
-def gpt2hub(*args: str):
-    result = CliRunner().invoke(main, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
+gpt2hub = invoke
 
 
 def console(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -16,12 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import gpt2hub
 from gpt2hub import registry, store
-from gpt2hub.cli import main
 from gpt2hub.download import RetryPolicy, record_path
 from gpt2hub.errors import CheckpointError, DownloadError, Gpt2hubError
 from gpt2hub.integrity import Check, read_record
@@ -30,6 +28,7 @@ from gpt2hub.registry import ReleaseManifest, create_manifest
 from gpt2hub.sources import PUBLIC_MIRRORS, default_sources, redact
 from gpt2hub.tfcheckpoint import (NO_COMPRESSION, TABLE_MAGIC, Checkpoint, _BlockBuilder,
                                   _put_varint, crc32c, encode_header, mask_crc, read_index, write_checkpoint)
+from tests.checks import invoke as cli
 from tests.hostile_mirror import HOSTILE, HostileMirror, deep_json, hostile_manifest, key_bomb_index
 from tests.httpserver import Faults, FaultyServer
 
@@ -65,13 +64,6 @@ def evil(tmp_path, tiny_release):
     with HostileMirror(tmp_path / "mirror") as m:
         m.release("foo", tiny_release)
         yield m
-
-
-def cli(*args: str):
-    result = CliRunner().invoke(main, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 def one_line_error(result, *needles: str) -> str:
@@ -467,7 +459,7 @@ names = st.one_of(st.text(max_size=300), st.sampled_from(["..", ".", "a/b", "a\\
 json_values = st.recursive(st.none() | st.booleans() | st.integers(-(2 ** 70), 2 ** 70) | st.text(max_size=20),
                            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
                                                                                          max_size=4), max_leaves=40)
-BUDGET = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow,
+BUDGET = settings(max_examples=150, deadline=10_000, suppress_health_check=[HealthCheck.too_slow,
                                                                           HealthCheck.function_scoped_fixture])
 
 
@@ -481,7 +473,7 @@ def _within_budget(fn) -> None:
     finally:
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-    assert peak < 64 << 20 and time.monotonic() - t0 < 2
+    assert peak < 64 << 20 and time.monotonic() - t0 < 5
 
 
 @BUDGET
