@@ -180,6 +180,8 @@ class ReleaseManifest:
         def text(value: object, key: str) -> str:
             if not isinstance(value, str) or len(value) > MAX_TEXT:
                 raise ManifestError(f"{source}: {key!r} must be a string of at most {MAX_TEXT} characters")
+            if any(ord(c) < 32 or ord(c) == 127 for c in value):  # printed by info: no terminal escapes
+                raise ManifestError(f"{source}: {key!r} holds a control character")
             return value
 
         name = data.get("name")

@@ -39,6 +39,7 @@ HOSTILE = {
     # 7. shapes a parser chokes on
     "non-list-shape": lambda d: d["tensors"][0].update(shape=7),
     "huge-hparams": lambda d: d["hparams"].update(n_layer=100_000_000),
+    "terminal-escape": lambda d: d.update(description="\x1b]0;pwned\x07\x1b[2J"),
 }
 
 

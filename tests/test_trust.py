@@ -383,6 +383,7 @@ def test_the_record_goes_before_the_part(evil, base, tmp_path, tiny_release):
     (deep_json(), "nested too deeply"),
     (lambda b: hostile_manifest(b, "nul-name"), "NUL"),
     (lambda b: hostile_manifest(b, "non-list-shape"), "'shape' must be a list"),
+    (lambda b: hostile_manifest(b, "terminal-escape"), "control character"),
 ])
 def test_a_hostile_manifest_file_is_one_line(body, fact, base, tmp_path, evil):
     raw = body if isinstance(body, bytes) else json.dumps(body(base)).encode()
@@ -531,7 +532,7 @@ def test_the_index_reader_accepts_within_bounds_or_raises_one_line(entries, tmp_
 
 def test_every_hostile_manifest_is_exercised():
     exercised = {"escape-dotdot", "escape-absolute", "adopt-outside", "folder-escape", "own-suffix", "nul-name",
-                 "shadow-shipped", "alias-shadow", "non-list-shape", "huge-hparams"}
+                 "shadow-shipped", "alias-shadow", "non-list-shape", "huge-hparams", "terminal-escape"}
     assert exercised == set(HOSTILE)
 
 
