@@ -28,7 +28,7 @@ from .errors import CheckpointError, ChecksumError, DownloadError, ManifestError
 from .integrity import Check, FileCheck, Record, write_record
 from .registry import FileRecord, ReleaseManifest, sha256_file
 from .sources import (Source, TransferError, default_sources, open_source, origin_url, redact, user_sources)
-from .tfcheckpoint import crc32c, read_index, unmask_crc
+from .tfcheckpoint import MAX_INDEX_BYTES, crc32c, read_index, unmask_crc
 
 LOCK_NAME = ".pull.lock"  # in <home>/<name>/, beside the format folders
 INDEX_SUFFIX = ".index"
@@ -207,6 +207,7 @@ class _Pull:
         self.origin = origin_url() if shipped and data is not None and index is not None and not (
             _binding_sha(data) or _binding_sha(index)) else None
         self.index_check: Check | None = None  # what vouched for the index now on disk, and where it came from
+        self.refetch_index = False  # the index on disk is not the origin's
         self._index_source: str | None = None
         self.endpoint_url, self.connections = endpoint_url, connections
         self.verify, self.force, self.quiet = verify, force, quiet
@@ -269,7 +270,41 @@ class _Pull:
                     self.warn(f"{f.name}: sha256 {seen[:12]}… differs from {want[:12] if want else '?'}…; fetching it again")
                     return None
             out.append(FileResult(f.name, info.size, info.sha256, info.check, info.against, None))
-        return out
+        return self._vouched_by_origin(out)
+
+    def _vouched_by_origin(self, files: list[FileResult]) -> list[FileResult] | None:
+        """Files pulled while the origin was out of reach, re-vouched for now that it answers.
+
+        The origin's index is fetched (a few KB); if it is the index on disk, the data file's CRC32Cs were
+        OpenAI's all along and the record says so; if it differs, the release is pulled again. Where the
+        origin still cannot be reached the files stay as they were recorded.
+        """
+        index = self._index_record()
+        if self.origin is None or index is None or all(f.check.verified for f in files if f.name == index.name):
+            return files
+        try:
+            remote = self._source(self.origin).remote(self.m.folders[0], index.name)
+            size = self._stat(remote).size
+            if size > MAX_INDEX_BYTES or index.size is not None and size != index.size:
+                raise TransferError(f"{remote.url}: {size:,} bytes, the manifest says {index.size:,}", retryable=False)
+            origin_bytes = b"".join(remote.read(0, size, whole=True))
+        except TransferError:
+            return files
+        if origin_bytes != store.inside(self.dest, index.name).read_bytes():
+            self.warn(f"{index.name}: OpenAI's index differs from the one this release was pulled with; pulling again")
+            self.refetch_index = True
+            return None
+        against = f"fetched from OpenAI ({redact(self.origin)})"
+        upgraded = []
+        for f in files:
+            if f.name == index.name or f.check == Check.MIRROR_CRC32C:
+                how = against if f.name == index.name else f"every tensor's CRC32C in the index from OpenAI ({index.name})"
+                f = FileResult(f.name, f.size, f.sha256, Check.ORIGIN_CRC32C, how, f.source)
+            upgraded.append(f)
+        write_record(self.dest, Record(self.m.name, {
+            r.name: FileCheck(r.size, r.sha256, r.check, r.against, r.source) for r in upgraded},
+            str(self.m.path) if self.m.path else None))
+        return upgraded
 
     def _check_free_space(self) -> int:
         """Fail unless the bytes still to come fit on the disk; return how many are already here."""
@@ -299,7 +334,7 @@ class _Pull:
         record = store.read_verified(self.m.name)
         recorded = record.files.get(f.name) if record is not None else None
         # An index of unknown provenance cannot vouch for the data file: fetch it again (it is small).
-        unknown_index = is_index and self.origin is not None and recorded is None
+        unknown_index = is_index and self.origin is not None and (recorded is None or self.refetch_index)
         if not self.force and final.is_file() and not unknown_index:
             try:
                 return self._check(f, final, None, 0, reuse=True, recorded=recorded)

@@ -217,6 +217,29 @@ def test_without_the_origin_integrity_rests_on_the_mirror_and_says_so(shipped_ti
     assert "rests on the index from" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("origin_index", ["same", "different"])
+def test_a_pull_made_without_the_origin_is_vouched_for_once_it_answers(origin_index, shipped_tiny, tiny_release,
+                                                                      tmp_path, monkeypatch):
+    (tmp_path / "origin" / "tinyship").mkdir(parents=True)
+    index = tiny_release / INDEX if origin_index == "same" else _tampered(tiny_release, tmp_path / "other") / INDEX
+    shutil.copyfile(index, tmp_path / "origin" / "tinyship" / INDEX)
+    with FaultyServer(tmp_path / "origin") as origin, HostileMirror(tmp_path / "mirror") as mirror:
+        mirror.release("tinyship", tiny_release)
+        monkeypatch.setenv("GPT2HUB_ORIGIN", DEAD)
+        first = pull("tinyship", sources=[mirror.url], quiet=True, retry=FAST)
+        assert next(f for f in first.files if f.name == DATA).check == Check.MIRROR_CRC32C
+        before = len(mirror.server.log)
+        monkeypatch.setenv("GPT2HUB_ORIGIN", origin.url)
+        if origin_index == "different":  # OpenAI's index says these bytes are not its release
+            with pytest.raises(DownloadError, match="CRC32C"):
+                pull("tinyship", sources=[mirror.url], quiet=True, retry=FAST)
+            return
+        again = pull("tinyship", sources=[mirror.url], quiet=True, retry=FAST)
+    assert again.already and mirror.server.log[before:] == []  # nothing fetched again but OpenAI's small index
+    assert {f.name: f.check for f in again.files}[DATA] == Check.ORIGIN_CRC32C
+    assert read_record(again.path).files[DATA].check == Check.ORIGIN_CRC32C
+
+
 def test_public_mirrors_can_be_refused(monkeypatch):
     assert set(PUBLIC_MIRRORS) <= set(default_sources())
     assert not set(PUBLIC_MIRRORS) & set(default_sources(public_mirrors=False))
