@@ -495,7 +495,8 @@ class _Pull:
             else:
                 hint = (f"; if you know this copy is right, set {registry.ACCEPT_DIFFERENT_SHARED_ENV}=1"
                         if f.status == "shared" else "")
-                raise _Bad(f"sha256 {seen[:16]}… is not the {_WHOSE[f.status]} {f.sha256[:16]}…{hint}")
+                article = "" if f.status == "shared" else "the "
+                raise _Bad(f"sha256 {seen[:16]}… is not {article}{_WHOSE[f.status]} {f.sha256[:16]}…{hint}")
         if recorded is not None and recorded.sha256 and seen != recorded.sha256:
             raise _Bad(f"sha256 {seen[:16]}… is not the {recorded.sha256[:16]}… recorded when it was pulled")
         if f.sha256 is not None and f.status == "expected" and seen != f.sha256:
