@@ -43,11 +43,16 @@ class MirrorError(Gpt2hubError):
 
 MAX_JSON_BYTES = 64 << 20  # no JSON input gpt2hub reads (hparams, configs, manifests) comes near this
 MAX_JSON_DEPTH = 32  # a manifest nests 4 deep; deeper is an attack on the parser, not data
+MAX_JSON_CONTAINERS = 1 << 18  # lists and objects (the 1558M manifest has ~1,200; 4 per tensor at most)
 
 
 def parse_json(text: str | bytes, where: str, error: type[Gpt2hubError] = Gpt2hubError,
-               max_depth: int = MAX_JSON_DEPTH) -> object:
-    """Parsed JSON, or `error` naming `where`: not JSON, or nested deeper than `max_depth`."""
+               max_depth: int = MAX_JSON_DEPTH, max_containers: int = MAX_JSON_CONTAINERS) -> object:
+    """Parsed JSON, or `error` naming `where`: not JSON, nested deeper than `max_depth`, or holding more
+    than `max_containers` lists and objects (counted before parsing, brackets in strings included)."""
+    opening = (b"[", b"{") if isinstance(text, bytes) else ("[", "{")
+    if text.count(opening[0]) + text.count(opening[1]) > max_containers:
+        raise error(f"{where}: more than {max_containers:,} JSON lists and objects; not a file gpt2hub reads")
     try:
         value = json.loads(text)
     except RecursionError:
@@ -66,7 +71,7 @@ def json_depth(value: object) -> int:
         v, d = stack.pop()
         if isinstance(v, (list, dict)):
             deepest = max(deepest, d)
-            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v) if isinstance(c, (list, dict)))
     return deepest
 
 

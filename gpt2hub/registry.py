@@ -39,7 +39,7 @@ SCHEMA_SUFFIX = ".schema.json"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 # Bounds on what a manifest may describe (the largest real one, 1558M, has 7 files and 580 tensors).
-MAX_MANIFEST_BYTES = 8 << 20
+MAX_MANIFEST_BYTES = 4 << 20
 MAX_NAME_BYTES = 255
 MAX_FILES, MAX_FOLDERS, MAX_ALIASES, MAX_SOURCES = 64, 8, 32, 16
 MAX_TENSORS, MAX_TENSOR_NAME, MAX_RANK, MAX_DIM, MAX_BYTES = 1 << 16, 1024, 8, 1 << 40, 1 << 62
