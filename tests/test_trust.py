@@ -404,6 +404,7 @@ def test_the_record_goes_before_the_part(evil, base, tmp_path, tiny_release):
 
 @pytest.mark.parametrize("body,fact", [
     (deep_json(), "nested too deeply"),
+    (b'{"name": "foo", "x": [' + b"[]," * 300_000 + b"[]]}", "JSON lists and objects"),
     (lambda b: hostile_manifest(b, "nul-name"), "NUL"),
     (lambda b: hostile_manifest(b, "non-list-shape"), "'shape' must be a list"),
     (lambda b: hostile_manifest(b, "terminal-escape"), "control character"),
