@@ -423,7 +423,7 @@ def test_an_encoder_json_that_is_a_list_is_one_line(tiny_release, tmp_path):
 
     folder = shutil.copytree(tiny_release, tmp_path / "t")
     (folder / "encoder.json").write_text('["<|endoftext|>", 1]')
-    with pytest.raises(CheckpointError, match="not a JSON object mapping tokens to ids"):
+    with pytest.raises(CheckpointError, match="not a JSON object of token -> id"):
         mergeable_ranks(folder)
     (folder / "encoder.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(CheckpointError, match="nested too deeply"):
