@@ -89,6 +89,7 @@ class Record:
     files: dict[str, FileCheck]
     manifest: str | None = None
     verified_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    partial: bool = False  # some of the release's files only (`pull --only`)
 
     @property
     def verified(self) -> bool:
@@ -96,7 +97,7 @@ class Record:
         return bool(self.files) and all(f.verified for f in self.files.values())
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "manifest": self.manifest, "verified_at": self.verified_at,
+        return {"name": self.name, "manifest": self.manifest, "verified_at": self.verified_at, "partial": self.partial,
                 "verified": self.verified, "files": {n: f.to_dict() for n, f in sorted(self.files.items())}}
 
 
@@ -116,7 +117,7 @@ def read_record(folder: Path | str) -> Record | None:
                                     str(info.get("against") or ""), info.get("source") if isinstance(info.get("source"), str) else None)
         return Record(str(data.get("name") or Path(folder).parent.name), files,
                       data.get("manifest") if isinstance(data.get("manifest"), str) else None,
-                      str(data.get("verified_at") or ""))
+                      str(data.get("verified_at") or ""), data.get("partial") is True)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
 

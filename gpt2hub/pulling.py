@@ -18,19 +18,23 @@ import mmap
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import registry, store
+from . import hashes, offline, registry, store
 from .progress import ProgressEvent, Reporter, bytes_counter, emit
 from .download import DiskFull, RangeRecord, RetryPolicy, fetch, record_path
 from .errors import CheckpointError, ChecksumError, DownloadError, ManifestError, UnknownRelease
-from .integrity import Check, FileCheck, Record, write_record
+from .integrity import Check, FileCheck, Record, read_record, write_record
 from .registry import FileRecord, ReleaseManifest, sha256_file
 from .sources import (Source, TransferError, default_sources, open_source, origin_url, redact, user_sources)
 from .tfcheckpoint import MAX_INDEX_BYTES, crc32c, read_index, unmask_crc
 
 LOCK_NAME = ".pull.lock"  # in <home>/<name>/, beside the format folders
+TO_LOCK_NAME = ".gpt2hub-pull.lock"  # in a `pull --to DIR` folder, beside the files and the verified record
+# `--only` groups: what a tokenizer needs, and everything else (the model).
+TOKENIZER_FILES = ("encoder.json", "vocab.bpe")
+ONLY_GROUPS = ("tokenizer", "model")
 INDEX_SUFFIX = ".index"
 CRC_REPAIR_ROUNDS = 3
 FREE_SPACE_MARGIN = 64 << 20
@@ -79,6 +83,35 @@ class PullResult:
                 "files": [f.to_dict() for f in self.files], "warnings": self.warnings}
 
 
+@dataclass
+class PlannedFile:
+    name: str
+    size: int | None
+    state: str  # "verified" (recorded by a pull), "present" (to be checked), "partial" (resumes) or "missing"
+    here: int  # bytes already on disk
+    fetch: int | None  # bytes still to download (None: size unknown until asked)
+    source: str | None  # the first source that has it (None: nothing to fetch, or none answered / offline)
+
+
+@dataclass
+class PullPlan:
+    """What `pull --dry-run` found: what would be fetched, from where, and what is already here."""
+
+    name: str
+    path: Path
+    files: list[PlannedFile]
+    offline: bool
+    unavailable: list[str] = field(default_factory=list)  # files no source could provide, with why
+
+    @property
+    def fetch(self) -> int:
+        return sum(f.fetch or 0 for f in self.files)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "path": str(self.path), "dry_run": True, "offline": self.offline,
+                "bytes": self.fetch, "files": [asdict(f) for f in self.files], "unavailable": self.unavailable}
+
+
 class _Bad(Exception):
     """The bytes a source gave are not the release's file: try the next source."""
 
@@ -86,12 +119,12 @@ class _Bad(Exception):
 def pull(name: str, *, manifest: Path | str | None = None, sources: list[str] | tuple[str, ...] = (),
          endpoint_url: str | None = None, connections: int = 8, verify: bool = False, force: bool = False,
          progress: Reporter | None = None, retry: RetryPolicy = RetryPolicy(), span: int | None = None,
-         public_mirrors: bool = True) -> PullResult:
-    """Fetch and verify every file of a release; a verified release is a quick no-op (see gpt2hub.pull).
-
-    Only a release OpenAI published (a shipped manifest) is ever asked of OpenAI and, unless
-    `public_mirrors` is False or $GPT2HUB_NO_PUBLIC_MIRRORS is set, of the public copies.
-    """
+         only: list[str] | tuple[str, ...] = (), to: Path | str | None = None,
+         dry_run: bool = False, public_mirrors: bool = True) -> PullResult | PullPlan:
+    """Fetch and verify every file of a release (or the `only` ones: "tokenizer", "model", file names) into
+    the store, or into the folder `to`; a verified release is a quick no-op. `dry_run`: a PullPlan, no file
+    touched (see gpt2hub.pull). Only a release OpenAI published (a shipped manifest) is ever asked of OpenAI
+    and, unless `public_mirrors` is False or $GPT2HUB_NO_PUBLIC_MIRRORS is set, of the public copies."""
     from filelock import FileLock, Timeout
 
     if connections < 1:
@@ -106,23 +139,48 @@ def pull(name: str, *, manifest: Path | str | None = None, sources: list[str] | 
     except UnknownRelease:
         if manifest is not None:
             raise
-        m = _manifest_from_sources(name, sources, endpoint_url)
-    dest = store.release_dir(m.name)
+        m = _manifest_from_sources(name, sources, endpoint_url, save=not dry_run)
+    files = select(m, only)
+    dest = store.release_dir(m.name) if to is None else Path(to).expanduser().absolute()
+    job = _Pull(m, dest, sources, endpoint_url, connections, verify, force, progress, retry, span, files,
+                foreign=to is not None, public_mirrors=public_mirrors)
+    if dry_run:
+        return job.plan()
+    if dest.exists() and not dest.is_dir():
+        raise DownloadError(f"{dest}: exists and is not a folder")
     dest.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(dest.parent / LOCK_NAME))
+    lock = FileLock(str(dest.parent / LOCK_NAME if to is None else dest / TO_LOCK_NAME))
     try:
         lock.acquire(timeout=0.2)
     except Timeout:
         emit(progress, ProgressEvent.message(f"gpt2hub: another pull of {m.name} is running; waiting for it"))
         lock.acquire()
     try:
-        return _Pull(m, dest, sources, endpoint_url, connections, verify, force, progress, retry, span,
-                     public_mirrors).run()
+        return job.run()
     finally:
         lock.release()
 
 
-def _manifest_from_sources(name: str, sources, endpoint_url: str | None) -> ReleaseManifest:
+def select(m: ReleaseManifest, only: list[str] | tuple[str, ...] = ()) -> list[FileRecord]:
+    """The release's files that `--only` names: "tokenizer", "model" (everything else) or file names; all by default."""
+    if not only:
+        return list(m.files)
+    names = {f.name for f in m.files}
+    wanted: set[str] = set()
+    for item in only:
+        if item == "tokenizer":
+            wanted |= names & set(TOKENIZER_FILES)
+        elif item == "model":
+            wanted |= names - set(TOKENIZER_FILES)
+        elif item in names:
+            wanted.add(item)
+        else:
+            raise DownloadError(f"--only {item}: not a file of {m.name}; choose {', '.join(ONLY_GROUPS)} "
+                                f"or files: {', '.join(sorted(names))}")
+    return [f for f in m.files if f.name in wanted]
+
+
+def _manifest_from_sources(name: str, sources, endpoint_url: str | None, save: bool = True) -> ReleaseManifest:
     """A release unknown here, taken from the manifest a gpt2hub mirror publishes beside its files.
 
     Only the user's own sources are asked. The manifest is the mirror's word only: it may name a release
@@ -135,6 +193,8 @@ def _manifest_from_sources(name: str, sources, endpoint_url: str | None) -> Rele
     except ManifestError:
         return registry.resolve(name)  # raises the usual error listing the known names
     for spec in user_sources(sources):
+        if offline.enabled() and offline.is_remote(spec):
+            continue
         where = f"{redact(spec).rstrip('/')}/{name}/{registry.MIRROR_MANIFEST}"
         try:
             remote = open_source(spec, endpoint_url, 1).remote(name, registry.MIRROR_MANIFEST)
@@ -152,20 +212,27 @@ def _manifest_from_sources(name: str, sources, endpoint_url: str | None) -> Rele
         if clash:
             raise ManifestError(f"{where}: refused: {', '.join(clash)} already names a release here; "
                                 "a mirror's manifest may only describe a new release")
-        return ReleaseManifest.from_file(registry.save_user_manifest(found))
+        return ReleaseManifest.from_file(registry.save_user_manifest(found)) if save else found
+    if offline.enabled() and any(offline.is_remote(s) for s in user_sources(sources)):
+        offline.refuse(f"{name}: not a known release; asking its sources for a manifest")
     return registry.resolve(name)  # raises the usual error listing the known names
 
 
 class _Pull:
     def __init__(self, m: ReleaseManifest, dest: Path, sources, endpoint_url, connections, verify, force, progress,
-                 retry, span, public_mirrors=True):
+                 retry, span, files: list[FileRecord] | None = None, foreign: bool = False, public_mirrors=True):
         self.m, self.dest = m, dest
+        self.files = list(m.files) if files is None else files
+        self.foreign = foreign  # a folder of the user's: a file there that does not verify is theirs, not ours to replace
         shipped = registry.is_shipped(m)
         self.specs = default_sources(tuple(sources), m.sources, openai=shipped, public_mirrors=public_mirrors)
+        self.offline = offline.enabled()
+        self.skipped = [s for s in self.specs if self.offline and offline.is_remote(s)]
+        self.specs = [s for s in self.specs if s not in self.skipped]
         # The origin vouches for the data file through its index wherever no sha256 can.
         data, index = m.data_file, self._index_record()
-        self.origin = origin_url() if shipped and data is not None and index is not None and not (
-            _binding_sha(data) or _binding_sha(index)) else None
+        self.origin = origin_url() if shipped and not self.offline and data is not None and index is not None \
+            and not (_binding_sha(data) or _binding_sha(index)) else None
         self.index_check: Check | None = None  # what vouched for the index now on disk, and where it came from
         self.refetch_index = False  # the index on disk is not the origin's
         self._index_source: str | None = None
@@ -194,27 +261,33 @@ class _Pull:
         results = []
         try:
             # The index first: it vouches for the data file, tensor by tensor.
-            for f in sorted(self.m.files, key=lambda f: (not f.name.endswith(INDEX_SUFFIX), ".data-" in f.name, f.name)):
+            for f in sorted(self.files, key=lambda f: (not f.name.endswith(INDEX_SUFFIX), ".data-" in f.name, f.name)):
                 results.append(self._file(f))
         finally:
             emit(self.progress, ProgressEvent.end(TOTAL_TASK))
-        write_record(self.dest, Record(self.m.name, {
-            r.name: FileCheck(r.size, r.sha256, r.check, r.against, r.source) for r in results},
-            str(self.m.path) if self.m.path else None))
+        files = {r.name: FileCheck(r.size, r.sha256, r.check, r.against, r.source) for r in results}
+        # A pull of some files (--only) keeps what an earlier pull verified of the others, while it is unchanged.
+        earlier = read_record(self.dest)
+        for f in self.m.files:
+            info = earlier.files.get(f.name) if earlier is not None else None
+            if f.name not in files and info is not None and _size(self.dest / f.name) == info.size:
+                files[f.name] = info
+        write_record(self.dest, Record(self.m.name, files, str(self.m.path) if self.m.path else None,
+                                       partial=set(files) != {f.name for f in self.m.files}))
         return PullResult(self.m.name, self.dest, results, time.monotonic() - self.t0,
                           sum(r.fetched for r in results), self.used, warnings=self.warnings)
 
     # --- a release already here --------------------------------------------------------------
 
     def _already_verified(self) -> list[FileResult] | None:
-        if store.original_state(self.m.name) != "verified":
-            return None
-        record = store.read_verified(self.m.name)
-        if record is None or set(record.files) != {f.name for f in self.m.files}:
+        record = read_record(self.dest)
+        if record is None or not {f.name for f in self.files} <= set(record.files):
             return None
         out = []
-        for f in self.m.files:
+        for f in self.files:
             info = record.files[f.name]
+            if _size(self.dest / f.name) != info.size:
+                return None
             if f.size is not None and f.status != "expected" and info.size != f.size:
                 return None
             if self.verify:
@@ -255,15 +328,60 @@ class _Pull:
                 how = against if f.name == index.name else f"every tensor's CRC32C in the index from OpenAI ({index.name})"
                 f = FileResult(f.name, f.size, f.sha256, Check.ORIGIN_CRC32C, how, f.source)
             upgraded.append(f)
-        write_record(self.dest, Record(self.m.name, {
-            r.name: FileCheck(r.size, r.sha256, r.check, r.against, r.source) for r in upgraded},
-            str(self.m.path) if self.m.path else None))
+        earlier = read_record(self.dest)
+        merged = {**(earlier.files if earlier is not None else {}),
+                  **{r.name: FileCheck(r.size, r.sha256, r.check, r.against, r.source) for r in upgraded}}
+        write_record(self.dest, Record(self.m.name, merged, str(self.m.path) if self.m.path else None,
+                                       partial=set(merged) != {f.name for f in self.m.files}))
         return upgraded
+
+    def plan(self) -> PullPlan:
+        """What run() would fetch and from where, asking sources only for sizes; touches no file."""
+        earlier = read_record(self.dest) if not self.force else None
+        record = earlier.files if earlier is not None else {}
+        out, unavailable = [], []
+        for f in self.files:
+            final, info = self.dest / f.name, record.get(f.name)
+            if info is not None and _size(final) == info.size and not self.verify:
+                out.append(PlannedFile(f.name, f.size, "verified" if info.verified else "pulled", info.size, 0, None))
+                continue
+            if not self.force and final.is_file():
+                out.append(PlannedFile(f.name, f.size, "present", _size(final) or 0, 0, None))
+                continue
+            done = RangeRecord(self._part(f), f.size).done_bytes if f.size is not None else 0
+            size, source, why = f.size, None, []
+            for spec in self.specs:
+                try:
+                    _, st = self._find(spec, f)
+                except (TransferError, DownloadError) as e:
+                    why.append(f"{spec}: {_short(e, spec)}")
+                    continue
+                source, size = spec, size if size is not None else st.size
+                break
+            if source is None and (why or not self.offline):  # offline with no folder source: the CLI says so once
+                unavailable.append(f"{f.name} ({'; '.join(why) or 'no source'})")
+            out.append(PlannedFile(f.name, size, "partial" if done else "missing", done,
+                                   None if size is None else size - done, source))
+        return PullPlan(self.m.name, self.dest, out, self.offline, unavailable)
+
+    def _find(self, spec: str, f: FileRecord):
+        """(remote, stat) of the file at one source, under the first of the release's folder names that has it."""
+        source = self._source(spec)
+        missing = None
+        for folder in self.m.folders:
+            remote = source.remote(folder, f.name)
+            try:
+                return remote, self._stat(remote)
+            except TransferError as e:
+                if not e.missing:
+                    raise
+                missing = e
+        raise missing  # type: ignore[misc]
 
     def _check_free_space(self) -> int:
         """Fail unless the bytes still to come fit on the disk; return how many are already here."""
         need = here = 0
-        for f in self.m.files:
+        for f in self.files:
             if f.size is None:
                 continue
             if not self.force and _size(self.dest / f.name) == f.size:
@@ -285,7 +403,7 @@ class _Pull:
     def _file(self, f: FileRecord) -> FileResult:
         final = store.inside(self.dest, f.name)
         is_index = f.name.endswith(INDEX_SUFFIX)
-        record = store.read_verified(self.m.name)
+        record = read_record(self.dest)
         recorded = record.files.get(f.name) if record is not None else None
         # An index of unknown provenance cannot vouch for the data file: fetch it again (it is small).
         unknown_index = is_index and self.origin is not None and (recorded is None or self.refetch_index)
@@ -293,7 +411,13 @@ class _Pull:
             try:
                 return self._check(f, final, None, 0, reuse=True, recorded=recorded)
             except (_Bad, CheckpointError) as e:
+                if self.foreign and not recorded:
+                    raise DownloadError(f"{final}: already exists and is not {self.m.name}'s {f.name} ({e}); "
+                                        "not replacing it (move it away and pull again)") from None
                 self.warn(f"{final.name}: the copy on disk does not verify ({e}); fetching it again")
+        if not self.specs:
+            offline.refuse(f"{self.m.name}: {f.name} ({'size unknown' if f.size is None else f'{f.size:,} bytes'}) "
+                           f"from {self.skipped[0] if self.skipped else 'a source'}")
         specs = self.specs
         if is_index and self.origin is not None:
             specs = [self.origin, *(s for s in specs if s.rstrip("/") != self.origin.rstrip("/"))]
@@ -310,7 +434,8 @@ class _Pull:
                 self.warn(f"{f.name}: OpenAI's origin could not be reached ({failures[0] if failures else '?'}); "
                           f"the data file's CRC32C check rests on the index from {redact(spec)}")
             return result
-        raise DownloadError(f"{self.m.name}: {f.name}: no source could provide it ({'; '.join(failures)}); "
+        skipped = f"; offline, so not tried: {', '.join(self.skipped)}" if self.skipped else ""
+        raise DownloadError(f"{self.m.name}: {f.name}: no source could provide it ({'; '.join(failures)}{skipped}); "
                             "bytes already downloaded are kept for the next pull")
 
     def _source(self, spec: str) -> Source:
@@ -334,19 +459,7 @@ class _Pull:
                 time.sleep(self.retry.delay(failures, e.retry_after))
 
     def _from_source(self, f: FileRecord, spec: str, retried: bool = False) -> FileResult:
-        source = self._source(spec)
-        missing = None
-        for folder in self.m.folders:
-            remote = source.remote(folder, f.name)
-            try:
-                st = self._stat(remote)
-                break
-            except TransferError as e:
-                if not e.missing:
-                    raise
-                missing = e
-        else:
-            raise missing  # type: ignore[misc]
+        remote, st = self._find(spec, f)
         size = st.size
         if f.size is not None and size != f.size:
             if f.status != "expected":
@@ -388,6 +501,7 @@ class _Pull:
             return self._from_source(f, spec, retried=True)
         record_path(part).unlink(missing_ok=True)  # before the rename: a kill between leaves a part, never a record alone
         os.replace(part, store.inside(self.dest, f.name))
+        hashes.remember(self.dest / f.name, result.sha256)  # mirror and convert need not hash it again
         if redact(spec) not in self.used:
             self.used.append(redact(spec))
         return result

@@ -48,9 +48,14 @@ def read_verified(name: str) -> Record | None:
 def original_state(name: str) -> str:
     """'verified' (pulled: every recorded file present at its recorded size; see the record for what vouched
     for each), 'partial' or 'absent'."""
-    folder = release_dir(name)
-    record = read_verified(name)
-    if record is not None and record.files and all(_size(folder / f) == info.size for f, info in record.files.items()):
+    return folder_state(release_dir(name))
+
+
+def folder_state(folder: Path) -> str:
+    """original_state of any folder pull writes to; a record of some files only (`pull --only`) is 'partial'."""
+    record = read_record(folder)
+    if record is not None and not record.partial and record.files and all(
+            _size(folder / f) == info.size for f, info in record.files.items()):
         return "verified"
     if folder.is_dir() and any(p.name != VERIFIED_RECORD for p in folder.iterdir()):
         return "partial"
