@@ -118,7 +118,10 @@ def test_dry_run_counts_what_is_here(server, tiny_manifest, tiny_release):
     shutil.copy(tiny_release / "hparams.json", folder)  # there, not yet checked
     size = (tiny_release / DATA).stat().st_size
     shutil.copy(tiny_release / DATA, folder / (DATA + ".part"))
-    RangeRecord(record_path(folder / (DATA + ".part")), size).add(0, 4096)  # a pull stopped after 4 KiB
+    record = RangeRecord(folder / (DATA + ".part"), size)  # a pull stopped after 4 KiB of this very part
+    with open(folder / (DATA + ".part"), "rb") as fh:
+        record.bind(fh.fileno())
+    record.add(0, 4096)
     before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     plan = {f.name: f for f in _pull(server, tiny_manifest, dry_run=True).files}
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
