@@ -14,7 +14,7 @@ import pytest
 
 import gpt2hub
 from gpt2hub import registry, store
-from gpt2hub.download import RangeRecord, RetryPolicy, record_path
+from gpt2hub.download import RangeRecord, RetryPolicy
 from gpt2hub.errors import DownloadError
 from gpt2hub.offline import OfflineError
 from gpt2hub.pulling import pull
