@@ -25,7 +25,7 @@ from gpt2hub.errors import CheckpointError, ConversionError
 from gpt2hub.layout import SCOPE, HParams, tensor_shapes
 from gpt2hub.tfcheckpoint import Checkpoint, TensorEntry
 
-FORMATS = ("safetensors", "pytorch", "gguf")
+FORMATS = ("safetensors", "pytorch", "gguf", "llmc")
 ENDOFTEXT = "<|endoftext|>"
 CHUNK_BYTES = 32 << 20  # source bytes per conversion step: bounds the working set
 Progress = Callable[[int], None]
@@ -35,7 +35,8 @@ T, R = TypeVar("T"), TypeVar("R")
 # --- the interface ----------------------------------------------------------------------------
 
 class WriteFn(Protocol):
-    def __call__(self, source: "Source", out: Path, dtype: str, progress: Progress) -> None: ...
+    def __call__(self, source: "Source", out: Path, dtype: str, progress: Progress) -> list[str] | None:
+        """Write the output; may return lines worth telling the user (e.g. which tensor got which type)."""
 
 
 @dataclass(frozen=True)

@@ -137,7 +137,7 @@ def pull(name: str, sources: tuple[str, ...], connections: int, verify: bool, fo
 
 @main.command()
 @click.argument("name_or_dir", metavar="[NAME|DIR]", required=False)
-@click.option("--to", "fmt", type=click.Choice(["safetensors", "pytorch", "gguf"]), required=True, help="Output format.")
+@click.option("--to", "fmt", type=click.Choice(["safetensors", "pytorch", "gguf", "llmc"]), required=True, help="Output format.")
 @click.option("--dtype", type=click.Choice(["f32", "f16", "bf16", "q8_0"]), default=None,
               help="Weight type (default f32; q8_0 is gguf only).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
