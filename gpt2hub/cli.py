@@ -138,8 +138,9 @@ def pull(name: str, sources: tuple[str, ...], connections: int, verify: bool, fo
 @main.command()
 @click.argument("name_or_dir", metavar="[NAME|DIR]", required=False)
 @click.option("--to", "fmt", type=click.Choice(["safetensors", "pytorch", "gguf", "llmc"]), required=True, help="Output format.")
-@click.option("--dtype", type=click.Choice(["f32", "f16", "bf16", "q8_0"]), default=None,
-              help="Weight type (default f32; q8_0 is gguf only).")
+@click.option("--dtype", type=click.Choice(["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "q6_k",
+                                            "q5_k_m", "q5_k_s", "q4_k_m", "q4_k_s", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k"]),
+              default=None, help="Weight type (default f32; the q types are gguf only, the k ones made by llama.cpp).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output folder (a .gguf file for gguf) instead of the store / a sibling of DIR.")
 @click.option("--force", is_flag=True, help="Replace an existing output (only once the new one is complete).")
@@ -161,6 +162,8 @@ def convert(name_or_dir: str | None, fmt: str, dtype: str | None, out: Path | No
         click.echo(f"ignored {len(r.ignored)} non-model variables (e.g. {r.ignored[0]})", err=True)
     if not r.hparams_from.startswith(("hparams.json", "--hparams")):
         click.echo(f"hparams {r.hparams_from}: {r.hparams}", err=True)
+    for note in r.notes:
+        click.echo(note, err=True)
     click.echo(f"{r.release}: {r.tensors} tensors -> {r.format} {r.dtype} at {r.path} "
                f"({_size(r.bytes_read)} in {r.seconds:.1f} s)")
 

@@ -36,6 +36,7 @@ class ConversionReport:
     hparams: dict
     hparams_from: str  # "hparams.json", "--hparams FILE", "manifest" or "inferred from shapes"
     ignored: list[str] = field(default_factory=list)  # non-model variables: optimizer slots, step counters
+    notes: list[str] = field(default_factory=list)  # what the converter reports, e.g. llama.cpp's tensor types
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -87,7 +88,7 @@ def convert(name_or_dir: str | Path | None = None, to: str = "safetensors", dtyp
         if converter.writes_folder:
             tmp.mkdir()
         with _progress_bar(total, f"{to} {dtype}", quiet) as bar:
-            converter.write(source, tmp, dtype, bar.update)
+            notes = converter.write(source, tmp, dtype, bar.update) or []
         _install(tmp, final)
     except BaseException:
         _remove(tmp)
@@ -96,7 +97,7 @@ def convert(name_or_dir: str | Path | None = None, to: str = "safetensors", dtyp
         ckpt.close()
     return ConversionReport(path=final, format=to, dtype=dtype, release=release, source=folder, tensors=len(model),
                             bytes_read=total, hparams=h.to_dict(), hparams_from=hparams_from, ignored=ignored,
-                            seconds=time.perf_counter() - started)
+                            notes=notes, seconds=time.perf_counter() - started)
 
 
 def output_path(release: str, fmt: str, dtype: str) -> Path:
