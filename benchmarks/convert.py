@@ -131,7 +131,7 @@ def _remove(path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--shape", default="124M", help="shape of the generated release (tests.release SHAPES)")
+    ap.add_argument("--shape", default="124M", help="shape of the generated release (gpt2hub.testing.release SHAPES)")
     ap.add_argument("--release", type=Path, default=None, help="convert this release folder instead of generating one")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one, removed)")
@@ -148,7 +148,7 @@ def main() -> None:
         if release is None:
             release = work / a.shape
             print(f"generating a {a.shape}-shape release in {release} ...", file=sys.stderr, flush=True)
-            subprocess.run([sys.executable, "-m", "tests.release", str(release), "--shape", a.shape], check=True, cwd=ROOT,
+            subprocess.run([sys.executable, "-m", "gpt2hub.testing.release", str(release), "--shape", a.shape], check=True, cwd=ROOT,
                            stdout=subprocess.DEVNULL)
         data_size = (release / DATA).stat().st_size
         from gpt2hub import registry

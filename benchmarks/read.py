@@ -6,7 +6,7 @@ every tensor) against crc32c over the whole data file read in 16 MiB chunks.
 
     python benchmarks/read.py [--shape 124M | --release DIR] [--repeat 3]
 
-Without --release it writes a release with TensorFlow (`python -m tests.release DIR --shape S`).
+Without --release it writes a release with TensorFlow (`python -m gpt2hub.testing.release DIR --shape S`).
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def median(runs: list[dict], key: str) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--release", type=Path, help="an existing release folder (default: write one)")
-    p.add_argument("--shape", default="124M", help="shape for the generated release (tests.release.SHAPES)")
+    p.add_argument("--shape", default="124M", help="shape for the generated release (gpt2hub.testing.release.SHAPES)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -139,7 +139,7 @@ def main() -> None:
     if release is None:
         tmp = tempfile.TemporaryDirectory(prefix="gpt2hub-bench-read-")
         release = Path(tmp.name) / a.shape
-        subprocess.run([sys.executable, "-m", "tests.release", str(release), "--shape", a.shape], cwd=ROOT, check=True)
+        subprocess.run([sys.executable, "-m", "gpt2hub.testing.release", str(release), "--shape", a.shape], cwd=ROOT, check=True)
     try:
         warm_page_cache(release)
         runs: dict[str, list[dict]] = {k: [] for k in WORKERS}

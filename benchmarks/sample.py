@@ -8,7 +8,7 @@
    of both are compared (they must agree). Ratio = gpt2hub tokens/s / transformers tokens/s.
 2. Wall time of `gpt2hub verify DIR` over every format (safetensors, pytorch, GGUF f32/f16/bf16/q8_0),
    in a fresh process (imports included), plus the time verify reports for itself.
-Without --release, a release of --shape is written by `tests.release` and converted by gpt2hub.
+Without --release, a release of --shape is written by `gpt2hub.testing.release` and converted by gpt2hub.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ PROMPT = ("In 2019, OpenAI released a language model called GPT-2 in four sizes.
 def prepare(release: Path | None, shape: str, work: Path) -> Path:
     """A release folder with every conversion beside it (convert's DIR-<fmt> / DIR-<dtype>.gguf)."""
     import gpt2hub
-    from tests.release import SHAPES, write_release
+    from gpt2hub.testing.release import SHAPES, write_release
 
     original = release or write_release(work / "original", **SHAPES[shape])
     outputs = {("safetensors", "f32"): original.parent / f"{original.name}-safetensors",

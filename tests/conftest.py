@@ -1,6 +1,6 @@
 import pytest
 
-from tests.release import SHAPES, write_release
+from gpt2hub.testing.release import SHAPES, write_release
 from tests.s3server import start_seaweed
 
 

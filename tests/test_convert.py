@@ -21,7 +21,7 @@ from gpt2hub.convert import convert
 from gpt2hub.errors import CheckpointError, ConversionError, Gpt2hubError
 from gpt2hub.layout import is_model_tensor
 from gpt2hub.tfcheckpoint import Checkpoint, write_checkpoint
-from tests.release import tiktoken_encoding
+from gpt2hub.testing.release import tiktoken_encoding
 
 # "The dog was found in a field near the intersection of West" (GPT-2 ids; the tiny model has n_ctx 64).
 TOKENS = [464, 3290, 373, 1043, 287, 257, 2214, 1474, 262, 16246, 286, 2688]

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpt2hub.demo import build_release, random_value, serve
+from gpt2hub.testing.release import build_release, random_value
+from gpt2hub.testing.server import serve
 from gpt2hub.layout import HParams, tensor_shapes
 from gpt2hub.tokenizer import encoding
-from tests.release import RELEASE_FILES
+from gpt2hub.testing.release import RELEASE_FILES
 
 
 def test_build_release_writes_openais_seven_files(tmp_path):

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.release import (
+from gpt2hub.testing.release import (
     CHECKPOINT_TEXT,
     REAL_FIXTURES,
     RELEASE_FILES,
@@ -15,7 +15,7 @@ from tests.release import (
     generated_vocab,
     tf_variable_shapes,
     tiktoken_encoding,
-    variable_value,
+    random_value,
     write_release,
 )
 
@@ -39,7 +39,7 @@ def test_checkpoint_has_model_py_variables_and_values(tiny_release):
     assert shapes == expected
     assert all(d == tf.float32 for d in reader.get_variable_to_dtype_map().values())
     for name in ("model/h1/mlp/c_fc/w", "model/ln_f/g", "model/wpe"):
-        assert np.array_equal(reader.get_tensor(name), variable_value(name, expected[name]))
+        assert np.array_equal(reader.get_tensor(name), random_value(name, expected[name]))
 
 
 def test_writing_leaves_tensorflow_eager(tiny_release):
@@ -55,13 +55,13 @@ def test_generated_vocab_release(tmp_path):
     assert json.loads((out / "hparams.json").read_text())["n_vocab"] == 557
     reader = tf.train.load_checkpoint(str(out / "model.ckpt"))
     assert reader.get_variable_to_shape_map()["model/wte"] == [557, 8]
-    assert np.array_equal(reader.get_tensor("model/wte"), variable_value("model/wte", (557, 8), seed=3))
+    assert np.array_equal(reader.get_tensor("model/wte"), random_value("model/wte", (557, 8), seed=3))
     assert tiktoken_encoding(out).n_vocab == 557
 
 
 def test_values_look_trained():
-    assert abs(variable_value("model/h0/attn/c_attn/w", (1, 64, 192)).std() - 0.02) < 0.002
-    assert abs(variable_value("model/h0/ln_1/g", (4096,)).mean() - 1.0) < 0.01
+    assert abs(random_value("model/h0/attn/c_attn/w", (1, 64, 192)).std() - 0.02) < 0.002
+    assert abs(random_value("model/h0/ln_1/g", (4096,)).mean() - 1.0) < 0.01
 
 
 def test_checkpoint_state_is_openais_77_bytes(tiny_release):

@@ -14,7 +14,7 @@ from gpt2hub.errors import CheckpointError, ManifestError, UnknownRelease
 from gpt2hub.layout import HParams, tensor_layout
 from gpt2hub.registry import OPENAI_FILES, ReleaseManifest, create_manifest, releases, resolve, write_manifest
 from gpt2hub.tfcheckpoint import read_index
-from tests.release import REAL_FIXTURES
+from gpt2hub.testing.release import REAL_FIXTURES
 from tests.checks import one_line
 
 jsonschema = pytest.importorskip("jsonschema")

@@ -35,7 +35,7 @@ from gpt2hub.tfcheckpoint import (
     unmask_crc,
     write_checkpoint,
 )
-from tests.release import REAL_FIXTURES
+from gpt2hub.testing.release import REAL_FIXTURES
 from tests.checks import one_line
 
 DATA = "model.ckpt.data-00000-of-00001"

@@ -13,25 +13,30 @@ the variables named and shaped as openai/gpt-2 `src/model.py` creates them. Valu
 Vocabulary: `vocab="auto"` copies OpenAI's real encoder.json / vocab.bpe from ../shared/fixtures
 when that folder exists, else generates a small genuine byte-level BPE (`vocab="generated"`).
 
-CLI (benchmarks):  python -m tests.release DIR --shape 124M [--seed N] [--vocab auto|real|generated]
+Without TensorFlow, `build_release` writes the same layout with the project's own TF bundle writer (the demo uses it).
+
+CLI (benchmarks):  python -m gpt2hub.testing.release DIR --shape 124M [--seed N] [--vocab auto|real|generated]
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-# The byte-level BPE trainer lives in the package (the demo writes releases too); re-exported here.
-from gpt2hub.tokenizer import ENDOFTEXT, BPE_TRAINING_TEXT, bytes_to_unicode, generated_vocab, train_bpe  # noqa: F401
-from gpt2hub.tokenizer import GPT2_SOURCE_PATTERN as GPT2_PAT  # noqa: F401
-from gpt2hub.registry import OPENAI_FILES
-from gpt2hub.demo import random_value as variable_value  # the same "trained-looking" values  # noqa: F401
+from ..layout import HParams, tensor_shapes
+from ..registry import OPENAI_FILES
+from ..tfcheckpoint import write_checkpoint
+from ..tokenizer import ENDOFTEXT
+from .vocab import generated_vocab
 
-_SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# ../shared beside the checkout (this file is <checkout>/gpt2hub/testing/release.py); GPT2HUB_SHARED overrides.
+_SHARED = Path(os.environ.get("GPT2HUB_SHARED") or Path(__file__).resolve().parents[3] / "shared")
 _REAL = _SHARED / "fixtures" / "openai-124M-real"
 
 REAL_FIXTURES: Path | None = _REAL if (_REAL / "encoder.json").is_file() else None
@@ -44,11 +49,58 @@ SHAPES = {
 }
 
 RELEASE_FILES = OPENAI_FILES  # the seven file names of every OpenAI release folder
-
 # OpenAI's `checkpoint` file, 77 bytes. TF's Saver(save_relative_paths=True) writes exactly this.
 CHECKPOINT_TEXT = b'model_checkpoint_path: "model.ckpt"\nall_model_checkpoint_paths: "model.ckpt"\n'
 
+# A MetaGraphDef holding only meta_info_def.meta_graph_version: readers never need the graph.
+META_GRAPH = b"\x0a\x0e\x0a\x0cgpt2hub-demo"
 
+# (scale, offset) of "trained-looking" random values, by the last part of the variable's name:
+# LayerNorm gains near 1, small biases, small weights.
+INIT: dict[str, tuple[float, float]] = {
+    "g": (0.1, 1.0),
+    "b": (0.01, 0.0),
+    "wpe": (0.01, 0.0),
+    "wte": (0.02, 0.0),
+    "w": (0.02, 0.0),
+}
+LAYERNORM_BIAS_SCALE = 0.05
+
+
+def random_value(name: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """A float32 value for variable `name`, seeded by (seed, name) alone, so any tensor can be recomputed."""
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    a = rng.standard_normal(shape, dtype=np.float32)
+    leaf = name.rsplit("/", 1)[1]
+    scale, offset = INIT[leaf]
+    if leaf == "b" and "/ln_" in name:
+        scale = LAYERNORM_BIAS_SCALE
+    a *= np.float32(scale)
+    a += np.float32(offset)
+    return a
+
+
+def build_release(folder: Path | str, *, n_ctx: int = 128, n_embd: int = 64, n_head: int = 4, n_layer: int = 2,
+                  seed: int = 0, vocab: Path | None = None) -> Path:
+    """Write a release in OpenAI's layout with random weights, without TensorFlow.
+
+    `vocab` is a folder holding encoder.json and vocab.bpe; without it a small byte-level BPE is trained.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if vocab is not None:
+        encoder, merges = (Path(vocab) / "encoder.json").read_text(), (Path(vocab) / "vocab.bpe").read_text()
+    else:
+        encoder, merges = generated_vocab()
+    (folder / "encoder.json").write_text(encoder)
+    (folder / "vocab.bpe").write_text(merges)
+    n_vocab = len(re.findall(r'":\s*\d+', encoder))  # one "token": id pair per entry
+    h = HParams(n_vocab=n_vocab, n_ctx=n_ctx, n_embd=n_embd, n_head=n_head, n_layer=n_layer)
+    write_checkpoint(folder / "model.ckpt", ((n, random_value(n, s, seed)) for n, s in tensor_shapes(h).items()))
+    (folder / "hparams.json").write_text(h.to_json())
+    (folder / "checkpoint").write_bytes(CHECKPOINT_TEXT)
+    (folder / "model.ckpt.meta").write_bytes(META_GRAPH)
+    return folder
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,7 +164,7 @@ def _write_checkpoint(out: Path, shapes: dict[str, tuple[int, ...]], seed: int) 
         saver = v1.train.Saver(save_relative_paths=True)
         with v1.Session(graph=graph) as sess:
             for var, (name, shape) in zip(variables, shapes.items()):
-                value = variable_value(name, shape, seed)
+                value = random_value(name, shape, seed)
                 sess.run(var.initializer, feed_dict={var.initializer.inputs[1]: value})
                 del value
             saver.save(sess, str(out / "model.ckpt"), write_meta_graph=True)
@@ -209,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     import time
 
-    p = argparse.ArgumentParser(prog="python -m tests.release", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m gpt2hub.testing.release", description=__doc__.split("\n")[0])
     p.add_argument("dir", type=Path)
     p.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     p.add_argument("--seed", type=int, default=0)
