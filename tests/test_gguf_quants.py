@@ -19,7 +19,7 @@ import gpt2hub
 from gpt2hub.convert import convert
 from gpt2hub.errors import ConversionError
 from tests.checks import one_line
-from tests.release import write_release
+from gpt2hub.testing.release import write_release
 
 gguf = pytest.importorskip("gguf")
 llama_cpp = pytest.importorskip("llama_cpp")

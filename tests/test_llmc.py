@@ -18,7 +18,7 @@ import gpt2hub
 from gpt2hub.cli import main
 from gpt2hub.errors import ConversionError
 from tests.checks import one_line
-from tests.release import tiktoken_encoding
+from gpt2hub.testing.release import tiktoken_encoding
 
 TOKENS = [464, 3290, 373, 1043, 287, 257, 2214, 1474, 262, 16246, 286, 2688]
 
