@@ -69,7 +69,15 @@ def sample(name_or_dir: str | Path | None = None, **kwargs) -> list[str]:
     return _sample_module.sample(name_or_dir, **kwargs)
 
 
+def tiktoken(name_or_dir: str | Path | None = None, cache_dir: Path | str | None = None):
+    """Put a release's encoder.json and vocab.bpe in tiktoken's cache so get_encoding("gpt2") works offline."""
+    from .tiktoken_cache import install
+
+    return install(name_or_dir, cache_dir)
+
+
 __all__ = [
     "__version__", "Gpt2hubError", "ReleaseManifest", "Checkpoint",
     "releases", "resolve", "create_manifest", "list_releases", "info", "path", "pull", "mirror", "convert", "verify", "sample",
+    "tiktoken",
 ]

@@ -168,6 +168,23 @@ def convert(name_or_dir: str | None, fmt: str, dtype: str | None, out: Path | No
                f"({_size(r.bytes_read)} in {r.seconds:.1f} s)")
 
 
+@main.command("tiktoken")
+@click.argument("name_or_dir", metavar="[NAME|DIR]", required=False)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Cache folder (default: $TIKTOKEN_CACHE_DIR, $DATA_GYM_CACHE_DIR or <tmp>/data-gym-cache).")
+@json_option
+def tiktoken_cmd(name_or_dir: str | None, cache_dir: Path | None, as_json: bool) -> None:
+    """Make tiktoken.get_encoding("gpt2") work offline from a release's encoder.json and vocab.bpe."""
+    r = gpt2hub.tiktoken(name_or_dir, cache_dir=cache_dir)
+    if as_json:
+        click.echo(json.dumps(r.to_dict(), indent=1))
+        return
+    for f in r.files:
+        click.echo(f"{f.name}: {'already in' if f.already else 'copied to'} {f.path}")
+    if cache_dir is not None:
+        click.echo(f"tiktoken reads it with: export TIKTOKEN_CACHE_DIR={r.cache_dir}")
+
+
 @main.group()
 def manifest() -> None:
     """Create manifests for your own checkpoints."""
