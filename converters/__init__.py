@@ -25,7 +25,7 @@ from gpt2hub.errors import CheckpointError, ConversionError
 from gpt2hub.layout import SCOPE, HParams, tensor_shapes
 from gpt2hub.tfcheckpoint import Checkpoint, TensorEntry
 
-FORMATS = ("safetensors", "pytorch", "gguf", "llmc")
+FORMATS = ("safetensors", "pytorch", "gguf", "llmc", "onnx")
 ENDOFTEXT = "<|endoftext|>"
 CHUNK_BYTES = 32 << 20  # source bytes per conversion step: bounds the working set
 Progress = Callable[[int], None]

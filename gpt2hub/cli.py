@@ -137,7 +137,7 @@ def pull(name: str, sources: tuple[str, ...], connections: int, verify: bool, fo
 
 @main.command()
 @click.argument("name_or_dir", metavar="[NAME|DIR]", required=False)
-@click.option("--to", "fmt", type=click.Choice(["safetensors", "pytorch", "gguf", "llmc"]), required=True, help="Output format.")
+@click.option("--to", "fmt", type=click.Choice(["safetensors", "pytorch", "gguf", "llmc", "onnx"]), required=True, help="Output format.")
 @click.option("--dtype", type=click.Choice(["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "q6_k",
                                             "q5_k_m", "q5_k_s", "q4_k_m", "q4_k_s", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k"]),
               default=None, help="Weight type (default f32; the q types are gguf only, the k ones made by llama.cpp).")
