@@ -68,7 +68,7 @@ conv._add_metadata(w, src, dtype)
 for p in plan(src, conv.GLOBAL_RULES, conv.BLOCK_RULES):
     a = np.array(src.ckpt.tensor(p.entry.name)).reshape(p.shape[::-1] if p.rule.transpose else p.shape)
     a = np.ascontiguousarray(a.T) if p.rule.transpose else a
-    qtype = gguf.GGMLQuantizationType[conv._ggml_type(p.rule, dtype)]
+    qtype = gguf.GGMLQuantizationType[conv._ggml_type(p.rule, dtype, p.shape[-1])]
     if qtype == gguf.GGMLQuantizationType.F32:
         w.add_tensor(p.name, a)
     elif qtype == gguf.GGMLQuantizationType.F16:
