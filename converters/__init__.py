@@ -1,23 +1,28 @@
-"""Output formats behind one interface: each module is a name table plus a loop that streams tensors.
+"""Output formats: each module here declares one `Format`, and this package is their registry.
 
-A converter reads a `Source` (an open TF checkpoint, its hparams, its vocabulary) and writes one
-output (a folder or a file) in bounded memory: tensors go from the memory map to the output one
-row-chunk at a time, so peak memory is a few chunks whatever the model size.
+A format module is a name table plus a loop that streams tensors, and one `FORMAT = Format(...)`
+saying everything else about it (dtypes, output names, consumer, read-back, tokenizer, Hub and card
+facts). Modules are discovered, so adding a format is adding a module. A writer reads a `Source` (an
+open TF checkpoint, its hparams, its vocabulary) and writes one output (a folder or a file) in
+bounded memory: tensors go from the memory map to the output one row-chunk at a time, so peak
+memory is a few chunks whatever the model size.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
 import math
 import os
+import pkgutil
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
 import numpy as np
 
@@ -25,7 +30,7 @@ from gpt2hub.errors import CheckpointError, ConversionError
 from gpt2hub.layout import SCOPE, HParams, tensor_shapes
 from gpt2hub.tfcheckpoint import Checkpoint, TensorEntry
 
-FORMATS = ("safetensors", "pytorch", "gguf", "llmc", "onnx")
+DEFAULT = "safetensors"  # what `gpt2hub convert` writes when no format is named
 ENDOFTEXT = "<|endoftext|>"
 CHUNK_BYTES = 32 << 20  # source bytes per conversion step: bounds the working set
 Progress = Callable[[int], None]
@@ -40,23 +45,127 @@ class WriteFn(Protocol):
 
 
 @dataclass(frozen=True)
-class Converter:
-    """One output format: its dtypes, whether it writes a folder or a file, and its writer."""
+class Weights:
+    """A converted output read back: GPTConfig's fields and every parameter in gpt2hub's reference names.
 
-    name: str
-    dtypes: tuple[str, ...]
+    Parameters are named and laid out as converters/hf.py writes them (GPT2Model names, Conv1D weights
+    (in, out)); values are numpy arrays or torch tensors in the dtype the file stores.
+    """
+
+    config: dict[str, Any]  # n_vocab, n_ctx, n_embd, n_head, n_layer, eps, activation
+    tensors: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TokenizerReader:
+    """How verify reads the vocabulary a format carries, for tokenization parity with tiktoken."""
+
+    name: str  # the program, as verify's table names it: "tokenizers", "llama.cpp"
+    requires: str  # its import name; without it parity is not checked for this format
+    file: Callable[[Path], Path | None]  # the file of an output that holds the vocabulary, None if it has none
+    ids: Callable[[Path, str], list[int]]  # that file's token ids for a text (no BOS, no special tokens)
+
+
+@dataclass(frozen=True)
+class Format:
+    """Everything gpt2hub knows about one output format; each module here declares one as `FORMAT`."""
+
+    name: str  # --to NAME, and the store folder <home>/<release>/<name>/
+    rank: int  # place in every list of formats (CLI choices, store, verify rows, mirror): lower first
+    dtypes: tuple[str, ...]  # --dtype choices
     default_dtype: str
-    writes_folder: bool
     write: WriteFn
+    consumer: str  # the program people load it with, as verify names it: "transformers", "llama.cpp"
+    is_output: Callable[[Path], bool]  # whether a path is a finished output of this format
+    read_weights: Callable[[Path], Weights]  # an output read back (verify's fallback and gpt2hub.model.load)
+    read_dtype: Callable[[Path], str]  # the dtype an output on disk stores its weights in
+    looks_like: str  # how errors name an output: "an HF model folder", "a .gguf file"
+    file_suffix: str | None = None  # one file per dtype, `<release>-<dtype><suffix>`; None: one folder
+    tokenizer: TokenizerReader | None = None  # the vocabulary it carries, if any
     requires: str | None = None  # the import the writer needs, and the extra that installs it
     extra: str | None = None
+    untie: bool = False  # accepts --untie (write output.weight rather than tie the head to wte)
+    demo_dtypes: tuple[str, ...] = ()  # what `gpt2hub demo` converts to
+    hub_prefix: str = ""  # folder in a Hub repo
+    hub_default: bool = False  # mirrored to hf:// when --formats is not given
+    tags: tuple[str, ...] = ()  # model-card tags
+
+    @property
+    def writes_folder(self) -> bool:
+        return self.file_suffix is None
+
+    def file_name(self, release: str, dtype: str) -> str:
+        """The one place a single-file output is named: `<release>-<dtype><suffix>`."""
+        return f"{release}-{dtype}{self.file_suffix}"
+
+    def output_in(self, folder: Path, release: str, dtype: str) -> Path:
+        """The output in a format folder (the store's <home>/<release>/<name>/, or --out DIR): it, or a file in it."""
+        return folder if self.writes_folder else folder / self.file_name(release, dtype)
+
+    def output_beside(self, original: Path, dtype: str) -> Path:
+        """Where convert writes for a checkpoint folder DIR outside the store: DIR-<name>/ or DIR-<dtype><suffix>."""
+        if self.writes_folder:
+            return original.parent / f"{original.name}-{self.name}"
+        return original.parent / self.file_name(original.name, dtype)
+
+    def outputs_in(self, folder: Path) -> list[Path]:
+        """The outputs a format folder may hold: the folder itself, or its files with the suffix."""
+        return [folder] if self.writes_folder else sorted(folder.glob(f"*{self.file_suffix}"))
+
+    def outputs_beside(self, original: Path) -> list[Path]:
+        """Outputs beside DIR (DIR-<name>/, DIR-*<suffix>) and in a store-like release root (its <name>/)."""
+        parent, stem = original.parent, original.name
+        if self.writes_folder:
+            return [parent / f"{stem}-{self.name}", parent / self.name]
+        return sorted(set(parent.glob(f"{stem}-*{self.file_suffix}")) | set(self.outputs_in(parent / self.name)))
 
 
-def get(fmt: str) -> Converter:
-    """The converter of a format, imported on demand (so torch/gguf load only when used)."""
-    if fmt not in FORMATS:
-        raise ConversionError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
-    return importlib.import_module(f"{__name__}.{fmt}").CONVERTER
+# --- the registry: every module in this package that declares FORMAT ---------------------------
+
+@functools.cache
+def _registry() -> dict[str, Format]:
+    found: list[Format] = []
+    for module in pkgutil.iter_modules(__path__):
+        fmt = getattr(importlib.import_module(f"{__name__}.{module.name}"), "FORMAT", None)
+        if isinstance(fmt, Format):
+            found.append(fmt)
+    found.sort(key=lambda f: (f.rank, f.name))
+    return {f.name: f for f in found}
+
+
+def formats() -> list[Format]:
+    """Every format, in rank order."""
+    return list(_registry().values())
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_registry())
+
+
+def dtypes() -> tuple[str, ...]:
+    """Every dtype some format writes, in first-seen order."""
+    return tuple(dict.fromkeys(d for f in formats() for d in f.dtypes))
+
+
+def get(fmt: str) -> Format:
+    """A format by name; a one-line error for an unknown one."""
+    try:
+        return _registry()[fmt]
+    except KeyError:
+        raise ConversionError(f"unknown format {fmt!r}; formats: {', '.join(names())}") from None
+
+
+def detect(path: Path) -> Format | None:
+    """The format a path is a finished output of, or None."""
+    return next((f for f in formats() if f.is_output(path)), None)
+
+
+def expand(global_rules: dict[str, Rule], block_rules: dict[str, Rule], n_layer: int) -> dict[str, Rule]:
+    """A format's tables for n_layer blocks: full TF variable name -> Rule with the layer filled in."""
+    rules = {SCOPE + k: r for k, r in global_rules.items()}
+    for i in range(n_layer):
+        rules.update({f"{SCOPE}h{i}/{k}": replace(r, name=r.name.format(i=i)) for k, r in block_rules.items()})
+    return rules
 
 
 # --- what converters read ---------------------------------------------------------------------

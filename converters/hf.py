@@ -12,7 +12,9 @@ import json
 import shutil
 from pathlib import Path
 
-from . import Rule, Source
+from gpt2hub.errors import ConversionError, load_json
+
+from . import Rule, Source, TokenizerReader, Weights, expand
 
 GLOBAL_RULES: dict[str, Rule] = {
     "wte": Rule("wte.weight"),
@@ -36,6 +38,16 @@ BLOCK_RULES: dict[str, Rule] = {
 }
 
 TORCH_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
+# config.json key for each GPTConfig field.
+CONFIG_KEYS = {
+    "n_vocab": "vocab_size", "n_ctx": "n_positions", "n_embd": "n_embd", "n_head": "n_head",
+    "n_layer": "n_layer", "eps": "layer_norm_epsilon", "activation": "activation_function",
+}
+# Tensors in HF files that are not parameters: causal-mask buffers, and the head tied to wte.
+SKIPPED = (".attn.bias", ".attn.masked_bias", "lm_head.weight")
+# (single weights file, its shard index), in the order a reader prefers them.
+WEIGHT_FILES = (("model.safetensors", "model.safetensors.index.json"),
+                ("pytorch_model.bin", "pytorch_model.bin.index.json"))
 
 
 def config(source: Source, dtype: str) -> dict:
@@ -110,3 +122,98 @@ def write_side_files(source: Source, out: Path, dtype: str) -> None:
         (out / name).write_text(text + "\n", encoding="utf-8")
     shutil.copyfile(v.encoder_json, out / "vocab.json")
     shutil.copyfile(v.vocab_bpe, out / "merges.txt")
+
+
+# --- reading a folder back --------------------------------------------------------------------
+
+def reference_names(n_layer: int) -> dict[str, str]:
+    """TF variable name -> gpt2hub's parameter name (this layout is the reference): model/h3/mlp/c_fc/w -> h.3.mlp.c_fc.weight."""
+    return {tf: rule.name for tf, rule in expand(GLOBAL_RULES, BLOCK_RULES, n_layer).items()}
+
+
+def is_output(path: Path) -> bool:
+    """config.json beside weights transformers reads (an ONNX or other folder may carry a config.json too)."""
+    return (path / "config.json").is_file() and any((path / f).is_file() for pair in WEIGHT_FILES for f in pair)
+
+
+def read_config(folder: Path) -> dict:
+    """GPTConfig's fields from config.json; HF's own defaults where a key is absent."""
+    path = folder / "config.json"
+    data = load_json(path, ConversionError)
+    defaults = {"eps": 1e-5, "activation": "gelu_new"}
+    values = {}
+    for field, key in CONFIG_KEYS.items():
+        if key in data:
+            values[field] = data[key]
+        elif field in defaults:
+            values[field] = defaults[field]
+        else:
+            raise ConversionError(f"{path}: missing {key}")
+    return values
+
+
+def read_dtype(folder: Path) -> str:
+    """The dtype config.json says the weights are stored in (f32 where it cannot be read)."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return "f32"
+    name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return {v: k for k, v in TORCH_DTYPES.items()}.get(name, name)
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    for single, index in WEIGHT_FILES:
+        if (folder / single).is_file():
+            return [folder / single]
+        if (folder / index).is_file():
+            try:
+                weight_map = json.loads((folder / index).read_text())["weight_map"]
+            except (OSError, ValueError, KeyError) as e:
+                raise ConversionError(f"{folder / index}: not a shard index ({e})") from None
+            return [folder / f for f in sorted(set(weight_map.values()))]
+    raise ConversionError(f"{folder}: no {' or '.join(s for s, _ in WEIGHT_FILES)} (or their shard indexes)")
+
+
+def _read_file(path: Path) -> dict:
+    import torch
+
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such file (named in the shard index)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # torch raises many types for a damaged file
+        raise ConversionError(f"{path}: not a PyTorch state dict ({type(e).__name__}: {e})") from None
+
+
+def read_weights(folder: Path) -> Weights:
+    """config.json and the weights (model.safetensors or pytorch_model.bin, or their shards) as torch tensors."""
+    config = read_config(folder)
+    tensors = {}
+    for path in _weight_files(folder):
+        for name, t in _read_file(path).items():
+            name = name.removeprefix("transformer.")
+            if not name.endswith(SKIPPED):
+                tensors[name] = t
+    return Weights(config, tensors)
+
+
+def _tokenizer_file(folder: Path) -> Path | None:
+    return folder / "tokenizer.json" if (folder / "tokenizer.json").is_file() else None
+
+
+def _tokenizer_ids(path: Path, text: str) -> list[int]:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(path)).encode(text, add_special_tokens=False).ids
+
+
+TOKENIZER = TokenizerReader("tokenizers", "tokenizers", _tokenizer_file, _tokenizer_ids)
+
+# The fields every HF-folder format shares: what loads it, how it is read back.
+FOLDER_FIELDS = dict(consumer="transformers", is_output=is_output, read_weights=read_weights, read_dtype=read_dtype,
+                     looks_like="an HF model folder", tokenizer=TOKENIZER)

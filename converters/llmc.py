@@ -12,15 +12,18 @@ length byte and the token's raw bytes.
 
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 
 import numpy as np
 
 from gpt2hub.errors import ConversionError
+from gpt2hub.layout import BLOCK_TENSORS
 from gpt2hub.tokenizer import byte_decoder
 
-from . import CASTS, Converter, Planned, Progress, Rule, Source, pipelined, plan, row_chunks
+from . import CASTS, Format, Planned, Progress, Rule, Source, Weights, expand, pipelined, plan, row_chunks
+from . import hf
 
 MODEL_MAGIC, TOKENIZER_MAGIC, TOKENIZER_VERSION = 20240326, 20240328, 2
 HEADER_INTS = 256
@@ -111,4 +114,75 @@ def write(source: Source, out: Path, dtype: str, progress: Progress) -> None:
                 f.write(bytes((padded_vocab(h.n_vocab) - h.n_vocab) * h.n_embd * size))
 
 
-CONVERTER = Converter(name="llmc", dtypes=tuple(VERSIONS), default_dtype="f32", writes_folder=True, write=write)
+# --- reading a folder back ------------------------------------------------------------------------
+
+def _model_file(folder: Path) -> Path | None:
+    found = sorted(p for p in folder.glob("gpt2_*.bin") if p.name != TOKENIZER_FILE) if folder.is_dir() else []
+    return found[0] if len(found) == 1 else None
+
+
+def is_output(path: Path) -> bool:
+    return (path / TOKENIZER_FILE).is_file() and _model_file(path) is not None
+
+
+def read_header(path: Path) -> tuple[int, ...]:
+    raw = path.read_bytes()[:HEADER_INTS * 4] if path.is_file() else b""
+    if len(raw) < HEADER_INTS * 4:
+        raise ConversionError(f"{path}: shorter than llm.c's 1024-byte header")
+    header = struct.unpack(f"<{HEADER_INTS}i", raw)
+    if header[0] != MODEL_MAGIC or header[1] not in VERSIONS.values():
+        raise ConversionError(f"{path}: magic {header[0]} version {header[1]} is not an llm.c GPT-2 checkpoint "
+                              f"({MODEL_MAGIC}, version {' or '.join(map(str, VERSIONS.values()))})")
+    return header
+
+
+def read_dtype(folder: Path) -> str:
+    model = _model_file(folder)
+    version = read_header(model)[1] if model else None
+    return {v: k for k, v in VERSIONS.items()}.get(version, "unknown")
+
+
+def read_weights(folder: Path) -> Weights:
+    """The folder's model file, unpadded and in gpt2hub's reference names and Conv1D (in, out) layout (float32)."""
+    model = _model_file(folder)
+    if model is None:
+        raise ConversionError(f"{folder}: no single gpt2_<release>.bin llm.c checkpoint")
+    _, version, n_ctx, n_vocab, n_layer, n_head, n_embd, vp = read_header(model)[:8]
+    dtype = {v: k for k, v in VERSIONS.items()}[version]
+    shapes = {"wte": (vp, n_embd), "wpe": (n_ctx, n_embd), "lnfw": (n_embd,), "lnfb": (n_embd,)}
+    for key, rule in BLOCK_RULES.items():  # every layer's slice of a kind has the same shape
+        shapes[rule.name.split("[")[0]] = (n_layer, *_layer_shape(key, n_embd))
+    sizes = [math.prod(shapes[kind]) for kind in ORDER]
+    item = CASTS[dtype][0]
+    expected = HEADER_INTS * 4 + sum(sizes) * item
+    if model.stat().st_size != expected:
+        raise ConversionError(f"{model}: {model.stat().st_size:,} bytes, the header implies {expected:,}")
+    raw = np.memmap(model, np.uint8, "r", offset=HEADER_INTS * 4)
+    kinds, at = {}, 0
+    for kind, n in zip(ORDER, sizes):
+        chunk = raw[at * item:(at + n) * item]
+        a = chunk.view("<f4") if dtype == "f32" else (chunk.view("<u2").astype(np.uint32) << 16).view(np.float32)
+        kinds[kind] = a.reshape(shapes[kind])
+        at += n
+    names = hf.reference_names(n_layer)
+    tensors = {}
+    for tf, rule in expand(GLOBAL_RULES, BLOCK_RULES, n_layer).items():
+        kind, _, layer = rule.name.partition("[")
+        a = kinds[kind][int(layer[:-1])] if layer else kinds[kind]
+        a = a[:n_vocab] if kind == "wte" else a
+        tensors[names[tf]] = np.ascontiguousarray(a.T) if rule.transpose else a
+    config = dict(n_vocab=n_vocab, n_ctx=n_ctx, n_embd=n_embd, n_head=n_head, n_layer=n_layer, eps=1e-5,
+                  activation="gelu_new")
+    return Weights(config, tensors)
+
+
+def _layer_shape(key: str, c: int) -> tuple[int, ...]:
+    """One layer's tensor of a kind as llm.c stores it (matrices (out, in))."""
+    dims = {"1": 1, "E": c, "3E": 3 * c, "4E": 4 * c}
+    shape = tuple(dims[d] for d in BLOCK_TENSORS[key] if d != "1")
+    return shape[::-1] if BLOCK_RULES[key].transpose else shape
+
+
+FORMAT = Format(name="llmc", rank=40, dtypes=tuple(VERSIONS), default_dtype="f32", write=write, consumer="gpt2hub",
+                is_output=is_output, read_weights=read_weights, read_dtype=read_dtype, looks_like="an llm.c folder",
+                demo_dtypes=("f32",), hub_prefix="llmc/", tags=("llm.c",))

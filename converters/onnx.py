@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import CASTS, Converter, Planned, Progress, Source, pipelined, plan, row_chunks
+from gpt2hub.errors import ConversionError
+
+from . import CASTS, Format, Planned, Progress, Source, Weights, pipelined, plan, row_chunks
 from . import hf
 
 GRAPH, DATA = "model.onnx", "model.onnx_data"
@@ -170,5 +172,28 @@ def write(source: Source, out: Path, dtype: str, progress: Progress) -> None:
     hf.write_side_files(source, out, dtype)
 
 
-CONVERTER = Converter(name="onnx", dtypes=tuple(DTYPES), default_dtype="f32", writes_folder=True, write=write,
-                      requires="onnx", extra="onnx")
+# --- reading a folder back ------------------------------------------------------------------------
+
+def is_output(path: Path) -> bool:
+    return (path / GRAPH).is_file() and (path / "config.json").is_file()
+
+
+def read_weights(folder: Path) -> Weights:
+    """config.json and the graph's stored weights (named as gpt2hub's reference, Conv1D layout), as numpy."""
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        model = onnx.load(str(folder / GRAPH))  # external data from model.onnx_data
+    except Exception as e:  # protobuf and onnx raise many types for a damaged file
+        raise ConversionError(f"{folder / GRAPH}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+    config = hf.read_config(folder)
+    names = set(hf.reference_names(config["n_layer"]).values())
+    tensors = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in names}
+    return Weights(config, tensors)
+
+
+FORMAT = Format(name="onnx", rank=50, dtypes=tuple(DTYPES), default_dtype="f32", write=write,
+                **{**hf.FOLDER_FIELDS, "consumer": "onnxruntime", "is_output": is_output, "read_weights": read_weights,
+                   "looks_like": "an ONNX model folder"},
+                requires="onnx", extra="onnx", demo_dtypes=("f32",), hub_prefix="onnx/", tags=("onnx",))

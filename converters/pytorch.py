@@ -16,7 +16,7 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import CASTS, Converter, Planned, Progress, Source, numel, pipelined, plan, row_chunks
+from . import CASTS, Format, Planned, Progress, Source, numel, pipelined, plan, row_chunks
 from . import hf
 
 WEIGHTS = "pytorch_model.bin"
@@ -145,4 +145,5 @@ def _write_weights(source: Source, out: Path, dtype: str, progress: Progress) ->
         (out / INDEX).write_text(json.dumps(index, indent=2) + "\n")
 
 
-CONVERTER = Converter(name="pytorch", dtypes=tuple(STORAGE_TYPES), default_dtype="f32", writes_folder=True, write=write)
+FORMAT = Format(name="pytorch", rank=20, dtypes=tuple(STORAGE_TYPES), default_dtype="f32", write=write, **hf.FOLDER_FIELDS,
+                demo_dtypes=("f32",), tags=("pytorch",))

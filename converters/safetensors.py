@@ -16,7 +16,7 @@ import struct
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import (CASTS, CHUNK_BYTES, BackgroundSha256, Converter, Planned, Progress, Source, numel, pipelined, plan,
+from . import (CASTS, CHUNK_BYTES, BackgroundSha256, Format, Planned, Progress, Source, numel, pipelined, plan,
                read_bytes, row_chunks)
 from . import hf
 
@@ -120,4 +120,5 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[os.write(fd, data):]
 
 
-CONVERTER = Converter(name="safetensors", dtypes=tuple(ST_DTYPES), default_dtype="f32", writes_folder=True, write=write)
+FORMAT = Format(name="safetensors", rank=10, dtypes=tuple(ST_DTYPES), default_dtype="f32", write=write, **hf.FOLDER_FIELDS,
+                demo_dtypes=("f32",), hub_default=True, tags=("safetensors",))

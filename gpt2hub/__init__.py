@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 from .errors import Gpt2hubError  # noqa: E402
 from .registry import ReleaseManifest, create_manifest, releases, resolve  # noqa: E402
 from .tfcheckpoint import Checkpoint  # noqa: E402
-from . import store  # noqa: E402
+from . import converters, store  # noqa: E402
 
 
 def list_releases() -> list[dict]:
@@ -48,7 +48,7 @@ def mirror(name: str, dest: str, **kwargs):
 from . import convert as _convert_module  # noqa: E402
 
 
-def convert(name_or_dir: str | Path | None = None, to: str = "safetensors", dtype: str | None = "f32",
+def convert(name_or_dir: str | Path | None = None, to: str = converters.DEFAULT, dtype: str | None = "f32",
             out: Path | str | None = None, force: bool = False, **kwargs) -> Path:
     """Convert a release (name, TF checkpoint folder, or the one pulled) to safetensors, pytorch or gguf; returns the output."""
     return _convert_module.convert(name_or_dir, to, dtype, out, force, **kwargs).path

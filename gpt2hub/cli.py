@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 import gpt2hub
-from . import registry, store
+from . import converters, registry, store
 from .errors import Gpt2hubError
 
 
@@ -45,6 +45,27 @@ def _size(n: int | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return ""
+
+
+def _names(formats) -> str:
+    return ", ".join(f.name for f in formats)
+
+
+def _dtype_help() -> str:
+    """--dtype's help from the registry: "Weight type (default f32; q8_0 is gguf only)."."""
+    forms = converters.formats()
+    defaults = "/".join(dict.fromkeys(f.default_dtype for f in forms))
+    where: dict[str, list[str]] = {}  # the formats' names -> the dtypes only they write
+    for d in converters.dtypes():
+        if not all(d in f.dtypes for f in forms):
+            where.setdefault(_names(f for f in forms if d in f.dtypes), []).append(d)
+    only = [f"{', '.join(ds)} {'is' if len(ds) == 1 else 'are'} {names} only" for names, ds in where.items()]
+    return f"Weight type (default {defaults}; {'; '.join(only)})." if only else f"Weight type (default {defaults})."
+
+
+def _file_formats_help() -> str:
+    """"a .gguf file for gguf", for every format that writes one file."""
+    return "; ".join(f"a {f.file_suffix} file for {f.name}" for f in converters.formats() if not f.writes_folder)
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -137,14 +158,13 @@ def pull(name: str, sources: tuple[str, ...], connections: int, verify: bool, fo
 
 @main.command()
 @click.argument("name_or_dir", metavar="[NAME|DIR]", required=False)
-@click.option("--to", "fmt", type=click.Choice(["safetensors", "pytorch", "gguf", "llmc", "onnx"]), required=True, help="Output format.")
-@click.option("--dtype", type=click.Choice(["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "q6_k",
-                                            "q5_k_m", "q5_k_s", "q4_k_m", "q4_k_s", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k"]),
-              default=None, help="Weight type (default f32; the q types are gguf only, the k ones made by llama.cpp).")
+@click.option("--to", "fmt", type=click.Choice(converters.names()), required=True, help="Output format.")
+@click.option("--dtype", type=click.Choice(converters.dtypes()), default=None, help=_dtype_help())
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Output folder (a .gguf file for gguf) instead of the store / a sibling of DIR.")
+              help=f"Output folder ({_file_formats_help()}) instead of the store / a sibling of DIR.")
 @click.option("--force", is_flag=True, help="Replace an existing output (only once the new one is complete).")
-@click.option("--untie", is_flag=True, help="gguf: write output.weight (for llama.cpp builds before March 2025).")
+@click.option("--untie", is_flag=True, help=f"{_names(f for f in converters.formats() if f.untie)}: "
+              "write output.weight (for llama.cpp builds before March 2025).")
 @click.option("--hparams", "hparams_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="hparams.json to use (else the folder's, else inferred from the tensor shapes).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -242,7 +262,8 @@ def completion(shell: str) -> None:
 @click.argument("name")
 @click.argument("dest")
 @click.option("--formats", default=None, metavar="LIST",
-              help="Comma-separated: original,safetensors,pytorch,gguf. Default: s3:// everything present; hf:// safetensors.")
+              help=f"Comma-separated: {','.join(store.FORMATS)}. Default: s3:// everything present; "
+                   f"hf:// {_names(f for f in converters.formats() if f.hub_default)}.")
 @click.option("--endpoint-url", default=None, metavar="URL", help="S3-compatible store or Hub endpoint (else AWS_ENDPOINT_URL / HF_ENDPOINT).")
 @click.option("--dry-run", is_flag=True, help="List what would be sent and what skipped; send nothing.")
 @click.option("--private", is_flag=True, help="hf://: create the repo private.")
@@ -271,7 +292,7 @@ device_option = click.option("--device", default="cpu", show_default=True, help=
 
 @main.command("verify")
 @click.argument("name_or_dir", metavar="[NAME|DIR]", required=False)
-@click.option("--formats", default=None, metavar="LIST", help="Comma-separated: original,safetensors,pytorch,gguf (default: all present).")
+@click.option("--formats", default=None, metavar="LIST", help=f"Comma-separated: {','.join(store.FORMATS)} (default: all present).")
 @device_option
 @click.option("--prompt", default=None, help="Text whose logits are compared (default: a fixed paragraph).")
 @click.option("--tokens", "n_tokens", type=int, default=None, metavar="N", help="Compare on N seeded random token ids instead.")

@@ -88,3 +88,26 @@ def ggml_quantize(rows: np.ndarray, qtype: int) -> np.ndarray:
     if n != out.nbytes:
         raise VerificationError(f"ggml_quantize_chunk wrote {n} bytes for {out.nbytes} expected")
     return out
+
+
+def onnxruntime_logits(folder: Path | str, tokens: Sequence[int]) -> np.ndarray:
+    """onnxruntime's logits (len(tokens), n_vocab) for a folder's model.onnx, fed as optimum feeds a first step."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise VerificationError("running ONNX needs onnxruntime: pip install 'gpt2hub[onnx]'") from None
+    path = Path(folder) / "model.onnx"
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for a bad model
+        raise VerificationError(f"{path}: onnxruntime cannot load it ({one_line_of(e)})") from None
+    ids = np.array([list(tokens)], np.int64)
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(ids.shape[1])[None]}
+    for i in session.get_inputs():
+        if i.name.startswith("past_key_values."):  # the first step: a past of length 0
+            feed[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
+    return session.run(["logits"], feed)[0][0]
+
+
+def one_line_of(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__

@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import __version__, store
+from . import __version__, converters, store
 from .release import locate
 from .errors import ConversionError
 from .layout import HParams, check_shapes, infer_hparams, is_model_tensor
@@ -45,13 +45,11 @@ class ConversionReport:
         return d
 
 
-def convert(name_or_dir: str | Path | None = None, to: str = "safetensors", dtype: str | None = None,
+def convert(name_or_dir: str | Path | None = None, to: str = converters.DEFAULT, dtype: str | None = None,
             out: Path | str | None = None, force: bool = False, *, untie: bool = False,
             hparams: Path | str | None = None, manifest: Path | str | None = None, quiet: bool = False,
             max_shard_bytes: int | None = None) -> ConversionReport:
     """Convert a release (a name, a folder, or the one pulled) to `to`; nothing is written on a bad input."""
-    from gpt2hub import converters
-
     started = time.perf_counter()
     converter = converters.get(to)
     dtype = dtype or converter.default_dtype
@@ -59,8 +57,9 @@ def convert(name_or_dir: str | Path | None = None, to: str = "safetensors", dtyp
         raise ConversionError(f"{to} has no dtype {dtype!r}; choose one of {', '.join(converter.dtypes)}")
     if converter.requires and importlib.util.find_spec(converter.requires) is None:
         raise ConversionError(f"--to {to} needs the {converter.requires} package: pip install 'gpt2hub[{converter.extra}]'")
-    if untie and to != "gguf":
-        raise ConversionError(f"--untie applies to gguf only ({to} ties the head to wte through config.json)")
+    if untie and not converter.untie:
+        untied = " and ".join(f.name for f in converters.formats() if f.untie)
+        raise ConversionError(f"--untie applies to {untied} only ({to} ties the head to wte)")
 
     found = locate(name_or_dir, manifest, error=ConversionError)
     folder, release, m = found.original, found.name, found.manifest
@@ -78,8 +77,8 @@ def convert(name_or_dir: str | Path | None = None, to: str = "safetensors", dtyp
                                version=__version__, data_sha256=_known_sha256(ckpt, release, m, folder),
                                untie=untie, max_shard_bytes=max_shard_bytes)
 
-    final = _output_path(out, to, dtype, release, folder)
-    _check_replaceable(final, converter.writes_folder, force)
+    final = _output_path(out, converter, dtype, release, folder)
+    _check_replaceable(final, converter, force)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
     _remove(tmp)
@@ -101,12 +100,8 @@ def convert(name_or_dir: str | Path | None = None, to: str = "safetensors", dtyp
 
 
 def output_path(release: str, fmt: str, dtype: str) -> Path:
-    """Where a release's conversion lives in the store; GGUF files are named by `converters.gguf.filename`."""
-    if fmt == "gguf":
-        from gpt2hub.converters.gguf import filename
-
-        return store.release_dir(release, fmt) / filename(release, dtype)
-    return store.release_dir(release, fmt)
+    """Where a release's conversion lives in the store: <home>/<release>/<fmt>/, or the dtype's file in it."""
+    return converters.get(fmt).output_in(store.release_dir(release, fmt), release, dtype)
 
 
 def _hparams(folder: Path, given: Path | str | None, m, shapes: dict) -> tuple[HParams, str]:
@@ -135,34 +130,28 @@ def _known_sha256(ckpt: Checkpoint, release: str, m, folder: Path) -> list[str] 
     return out
 
 
-def _output_path(out: Path | str | None, fmt: str, dtype: str, release: str, folder: Path) -> Path:
+def _output_path(out: Path | str | None, fmt: converters.Format, dtype: str, release: str, folder: Path) -> Path:
     if out is not None:
         out = Path(out).expanduser().resolve()
-        if fmt == "gguf" and out.is_dir():  # a folder to put the file in
-            from gpt2hub.converters.gguf import filename
-
-            return out / filename(release, dtype)
+        if not fmt.writes_folder and out.is_dir():  # a folder to put the file in
+            return fmt.output_in(out, release, dtype)
         return out
     if folder == store.release_dir(release).resolve():
-        return output_path(release, fmt, dtype)
+        return output_path(release, fmt.name, dtype)
     # A folder outside the store: write beside it, never into the store under a name it may not own.
-    if fmt == "gguf":
-        from gpt2hub.converters.gguf import filename
-
-        return folder.parent / filename(folder.name, dtype)
-    return folder.parent / f"{folder.name}-{fmt}"
+    return fmt.output_beside(folder, dtype)
 
 
-def _check_replaceable(final: Path, writes_folder: bool, force: bool) -> None:
+def _check_replaceable(final: Path, fmt: converters.Format, force: bool) -> None:
     """Refuse, before any work, an output that exists (without --force) or is not ours to replace."""
     if not final.exists():
         return
     if not force:
         raise ConversionError(f"{final}: already exists; pass --force to replace it")
-    if not writes_folder and not final.is_file():
+    if not fmt.writes_folder and not final.is_file():
         raise ConversionError(f"{final}: exists and is not a file; not replacing it")
-    # --force replaces a conversion (it has a config.json) or an empty folder, never some other folder.
-    if writes_folder and not (final.is_dir() and ((final / "config.json").is_file() or not any(final.iterdir()))):
+    # --force replaces a conversion of this format or an empty folder, never some other folder.
+    if fmt.writes_folder and not (final.is_dir() and (fmt.is_output(final) or not any(final.iterdir()))):
         raise ConversionError(f"{final}: exists and is not a converted model folder; not replacing it")
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from . import converters
 from .errors import Gpt2hubError
 from .testing.release import build_release
 from .testing.server import serve
@@ -37,7 +38,7 @@ class DemoReport:
 
 
 # Each conversion the demo makes: (format, dtype, the package it needs).
-CONVERSIONS = (("safetensors", "f32", None), ("pytorch", "f32", None), ("gguf", "f16", "gguf"), ("gguf", "q8_0", "gguf"))
+CONVERSIONS = tuple((f.name, dtype, f.requires) for f in converters.formats() for dtype in f.demo_dtypes)
 
 
 def run_demo(workdir: Path | str | None = None, *, device: str = "cpu",

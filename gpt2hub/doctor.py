@@ -7,15 +7,19 @@ import importlib.util
 import shutil
 from pathlib import Path
 
-from . import store
+from . import converters, store
+
+def _consumed_by(consumer: str) -> str:
+    return " and ".join(f.name for f in converters.formats() if f.consumer == consumer)
+
 
 # extra -> (import name, distribution name, what it enables)
 EXTRAS: dict[str, tuple[str, str, str]] = {
     "tf": ("tensorflow", "tensorflow-cpu", "second reference in verify (the original graph run by TensorFlow)"),
     "torch": ("torch", "torch", "reference model, verify, sample"),
-    "transformers": ("transformers", "transformers", "consumer of the safetensors and pytorch formats"),
-    "gguf": ("gguf", "gguf", "writing GGUF files"),
-    "llama": ("llama_cpp", "llama-cpp-python", "consumer of GGUF files (llama.cpp)"),
+    "transformers": ("transformers", "transformers", f"consumer of the {_consumed_by('transformers')} formats"),
+    **{f.extra: (f.requires, f.requires, f"writing {f.name} files") for f in converters.formats() if f.extra},
+    "llama": ("llama_cpp", "llama-cpp-python", f"consumer of {_consumed_by('llama.cpp')} files (llama.cpp)"),
     "s3": ("boto3", "boto3", "S3 sources and mirrors"),
     "hub": ("huggingface_hub", "huggingface-hub", "Hugging Face Hub mirrors"),
 }

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from . import registry, store
+from . import converters, registry, store
 from .errors import MirrorError
 from .registry import MIRROR_MANIFEST, ReleaseManifest
 
@@ -46,9 +46,9 @@ PART_SIZE = 16 * MiB
 MAX_PARTS = 10_000
 CONCURRENCY = 8  # parts in flight, each streamed from the file
 UPLOADS_RECORD = ".mirror-uploads.json"  # in <home>/<name>/: multipart uploads begun here, for resuming
-DEFAULT_FORMATS = {"s3": None, "hf": ("safetensors",)}  # None: the original plus every converted format
+DEFAULT_FORMATS = {"s3": None, "hf": tuple(f.name for f in converters.formats() if f.hub_default)}  # None: all present
 # Where each format's files go in a Hub repo: a prefix, or "" for the repo root.
-HUB_PREFIX = {"safetensors": "", "pytorch": "", "gguf": "", "original": "original/"}
+HUB_PREFIX = {**{f.name: f.hub_prefix for f in converters.formats()}, "original": "original/"}
 HUB_CARD = "README.md"
 
 

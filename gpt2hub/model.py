@@ -9,7 +9,6 @@ Read top to bottom: LayerNorm -> Conv1D -> Attention -> MLP -> Block -> GPT -> l
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,28 +19,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import CheckpointError, ConversionError, Gpt2hubError, load_json
-from .layout import SCOPE, HParams, check_shapes
+from .errors import CheckpointError, ConversionError, Gpt2hubError
+from .layout import HParams, check_shapes
 
 # `activation_function` of an HF config -> F.gelu's `approximate`. GPT-2 is "gelu_new" (tanh).
 ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "none"}
 
-# Names and layouts are the converters' tables (gpt2hub.converters.hf / .gguf): parameters are named
-# as in HF's GPT2Model, and a GGUF rule with transpose=True marks a Conv1D weight, (in, out) in the
-# checkpoint and HF files but (out, in) in GGUF.
-
-# HF config.json key for each GPTConfig field.
-HF_CONFIG_KEYS = {
-    "n_vocab": "vocab_size", "n_ctx": "n_positions", "n_embd": "n_embd", "n_head": "n_head",
-    "n_layer": "n_layer", "eps": "layer_norm_epsilon", "activation": "activation_function",
-}
-# GGUF metadata key for each GPTConfig field (n_vocab comes from token_embd's shape).
-GGUF_CONFIG_KEYS = {
-    "n_ctx": "gpt2.context_length", "n_embd": "gpt2.embedding_length", "n_head": "gpt2.attention.head_count",
-    "n_layer": "gpt2.block_count", "eps": "gpt2.attention.layer_norm_epsilon",
-}
-# Tensors in HF files that are not parameters: causal-mask buffers, and the head tied to wte.
-HF_SKIPPED = (".attn.bias", ".attn.masked_bias", "lm_head.weight")
+# Names and layouts are the converters' (gpt2hub.converters.hf is the reference: parameters are named as
+# in HF's GPT2Model); other formats read themselves back into those names (Format.read_weights).
 
 
 @dataclass(frozen=True)
@@ -256,22 +241,11 @@ def from_tensors(cfg: GPTConfig, tensors: Mapping[str, torch.Tensor], source: st
     return model.eval().requires_grad_(False)
 
 
-def _rules(fmt: str, n_layer: int) -> dict:
-    """TF variable name -> that format's Rule (output name with the layer filled in, layout)."""
-    import importlib
-
-    from gpt2hub.converters import Rule
-
-    tables = importlib.import_module(f"gpt2hub.converters.{fmt}")
-    rules = {SCOPE + k: r for k, r in tables.GLOBAL_RULES.items()}
-    for i in range(n_layer):
-        rules.update({f"{SCOPE}h{i}/{k}": Rule(r.name.format(i=i), r.transpose, r.keep_f32) for k, r in tables.BLOCK_RULES.items()})
-    return rules
-
-
 def tf_names(n_layer: int) -> dict[str, str]:
     """TF variable name -> parameter name: model/h3/attn/c_attn/w -> h.3.attn.c_attn.weight."""
-    return {tf: rule.name for tf, rule in _rules("hf", n_layer).items()}
+    from gpt2hub.converters import hf
+
+    return hf.reference_names(n_layer)
 
 
 def from_checkpoint(folder: Path | str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> GPT:
@@ -293,113 +267,17 @@ def from_checkpoint(folder: Path | str, device: str | torch.device = "cpu", dtyp
     return from_tensors(cfg, tensors, str(folder), device, dtype)
 
 
-def hf_config(folder: Path) -> GPTConfig:
-    """GPTConfig from an HF config.json; HF's own defaults where a key is absent."""
-    path = folder / "config.json"
-    data = load_json(path, ConversionError)
-    defaults = {"eps": 1e-5, "activation": "gelu_new"}
-    values = {}
-    for field, key in HF_CONFIG_KEYS.items():
-        if key in data:
-            values[field] = data[key]
-        elif field in defaults:
-            values[field] = defaults[field]
-        else:
-            raise ConversionError(f"{path}: missing {key}")
-    return GPTConfig(**values)
-
-
-def _hf_weight_files(folder: Path) -> list[Path]:
-    for single, index in (("model.safetensors", "model.safetensors.index.json"),
-                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
-        if (folder / single).is_file():
-            return [folder / single]
-        if (folder / index).is_file():
-            try:
-                weight_map = json.loads((folder / index).read_text())["weight_map"]
-            except (OSError, ValueError, KeyError) as e:
-                raise ConversionError(f"{folder / index}: not a shard index ({e})") from None
-            return [folder / f for f in sorted(set(weight_map.values()))]
-    raise ConversionError(f"{folder}: no model.safetensors or pytorch_model.bin (or their shard indexes)")
-
-
-def _read_hf_file(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ConversionError(f"{path}: no such file (named in the shard index)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # torch raises many types for a damaged file
-        raise ConversionError(f"{path}: not a PyTorch state dict ({type(e).__name__}: {e})") from None
-
-
-def from_hf_folder(folder: Path | str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> GPT:
-    """The model from an HF-layout folder: config.json + model.safetensors / pytorch_model.bin (+ shards)."""
-    folder = Path(folder)
-    cfg = hf_config(folder)
-    tensors: dict[str, torch.Tensor] = {}
-    for path in _hf_weight_files(folder):
-        for name, t in _read_hf_file(path).items():
-            name = name.removeprefix("transformer.")
-            if not name.endswith(HF_SKIPPED):
-                tensors[name] = t
-    return from_tensors(cfg, tensors, str(folder), device, dtype)
-
-
-def gguf_config(reader, source: str) -> GPTConfig:
-    """GPTConfig from a GGUF file's gpt2.* metadata."""
-    arch = reader.get_field("general.architecture")
-    if arch is None or arch.contents() != "gpt2":
-        raise ConversionError(f"{source}: general.architecture is {arch.contents() if arch else None!r}, not 'gpt2'")
-    values = {}
-    for field, key in GGUF_CONFIG_KEYS.items():
-        f = reader.get_field(key)
-        if f is None:
-            raise ConversionError(f"{source}: no {key} in the metadata")
-        values[field] = f.contents()
-    embd = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
-    if embd is None:
-        raise ConversionError(f"{source}: no token_embd.weight tensor")
-    values["n_vocab"] = int(embd.shape[1])  # GGUF dims are (ne0=n_embd, ne1=n_vocab)
-    values["eps"] = float(values["eps"])
-    return GPTConfig(**{k: v if k == "eps" else int(v) for k, v in values.items()})
-
-
-def from_gguf(path: Path | str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> GPT:
-    """The model from a GGUF file (dequantized), through the gguf library's reader and name map."""
-    import gguf
-
-    path = Path(path)
-    try:
-        reader = gguf.GGUFReader(path)
-    except (OSError, ValueError) as e:
-        raise ConversionError(f"{path}: not a GGUF file ({e})") from None
-    cfg = gguf_config(reader, str(path))
-    by_name = {t.name: t for t in reader.tensors}
-    params = tf_names(cfg.n_layer)
-    tensors = {}
-    for tf, rule in _rules("gguf", cfg.n_layer).items():
-        t = by_name.get(rule.name)
-        if t is None:
-            raise ConversionError(f"{path}: no tensor {rule.name}")
-        a = t.data if t.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16) \
-            else gguf.quants.dequantize(t.data, t.tensor_type)
-        a = _from_numpy(np.asarray(a))
-        tensors[params[tf]] = a.T if rule.transpose else a  # GGUF stores Conv1D weights (out, in)
-    return from_tensors(cfg, tensors, str(path), device, dtype)
-
-
 def load(path: Path | str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> GPT:
-    """The model from any format gpt2hub reads: a TF checkpoint folder, an HF folder or a .gguf file."""
+    """The model from any format gpt2hub reads: a TF checkpoint folder or any output of a registered format."""
+    from gpt2hub import converters
+
     path = Path(path)
-    if path.is_file() and path.suffix == ".gguf":
-        return from_gguf(path, device, dtype)
     if (path / "model.ckpt.index").is_file():
         return from_checkpoint(path, device, dtype)
-    if (path / "config.json").is_file():
-        return from_hf_folder(path, device, dtype)
-    raise ConversionError(f"{path}: not a TF checkpoint folder, an HF model folder or a .gguf file")
-
+    fmt = converters.detect(path)
+    if fmt is None:
+        kinds = ["a TF checkpoint folder", *dict.fromkeys(f.looks_like for f in converters.formats())]
+        raise ConversionError(f"{path}: not {', '.join(kinds[:-1])} or {kinds[-1]}")
+    weights = fmt.read_weights(path)
+    tensors = {n: t if isinstance(t, torch.Tensor) else _from_numpy(np.asarray(t)) for n, t in weights.tensors.items()}
+    return from_tensors(GPTConfig(**weights.config), tensors, str(path), device, dtype)

@@ -7,6 +7,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
+from . import converters
 from .errors import MirrorError
 from .registry import ReleaseManifest
 
@@ -19,7 +20,7 @@ BASE_METADATA = {
     "language": ["en"],
 }
 _PLAIN_KEY = re.compile(r"[a-z_][a-z0-9_]*")
-FORMAT_TAGS = {"safetensors": "safetensors", "pytorch": "pytorch", "gguf": "gguf", "original": "tensorflow"}
+FORMAT_TAGS = {**{f.name: f.tags for f in converters.formats()}, "original": ("tensorflow",)}
 
 
 def card_text() -> str:
@@ -61,7 +62,7 @@ def metadata(m: ReleaseManifest, formats: list[str], original_sha256: dict[str, 
     """The README's YAML metadata: Hub fields plus which release this is and its files' hashes."""
     from . import __version__
 
-    tags = ["gpt2", "gpt2hub", "text-generation", *(FORMAT_TAGS[f] for f in formats)]
+    tags = ["gpt2", "gpt2hub", "text-generation", *(tag for f in formats for tag in FORMAT_TAGS[f])]
     return {
         **BASE_METADATA,
         "tags": list(dict.fromkeys(tags)),

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import registry, store
+from . import converters, registry, store
 from .errors import Gpt2hubError
 from .registry import ReleaseManifest
 
@@ -21,16 +21,13 @@ class Release:
     manifest: ReleaseManifest | None
 
     def output_paths(self, fmt: str) -> list[Path]:
-        """Where `gpt2hub convert` puts this release's `fmt` outputs (a folder, or .gguf files)."""
+        """Where `gpt2hub convert` puts this release's `fmt` outputs (a folder, or one file per dtype)."""
+        form = converters.get(fmt)
         if self.in_store:
-            folder = store.release_dir(self.name, fmt)
-            return sorted(folder.glob("*.gguf")) if fmt == "gguf" else [folder]
-        # convert writes beside a checkpoint folder outside the store: DIR-<fmt>/ and DIR-<dtype>.gguf;
+            return form.outputs_in(store.release_dir(self.name, fmt))
+        # convert writes beside a checkpoint folder outside the store (DIR-<fmt>/, DIR-<dtype><suffix>);
         # a release root laid out as the store (DIR/original, DIR/<fmt>/) is found too.
-        parent, stem = self.original.parent, self.original.name
-        if fmt == "gguf":
-            return sorted(set(parent.glob(f"{stem}-*.gguf")) | set((parent / "gguf").glob("*.gguf")))
-        return [parent / f"{stem}-{fmt}", parent / fmt]
+        return form.outputs_beside(self.original)
 
 
 def pulled_names() -> list[str]:

@@ -6,10 +6,11 @@ import json
 import os
 from pathlib import Path
 
+from . import converters
 from .errors import Gpt2hubError
 
 HOME_ENV = "GPT2HUB_HOME"
-FORMATS = ("original", "safetensors", "pytorch", "gguf")
+FORMATS = ("original", *converters.names())  # the original checkpoint, then the registry's formats
 VERIFIED_RECORD = ".gpt2hub-verified.json"  # written by pull once every file checked out
 PARTIAL_SUFFIX = ".part"
 

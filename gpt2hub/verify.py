@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import importlib.util
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,7 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import store
+from . import converters, store
 from .errors import ChecksumError, CheckpointError, ConversionError, Gpt2hubError, VerificationError
 from .layout import HParams, is_model_tensor
 from .registry import sha256_file
@@ -48,9 +47,8 @@ TOKENIZER_TEXT = (
     "    indented code(x) {return x**2;}  // end   "
 )
 
-CONSUMERS = {"safetensors": "transformers", "pytorch": "transformers", "gguf": "llama.cpp"}
-CONSUMER_MODULES = {"transformers": "transformers", "llama.cpp": "llama_cpp", "tensorflow": "tensorflow"}
-GGUF_FILE_TYPES = {0: "f32", 1: "f16", 7: "q8_0", 32: "bf16"}  # general.file_type (LlamaFileType)
+CONSUMER_MODULES = {"transformers": "transformers", "llama.cpp": "llama_cpp", "tensorflow": "tensorflow", "gpt2hub": "torch",
+                    "onnxruntime": "onnxruntime"}
 
 
 @dataclass(frozen=True)
@@ -94,7 +92,20 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("f16", "gpt2hub"): Tolerance(1e-2, 1e-3, None, "seen 8.5e-4, KL 1.3e-7: fp16 weights, f32 maths"),
     ("bf16", "gpt2hub"): Tolerance(1e-1, 5e-3, None, "seen 6.8e-3, KL 8e-6: bf16 weights, f32 maths"),
     ("q8_0", "gpt2hub"): Tolerance(2e-1, 1e-2, None, "seen 1.7e-2, KL 5.7e-5: 8-bit weights, f32 maths"),
+    ("f32", "onnxruntime"): Tolerance(1e-5, 1e-7, None, "seen 4.3e-7: float32 rounding"),
+    ("f16", "onnxruntime"): Tolerance(1e-2, 1e-3, None, "fp16 weights, f32 maths (as gpt2hub's f16 row)"),
 }
+# The GGUF quantization ladder below q8_0: (max|delta|, KL) seen on generated releases (tiny, and n_embd 256
+# where K-quants apply) through llama.cpp and through the gpt2hub fallback (equal within 5%: the same
+# dequantized weights); tolerances are 10x both, a sanity bound judged mainly by KL.
+LADDER_SEEN = {
+    "q6_k": (7.8e-2, 1.1e-4), "q5_k_m": (1.3e-1, 3.0e-4), "q5_k_s": (1.4e-1, 3.3e-4), "q5_1": (7.3e-2, 6.3e-5),
+    "q5_0": (7.8e-2, 8.5e-5), "q4_k_m": (2.4e-1, 8.7e-4), "q4_k_s": (2.3e-1, 9.3e-4), "q4_1": (1.3e-1, 2.6e-4),
+    "q4_0": (1.6e-1, 3.4e-4), "q3_k_l": (3.3e-1, 1.8e-3), "q3_k_m": (3.4e-1, 2.1e-3), "q3_k_s": (5.0e-1, 4.6e-3),
+    "q2_k": (6.8e-1, 8.0e-3),
+}
+TOLERANCES.update({(dtype, consumer): Tolerance(10 * seen_max, 10 * seen_kl, None, f"seen {seen_max:.1e}, KL {seen_kl:.1e}")
+                   for dtype, (seen_max, seen_kl) in LADDER_SEEN.items() for consumer in ("llama.cpp", "gpt2hub")})
 
 
 @dataclass
@@ -172,13 +183,12 @@ class Report:
 
 
 def converted_outputs(release: Release, formats: Sequence[str]) -> list[tuple[str, Path | None]]:
-    """(format, path) for each requested converted format, one per .gguf file; (format, None) if absent."""
+    """(format, path) for each requested converted format, one per file of a file format; (format, None) if absent."""
     out: list[tuple[str, Path | None]] = []
     for fmt in formats:
         if fmt == "original":
             continue
-        paths = release.output_paths(fmt)
-        found = [p for p in paths if p.suffix == ".gguf" or (p / "config.json").is_file()]
+        found = [p for p in release.output_paths(fmt) if converters.get(fmt).is_output(p)]
         out.extend((fmt, p) for p in found) if found else out.append((fmt, None))
     return out
 
@@ -409,18 +419,6 @@ def transformers_logits(folder: Path, tokens: Sequence[int], device: str) -> tup
     return _to_numpy(logits), dtype
 
 
-def gguf_dtype(path: Path) -> str:
-    """The file's dtype from general.file_type, else the commonest type among its 2-D tensors."""
-    import gguf
-
-    reader = gguf.GGUFReader(path)
-    f = reader.get_field("general.file_type")
-    if f is not None and int(f.contents()) in GGUF_FILE_TYPES:
-        return GGUF_FILE_TYPES[int(f.contents())]
-    types = [t.tensor_type.name.lower() for t in reader.tensors if len(t.shape) == 2]
-    return max(set(types), key=types.count) if types else "unknown"
-
-
 _LLAMA_LOG: list[str] = []  # llama.cpp's recent log lines, kept for error messages instead of printed
 _LLAMA_LOG_CALLBACK = None
 
@@ -461,6 +459,13 @@ def llama_logits(path: Path, tokens: Sequence[int]) -> np.ndarray:
     return logits(path, tokens).astype(np.float64)
 
 
+def onnxruntime_logits(path: Path, tokens: Sequence[int]) -> np.ndarray:
+    """onnxruntime's logits for every position of a first (cache-less) step, on the CPU."""
+    from .consumers import onnxruntime_logits as logits
+
+    return logits(path, tokens).astype(np.float64)
+
+
 def gpt2hub_logits(path: Path, tokens: Sequence[int], device: str) -> np.ndarray:
     """gpt2hub.model in float32 on `device`, from any format."""
     import torch
@@ -472,14 +477,14 @@ def gpt2hub_logits(path: Path, tokens: Sequence[int], device: str) -> np.ndarray
         return _to_numpy(model(torch.tensor([list(tokens)], device=device))[0])
 
 
-def hf_dtype(folder: Path) -> str:
-    """The dtype a converted HF folder stores its weights in (for fallback rows)."""
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return "f32"
-    name = config.get("dtype") or config.get("torch_dtype") or "float32"
-    return {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}.get(name, name)
+# consumer -> (format, path, tokens, device) -> (logits, dtype, note)
+CONSUMER_LOGITS = {
+    "transformers": lambda form, path, tokens, device: (*transformers_logits(path, tokens, device), device),
+    "llama.cpp": lambda form, path, tokens, device: (llama_logits(path, tokens), form.read_dtype(path), "cpu, f32 KV cache"),
+    # a format no other program loads: gpt2hub.model through the format's read_weights
+    "gpt2hub": lambda form, path, tokens, device: (gpt2hub_logits(path, tokens, device), form.read_dtype(path), device),
+    "onnxruntime": lambda form, path, tokens, device: (onnxruntime_logits(path, tokens), form.read_dtype(path), "cpu"),
+}
 
 
 # --- 5. comparing -----------------------------------------------------------------------------
@@ -546,35 +551,18 @@ def check_tokenizers(original: Path, outputs: Sequence[tuple[str, Path | None]],
     rows = [TokenizerRow("tiktoken", str(original), len(ref), enc.decode(ref) == text,
                          "decode(encode(text)) == text" if enc.decode(ref) == text else "does not round-trip")]
     for fmt, path in outputs:
-        if path is None:
+        reader = converters.get(fmt).tokenizer
+        source = reader.file(path) if reader is not None and path is not None else None
+        if source is None or importlib.util.find_spec(reader.requires) is None:
             continue
-        if fmt != "gguf" and (path / "tokenizer.json").is_file() and importlib.util.find_spec("tokenizers"):
-            name, source, tokenize = "tokenizers", path / "tokenizer.json", _tokenizers_json
-        elif fmt == "gguf" and installed("llama.cpp"):
-            name, source, tokenize = "llama.cpp", path, _llama_vocab
-        else:
-            continue
+        name = reader.name
         try:
-            ids = tokenize(source, text)
+            ids = reader.ids(source, text)
         except Exception as e:  # a tokenizer that cannot load is that file's FAIL row
             rows.append(TokenizerRow(name, str(source), None, False, one_line(e)))
             continue
         rows.append(TokenizerRow(name, str(source), len(ids), ids == ref, "same ids" if ids == ref else _first_difference(ids, ref)))
     return rows
-
-
-def _tokenizers_json(path: Path, text: str) -> list[int]:
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_file(str(path)).encode(text, add_special_tokens=False).ids
-
-
-def _llama_vocab(path: Path, text: str) -> list[int]:
-    llm = open_llama(path, n_ctx=64)
-    try:
-        return llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
-    finally:
-        llm.close()
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -642,7 +630,8 @@ def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | 
 
     outputs = converted_outputs(release, fmts)
     for fmt, path in outputs:
-        consumer = CONSUMERS[fmt]
+        form = converters.get(fmt)
+        consumer = form.consumer
         if path is None:
             if explicit:
                 report.rows.append(Row(fmt, "-", consumer, "-", tolerance="-", note="not converted"))
@@ -650,15 +639,11 @@ def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | 
         say(f"{fmt}: {path.name} through {consumer if installed(consumer) else 'gpt2hub'}")
         try:
             if not installed(consumer):
-                dtype = gguf_dtype(path) if fmt == "gguf" else hf_dtype(path)
-                row = Row(fmt, dtype, f"gpt2hub ({consumer} not installed)", str(path))
+                row = Row(fmt, form.read_dtype(path), f"gpt2hub ({consumer} not installed)", str(path))
                 logits = gpt2hub_logits(path, ids, device)
-            elif fmt == "gguf":
-                row = Row(fmt, gguf_dtype(path), consumer, str(path), note="cpu, f32 KV cache")
-                logits = llama_logits(path, ids)
             else:
-                logits, dtype = transformers_logits(path, ids, device)
-                row = Row(fmt, dtype, consumer, str(path), note=device)
+                logits, dtype, note = CONSUMER_LOGITS[consumer](form, path, ids, device)
+                row = Row(fmt, dtype, consumer, str(path), note=note)
             report.rows.append(judge(row, reference, logits))
         except Exception as e:  # whatever a consumer raises on a bad file is that file's FAIL row
             report.rows.append(Row(fmt, "-", consumer, str(path), tolerance="-", note=one_line(e)))
@@ -684,7 +669,8 @@ def format_report(report: Report) -> str:
     lines.append("")
     rows = [["FORMAT", "DTYPE", "CONSUMER", "MAX|Δ|", "MEAN|Δ|", "TOP-1", "KL", "TOLERANCE", "STATUS", "NOTE"]]
     for r in report.rows:
-        rows.append([r.format if r.format != "gguf" else f"gguf:{Path(r.source).name}", r.dtype, r.consumer,
+        one_file = r.format in converters.names() and not converters.get(r.format).writes_folder
+        rows.append([f"{r.format}:{Path(r.source).name}" if one_file else r.format, r.dtype, r.consumer,
                      num(r.max_abs), num(r.mean_abs), num(r.top1, ".3f"), num(r.kl), r.tolerance, r.status, r.note])
     lines += table(rows)
     if report.tokenization:
