@@ -314,9 +314,10 @@ def test_a_release_not_pulled_is_a_one_line_error(tmp_path, monkeypatch):
 
 
 def test_an_unknown_format_name_is_a_one_line_error(tiny_release):
-    result = run_cli("verify", str(tiny_release), "--formats", "original,onnx")
+    result = run_cli("verify", str(tiny_release), "--formats", "original,onyx")
     assert result.exit_code == 1
-    assert result.output.strip() == "gpt2hub: error: unknown format 'onnx'; formats: original, safetensors, pytorch, gguf"
+    assert result.output.strip() == ("gpt2hub: error: unknown format 'onyx'; "
+                                     "formats: original, safetensors, pytorch, gguf, llmc, onnx")
 
 
 def test_a_folder_without_a_checkpoint_is_a_one_line_error(tmp_path):
