@@ -20,27 +20,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from convert import measure  # benchmarks/convert.py: wall time, peak RSS and stdout of one fresh process
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = [("gguf", d) for d in ("f16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_1", "q5_0", "q4_k_m", "q4_k_s", "q4_1",
                                "q4_0", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k")] + \
        [("llmc", "f32"), ("llmc", "bf16"), ("onnx", "f32"), ("onnx", "f16")]
-
-
-def measure(cmd: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MB, stdout) of one command in a fresh process."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=out, stderr=err)
-        _, status, usage = os.wait4(p.pid, 0)
-        wall = time.perf_counter() - t0
-        out.seek(0)
-        err.seek(0)
-        if os.waitstatus_to_exitcode(status):
-            raise SystemExit(f"failed: {' '.join(cmd)}\n{err.read().decode(errors='replace')[-3000:]}")
-        return wall, usage.ru_maxrss / 1024, out.read().decode()
 
 
 def size_of(path: Path) -> int:

@@ -195,3 +195,31 @@ def test_a_vocabulary_shorter_than_wte_is_refused_and_nothing_is_left(tiny_relea
         gpt2hub.convert(folder, to="llmc", out=tmp_path / "out", quiet=True)
     assert "tokens, but wte has" in one_line(e)
     assert not (tmp_path / "out").exists() and no_leftovers(tmp_path)
+
+
+def test_gpt2hub_reads_the_folder_back_through_the_format_registry(llmc, reference):
+    import torch
+
+    from gpt2hub import converters, model
+
+    folder = llmc["f32"]
+    assert converters.detect(folder).name == "llmc" and converters.get("llmc").read_dtype(folder) == "f32"
+    assert converters.get("llmc").read_dtype(llmc["bf16"]) == "bf16"
+    with torch.no_grad():
+        logits = model.load(folder, dtype=torch.float64)(torch.tensor([TOKENS]))[0][0].numpy()
+    assert np.array_equal(logits, reference)
+
+
+def test_a_truncated_model_file_is_a_one_line_error(llmc, tmp_path):
+    import shutil
+
+    from gpt2hub import converters
+
+    folder = tmp_path / "cut"
+    shutil.copytree(llmc["f32"], folder)
+    model_file = next(p for p in folder.iterdir() if p.name != "gpt2_tokenizer.bin")
+    with open(model_file, "r+b") as f:
+        f.truncate(model_file.stat().st_size - 4)
+    with pytest.raises(ConversionError) as e:
+        converters.get("llmc").read_weights(folder)
+    assert "bytes, the header implies" in one_line(e)

@@ -182,3 +182,26 @@ def test_without_the_onnx_package_the_extra_is_named(tiny_release, tmp_path):
     assert r.returncode == 1
     assert r.stderr.strip() == "gpt2hub: error: --to onnx needs the onnx package: pip install 'gpt2hub[onnx]'"
     assert not (tmp_path / "x").exists()
+
+
+def test_gpt2hub_reads_the_folder_back_through_the_format_registry(onnx_out, reference):
+    import torch
+
+    from gpt2hub import converters, model
+
+    assert converters.detect(onnx_out["f32"]).name == "onnx"
+    assert converters.get("onnx").read_dtype(onnx_out["f16"]) == "f16"
+    with torch.no_grad():
+        logits = model.load(onnx_out["f32"], dtype=torch.float64)(torch.tensor([TOKENS]))[0][0].numpy()
+    assert np.array_equal(logits, reference)
+
+
+def test_verify_runs_the_folder_in_onnxruntime(onnx_out, tiny_release, tmp_path):
+    import shutil
+
+    root = tmp_path / "r"
+    shutil.copytree(tiny_release, root / "original")
+    shutil.copytree(onnx_out["f16"], root / "onnx")
+    report = gpt2hub.verify(root, formats="onnx")
+    row = next(r for r in report.rows if r.format == "onnx")
+    assert (row.consumer, row.dtype, row.passed) == ("onnxruntime", "f16", True), row
