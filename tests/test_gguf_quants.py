@@ -182,3 +182,17 @@ def test_quantized_types_are_refused_for_other_formats(tiny_release, tmp_path):
     with pytest.raises(ConversionError) as e:
         gpt2hub.convert(tiny_release, to="safetensors", dtype="q4_k_m", out=tmp_path / "x", quiet=True)
     assert "safetensors has no dtype 'q4_k_m'" in one_line(e)
+
+
+def test_verify_names_each_type_and_passes_it_through_llama_cpp(ladder, k_release, tmp_path):
+    import shutil
+
+    root = tmp_path / "r"
+    shutil.copytree(k_release, root / "original")
+    (root / "gguf").mkdir()
+    for dtype in ("q4_k_m", "q2_k"):
+        shutil.copyfile(ladder[dtype][1], root / "gguf" / f"k256-{dtype}.gguf")
+    report = gpt2hub.verify(root, formats="gguf")
+    rows = {r.dtype: r for r in report.rows if r.format == "gguf"}
+    assert set(rows) == {"q4_k_m", "q2_k"}
+    assert all(r.consumer == "llama.cpp" and r.passed for r in rows.values()), rows
