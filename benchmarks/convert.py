@@ -55,7 +55,7 @@ model.save_pretrained(out)
     "gguf-py in memory": """
 import sys
 import numpy as np, gguf
-from gpt2hub import __version__
+from gpt2hub.version import __version__
 from gpt2hub.converters import Planned, Source, Vocab, plan
 from gpt2hub.converters import gguf as conv
 from gpt2hub.layout import HParams

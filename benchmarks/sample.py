@@ -3,7 +3,7 @@
     python benchmarks/sample.py --shape 124M [--release DIR] [--new-tokens 128] [--repeat 5] [--device cpu]
 
 1. Tokens/s of greedy generation with the cache, same weights, same prompt, same process, runs
-   interleaved: gpt2hub.sample.generate on gpt2hub.model (from the TF checkpoint) vs transformers'
+   interleaved: gpt2hub.sampling.generate on gpt2hub.model (from the TF checkpoint) vs transformers'
    GPT2LMHeadModel.generate(do_sample=False) on the converted safetensors folder. The token ids
    of both are compared (they must agree). Ratio = gpt2hub tokens/s / transformers tokens/s.
 2. Wall time of `gpt2hub verify DIR` over every format (safetensors, pytorch, GGUF f32/f16/bf16/q8_0),
@@ -42,7 +42,7 @@ def prepare(release: Path | None, shape: str, work: Path) -> Path:
         outputs[("gguf", dtype)] = original.parent / f"{original.name}-{dtype}.gguf"
     for (fmt, dtype), path in outputs.items():
         if not path.exists():
-            gpt2hub.convert(original, to=fmt, dtype=dtype, quiet=True)
+            gpt2hub.convert(original, to=fmt, dtype=dtype)
     return original
 
 
@@ -54,7 +54,7 @@ def bench_generation(original: Path, new_tokens: int, repeat: int, device: str) 
     from gpt2hub.model import from_checkpoint, resolve_device
     from gpt2hub.tokenizer import encoding
 
-    sampling = importlib.import_module("gpt2hub.sample")
+    sampling = importlib.import_module("gpt2hub.sampling")
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     dev = resolve_device(device)

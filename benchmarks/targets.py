@@ -40,7 +40,7 @@ def quality(release: Path, fmt: str, out: Path) -> tuple[float, float]:
 
     from gpt2hub import converters
     from gpt2hub.layout import HParams
-    verify = __import__("gpt2hub.verify", fromlist=["compare"])
+    from gpt2hub import verifying as verify
 
     h = HParams.from_file(release / "hparams.json")
     ids = verify.input_tokens(release, h.n_ctx, h.n_vocab, None, None)

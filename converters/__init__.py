@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
-import json
 import math
 import os
 import pkgutil
@@ -29,9 +28,9 @@ import numpy as np
 from gpt2hub.errors import CheckpointError, ConversionError
 from gpt2hub.layout import SCOPE, HParams, tensor_shapes
 from gpt2hub.tfcheckpoint import Checkpoint, TensorEntry
+from gpt2hub.tokenizer import read_vocab
 
 DEFAULT = "safetensors"  # what `gpt2hub convert` writes when no format is named
-ENDOFTEXT = "<|endoftext|>"
 CHUNK_BYTES = 32 << 20  # source bytes per conversion step: bounds the working set
 Progress = Callable[[int], None]
 T, R = TypeVar("T"), TypeVar("R")
@@ -182,24 +181,9 @@ class Vocab:
 
     @classmethod
     def from_folder(cls, folder: Path) -> "Vocab":
-        encoder_json, vocab_bpe = folder / "encoder.json", folder / "vocab.bpe"
-        for p in (encoder_json, vocab_bpe):
-            if not p.is_file():
-                raise ConversionError(f"{p}: no such file (the tokenizer needs encoder.json and vocab.bpe)")
-        try:
-            encoder = json.loads(encoder_json.read_text(encoding="utf-8"))
-        except ValueError as e:
-            raise ConversionError(f"{encoder_json}: not valid JSON ({e})") from None
-        if not isinstance(encoder, dict) or sorted(encoder.values()) != list(range(len(encoder))):
-            raise ConversionError(f"{encoder_json}: ids are not 0..{len(encoder) - 1} (not a GPT-2 encoder)")
-        if ENDOFTEXT not in encoder:
-            raise ConversionError(f"{encoder_json}: no {ENDOFTEXT} token")
-        tokens = sorted(encoder, key=encoder.__getitem__)
-        lines = vocab_bpe.read_text(encoding="utf-8").split("\n")
-        merges = [line for line in lines[1 if lines[0].startswith("#version") else 0:] if line]
-        if any(len(m.split(" ")) != 2 for m in merges):
-            raise ConversionError(f"{vocab_bpe}: a merge line is not two symbols separated by a space")
-        return cls(tokens, merges, encoder[ENDOFTEXT], encoder_json, vocab_bpe)
+        """The vocabulary of a release folder (gpt2hub.tokenizer.read_vocab's checks and errors)."""
+        tokens, merges, eot_id = read_vocab(folder)
+        return cls(tokens, merges, eot_id, folder / "encoder.json", folder / "vocab.bpe")
 
 
 @dataclass

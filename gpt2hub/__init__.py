@@ -1,15 +1,38 @@
-"""gpt2hub: OpenAI's original GPT-2 release, pulled intact and converted to today's formats."""
+"""gpt2hub: OpenAI's original GPT-2 release, pulled intact and converted to today's formats.
+
+The API mirrors the CLI: pull, convert, verify, sample, sample_interactive, mirror and run_demo each
+return a result object, and take one reporting hook, `progress` (see gpt2hub.progress): None reports
+nothing, `gpt2hub.progress.TerminalProgress()` draws what the CLI draws. Each loads its module on
+first call, so `import gpt2hub` stays light; no module is named like a function here.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
 
-__version__ = "0.1.0"
+from .errors import Gpt2hubError
+from .progress import ProgressEvent, Reporter
+from .registry import ReleaseManifest, create_manifest, releases, resolve
+from .version import __version__
+from . import store
 
-from .errors import Gpt2hubError  # noqa: E402
-from .registry import ReleaseManifest, create_manifest, releases, resolve  # noqa: E402
-from .tfcheckpoint import Checkpoint  # noqa: E402
-from . import converters, store  # noqa: E402
+if TYPE_CHECKING:
+    from .conversion import ConversionReport
+    from .demo import DemoReport
+    from .mirroring import MirrorReport
+    from .pulling import PullResult
+    from .sampling import Samples
+    from .tiktoken_cache import TiktokenReport
+    from .verifying import Report
+
+
+def __getattr__(name: str):
+    if name == "Checkpoint":  # numpy behind it: loaded on first use
+        from .tfcheckpoint import Checkpoint
+
+        return Checkpoint
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def list_releases() -> list[dict]:
@@ -27,57 +50,165 @@ def path(name: str, fmt: str = "original", manifest: Path | str | None = None) -
     return store.release_dir(resolve(name, manifest).name, fmt)
 
 
-def pull(name: str, **kwargs) -> Path:
-    """Fetch and verify a release into its original/ folder (see gpt2hub.pulling.pull); returns that folder."""
-    from .pulling import pull as _pull
+def pull(name: str, *, manifest: Path | str | None = None, sources: Sequence[str] | str = (), endpoint_url: str | None = None,
+         connections: int = 8, verify: bool = False, force: bool = False,
+         progress: Reporter | None = None) -> PullResult:
+    """Fetch and verify every file of a release into <home>/<name>/original/; a verified release is a quick no-op.
 
-    return _pull(name, **kwargs).path
+    name: a release or alias, or a release a `sources` mirror publishes a manifest for.
+    manifest: a manifest file to use instead of looking `name` up.
+    sources: base URLs, s3://bucket/prefix or folders laid out <src>/<folder>/<file>, tried first, in order.
+    endpoint_url: the S3-compatible endpoint for s3:// sources.
+    connections: parallel ranges per file.
+    verify: re-hash files already pulled instead of trusting their recorded sizes.
+    force: download again even if the release is verified.
+    progress: the reporting hook: byte tasks "total" and one per file (parent "total"); warnings as messages.
+    Returns a PullResult: .path, .files (each with its size, sha256 and what verified it), .warnings.
+    """
+    from .pulling import pull as run
 
-
-# Imported here, before the function of the same name, so that a later lazy import of the submodule cannot
-# rebind `gpt2hub.mirror` to the module; it is light (boto3 and huggingface_hub load inside its functions).
-from . import mirror as _mirror_module  # noqa: E402
-
-
-def mirror(name: str, dest: str, **kwargs):
-    """Upload a pulled release and its conversions to s3://bucket/prefix or hf://org/repo; returns a MirrorReport."""
-    return _mirror_module.mirror(name, dest, **kwargs)
-
-
-# As for mirror: bound before the function so the submodule cannot shadow it (light: converters load lazily).
-from . import convert as _convert_module  # noqa: E402
-
-
-def convert(name_or_dir: str | Path | None = None, to: str = converters.DEFAULT, dtype: str | None = "f32",
-            out: Path | str | None = None, force: bool = False, **kwargs) -> Path:
-    """Convert a release (name, TF checkpoint folder, or the one pulled) to safetensors, pytorch or gguf; returns the output."""
-    return _convert_module.convert(name_or_dir, to, dtype, out, force, **kwargs).path
+    sources = (sources,) if isinstance(sources, str) else tuple(sources)
+    return run(name, manifest=manifest, sources=sources, endpoint_url=endpoint_url, connections=connections,
+               verify=verify, force=force, progress=progress)
 
 
-# As for mirror: bound before the functions so the submodules cannot shadow them (torch loads lazily).
-from . import verify as _verify_module  # noqa: E402
-from . import sample as _sample_module  # noqa: E402
+def convert(name_or_dir: str | Path | None = None, to: str | None = None, dtype: str | None = None,
+            out: Path | str | None = None, force: bool = False, *, untie: bool = False,
+            hparams: Path | str | None = None, manifest: Path | str | None = None,
+            progress: Reporter | None = None) -> ConversionReport:
+    """Convert a release to another format in bounded memory; nothing is written on a bad input.
+
+    name_or_dir: a pulled release's name, a TF checkpoint folder, or None for the only release pulled.
+    to: a format of gpt2hub.converters.names() (None: converters.DEFAULT).
+    dtype: one of that format's dtypes (None: its default).
+    out: the output path, or a folder to put a one-file output in (None: the store, or beside a folder).
+    force: replace an existing output, only once the new one is complete.
+    untie: formats that allow it write the output head rather than tie it to the token embedding.
+    hparams: an hparams.json to use (else the folder's, the manifest's, or inferred from the shapes).
+    manifest: a manifest file describing the release.
+    progress: the reporting hook: one byte task "<format> <dtype>" over the tensors read.
+    Returns a ConversionReport: .path, .format, .dtype, .tensors, .hparams and where they came from, and
+    .notes (e.g. which ggml type llama.cpp gave each tensor of a K-quant mix).
+    """
+    from .conversion import convert as run
+
+    return run(name_or_dir, to, dtype, out, force, untie=untie, hparams=hparams, manifest=manifest, progress=progress)
 
 
-def verify(name_or_dir: str | Path | None = None, **kwargs):
-    """Integrity, reference logits and every converted format through its real consumer; returns a Report (.passed)."""
-    return _verify_module.verify(name_or_dir, **kwargs)
+def verify(name_or_dir: str | Path | None = None, *, formats: Sequence[str] | str | None = None, device: str = "cpu",
+           prompt: str | None = None, tokens: int | None = None, manifest: Path | str | None = None,
+           progress: Reporter | None = None) -> Report:
+    """Check the original files, then every format's logits against the reference through its real consumer.
+
+    name_or_dir: a pulled release's name, a TF checkpoint folder, or None for the only release pulled.
+    formats: the formats to check, a list or "a,b" (None: every one present).
+    device: cpu, cuda or cuda:N for the PyTorch consumers.
+    prompt: the text whose logits are compared (None: a fixed paragraph); excludes `tokens`.
+    tokens: compare on this many seeded random token ids instead.
+    manifest: a manifest file describing the release.
+    progress: the reporting hook: each step as a message.
+    Returns a Report: .integrity checks, .rows per output, .tokenization, .passed, .to_text().
+    """
+    from .verifying import verify as run
+
+    return run(name_or_dir, formats=formats, device=device, prompt=prompt, tokens=tokens, manifest=manifest,
+               progress=progress)
 
 
-def sample(name_or_dir: str | Path | None = None, **kwargs) -> list[str]:
-    """Sample text from a release (prompt=..., or unconditional), as openai/gpt-2's scripts; returns the texts."""
-    return _sample_module.sample(name_or_dir, **kwargs)
+def sample(name_or_dir: str | Path | None = None, *, prompt: str | None = None, nsamples: int = 1,
+           length: int | None = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+           seed: int | None = None, device: str = "cpu", manifest: Path | str | None = None,
+           progress: Reporter | None = None) -> Samples:
+    """Sample text as openai/gpt-2's scripts do, with the KV cache, stopping at <|endoftext|>.
+
+    name_or_dir: a pulled release's name, a TF checkpoint folder, or None for the only release pulled.
+    prompt: the text to continue (None: unconditional, from <|endoftext|>).
+    nsamples: samples to draw (0: until interrupted).
+    length: tokens per sample (None: n_ctx/2 with a prompt, else n_ctx-1).
+    temperature, top_k, top_p: openai's sampling (temperature 0: greedy; top_k 0 and top_p 1: no cut).
+    seed: sample i uses seed + i, so a seed gives the same texts on the same device.
+    device: cpu, cuda or cuda:N. manifest: a manifest file describing the release.
+    progress: the reporting hook: the text as `output` events as it is generated, with openai's headers.
+    Returns Samples: .texts (without their prompts).
+    """
+    from .sampling import sample as run
+
+    return run(name_or_dir, prompt=prompt, nsamples=nsamples, length=length, temperature=temperature, top_k=top_k,
+               top_p=top_p, seed=seed, device=device, manifest=manifest, progress=progress)
 
 
-def tiktoken(name_or_dir: str | Path | None = None, cache_dir: Path | str | None = None):
-    """Put a release's encoder.json and vocab.bpe in tiktoken's cache so get_encoding("gpt2") works offline."""
+def sample_interactive(name_or_dir: str | Path | None = None, *, read: Callable[[str], str] = input,
+                       nsamples: int = 1, length: int | None = None, temperature: float = 1.0, top_k: int = 0,
+                       top_p: float = 1.0, seed: int | None = None, device: str = "cpu",
+                       manifest: Path | str | None = None, progress: Reporter | None = None) -> Samples:
+    """openai's interactive_conditional_samples: each prompt `read` returns is continued, until EOFError.
+
+    read: called with the prompt text "Model prompt >>> "; returns one prompt (default: input).
+    Every other parameter is as for gpt2hub.sample; an empty prompt is reported and skipped.
+    Returns Samples: .texts and the .prompts they continue.
+    """
+    from .sampling import sample_interactive as run
+
+    return run(name_or_dir, read=read, nsamples=nsamples, length=length, temperature=temperature, top_k=top_k,
+               top_p=top_p, seed=seed, device=device, manifest=manifest, progress=progress)
+
+
+def mirror(name: str, dest: str, *, formats: Sequence[str] | None = None, endpoint_url: str | None = None,
+           dry_run: bool = False, private: bool = False, revision: str | None = None,
+           manifest: Path | str | None = None, part_size: int | None = None,
+           progress: Reporter | None = None) -> MirrorReport:
+    """Upload a pulled release and its conversions to s3://bucket/prefix or hf://org/repo.
+
+    name: a pulled release's name or alias. dest: s3://bucket/prefix or hf://org/repo.
+    formats: "original" and format names to send (None: s3:// everything present, hf:// the Hub defaults).
+    endpoint_url: an S3-compatible store or Hub endpoint (else AWS_ENDPOINT_URL / HF_ENDPOINT).
+    dry_run: decide what would be sent and skipped; send nothing.
+    private, revision: hf:// only: create the repo private; the branch to commit to.
+    manifest: a manifest file describing the release.
+    part_size: s3:// only: bytes per multipart part (None: 16 MiB; S3 allows 5 MiB..5 GiB).
+    progress: the reporting hook: byte tasks "sha256" and "mirror <release>"; with TerminalProgress
+    huggingface_hub also draws its own bars.
+    Returns a MirrorReport: .files (each with its destination, size, sha256 and action), bytes sent.
+    """
+    from .mirroring import mirror as run
+
+    return run(name, dest, formats=formats, endpoint_url=endpoint_url, dry_run=dry_run, private=private,
+               revision=revision, manifest=manifest, part_size=part_size, progress=progress)
+
+
+def run_demo(workdir: Path | str | None = None, *, device: str = "cpu", progress: Reporter | None = None) -> DemoReport:
+    """Offline end to end: build a tiny release, serve it on loopback, pull, convert, verify, sample.
+
+    workdir: build everything here and keep it (None: a temporary folder, removed after).
+    device: cpu or cuda. progress: the reporting hook: one `output` line per step ("[ok] ...").
+    Returns a DemoReport: .steps, .passed.
+    """
+    from .demo import run_demo as run
+
+    return run(workdir, device=device, progress=progress)
+
+
+def diagnose() -> dict:
+    """Extras installed, home and free disk, available consumers, GPU (what `gpt2hub doctor` prints)."""
+    from .doctor import diagnose as run
+
+    return run()
+
+
+def tiktoken(name_or_dir: str | Path | None = None, *, cache_dir: Path | str | None = None) -> TiktokenReport:
+    """Put a release's encoder.json and vocab.bpe in tiktoken's cache so tiktoken.get_encoding("gpt2") works offline.
+
+    name_or_dir: a pulled release (its tokenizer files suffice), a folder holding the two files, or None: any pulled.
+    cache_dir: where to put them instead of tiktoken's own ($TIKTOKEN_CACHE_DIR, $DATA_GYM_CACHE_DIR, <tmp>/data-gym-cache).
+    Returns a TiktokenReport: .cache_dir, .files (each with its URL, path, sha256 and whether it was already there).
+    """
     from .tiktoken_cache import install
 
     return install(name_or_dir, cache_dir)
 
 
 __all__ = [
-    "__version__", "Gpt2hubError", "ReleaseManifest", "Checkpoint",
-    "releases", "resolve", "create_manifest", "list_releases", "info", "path", "pull", "mirror", "convert", "verify", "sample",
-    "tiktoken",
+    "__version__", "Gpt2hubError", "ReleaseManifest", "Checkpoint", "ProgressEvent", "Reporter",
+    "releases", "resolve", "create_manifest", "list_releases", "info", "path", "pull", "convert", "verify", "sample",
+    "sample_interactive", "mirror", "run_demo", "diagnose", "tiktoken",
 ]

@@ -11,6 +11,7 @@ import click
 import gpt2hub
 from . import converters, registry, store
 from .errors import Gpt2hubError
+from .progress import TerminalProgress
 
 
 class Gpt2hubGroup(click.Group):
@@ -142,10 +143,8 @@ def path(name: str, fmt: str, manifest: Path | None) -> None:
 def pull(name: str, sources: tuple[str, ...], connections: int, verify: bool, force: bool, quiet: bool,
          endpoint_url: str | None, manifest: Path | None, as_json: bool) -> None:
     """Download a release, verify every file, and print where it is."""
-    from .pulling import pull as pull_release
-
-    r = pull_release(name, manifest=manifest, sources=sources, connections=connections, verify=verify, force=force,
-                     quiet=quiet or as_json, endpoint_url=endpoint_url)
+    r = gpt2hub.pull(name, manifest=manifest, sources=sources, connections=connections, verify=verify, force=force,
+                     endpoint_url=endpoint_url, progress=TerminalProgress(bars=not (quiet or as_json)))
     if as_json:
         click.echo(json.dumps(r.to_dict(), indent=1))
     elif r.already:
@@ -173,8 +172,8 @@ def pull(name: str, sources: tuple[str, ...], connections: int, verify: bool, fo
 def convert(name_or_dir: str | None, fmt: str, dtype: str | None, out: Path | None, force: bool, untie: bool,
             hparams_file: Path | None, quiet: bool, manifest: Path | None, as_json: bool) -> None:
     """Convert a pulled release (NAME, or the only one pulled) or a TF checkpoint DIR."""
-    r = gpt2hub._convert_module.convert(name_or_dir, fmt, dtype, out, force, untie=untie, hparams=hparams_file,
-                                        manifest=manifest, quiet=quiet or as_json)
+    r = gpt2hub.convert(name_or_dir, fmt, dtype, out, force, untie=untie, hparams=hparams_file, manifest=manifest,
+                        progress=TerminalProgress(bars=not (quiet or as_json)))
     if as_json:
         click.echo(json.dumps(r.to_dict(), indent=1))
         return
@@ -228,9 +227,7 @@ def manifest_create(folder: Path, name: str, aliases: tuple[str, ...], n_head: i
 @json_option
 def doctor(as_json: bool) -> None:
     """Extras installed, home and free disk, available consumers, GPU."""
-    from .doctor import diagnose
-
-    report = diagnose()
+    report = gpt2hub.diagnose()
     if as_json:
         click.echo(json.dumps(report, indent=1))
         return
@@ -276,7 +273,7 @@ def mirror(name: str, dest: str, formats: str | None, endpoint_url: str | None, 
     """Upload a pulled release and its conversions to DEST: s3://bucket/prefix or hf://org/repo."""
     report = gpt2hub.mirror(name, dest, formats=formats.split(",") if formats else None, endpoint_url=endpoint_url,
                             dry_run=dry_run, private=private, revision=revision, manifest=manifest,
-                            progress=False if quiet or as_json else None)
+                            progress=TerminalProgress(bars=not (quiet or as_json)))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1))
         return
@@ -301,11 +298,9 @@ device_option = click.option("--device", default="cpu", show_default=True, help=
 def verify_cmd(name_or_dir: str | None, formats: str | None, device: str, prompt: str | None, n_tokens: int | None,
                manifest: Path | None, as_json: bool) -> None:
     """Check the original files, then compare every format's logits with the reference; exit 1 on any FAIL."""
-    from .verify import format_report
-
     report = gpt2hub.verify(name_or_dir, formats=formats, device=device, prompt=prompt, tokens=n_tokens, manifest=manifest,
-                            progress=None if as_json else lambda step: click.echo(f"verify: {step}", err=True))
-    click.echo(json.dumps(report.to_dict(), indent=1) if as_json else format_report(report))
+                            progress=None if as_json else TerminalProgress())
+    click.echo(json.dumps(report.to_dict(), indent=1) if as_json else report.to_text())
     if not report.passed:
         sys.exit(1)
 
@@ -327,21 +322,14 @@ def sample_cmd(name_or_dir: str | None, prompt: str | None, interactive: bool, u
                length: int | None, temperature: float, top_k: int, top_p: float, seed: int | None, device: str,
                manifest: Path | None) -> None:
     """Generate text with the KV cache, streamed as it comes, stopping at <|endoftext|>."""
-    from .sample import Sampler, Settings, interactive as interact, run
-
     if sum((prompt is not None, interactive, unconditional)) > 1:
         raise gpt2hub.Gpt2hubError("--prompt, --interactive and --unconditional exclude each other")
-    settings = Settings(temperature, top_k, top_p)
-    sampler = Sampler(name_or_dir, device, manifest)
-
-    def write(text: str) -> None:
-        click.echo(text, nl=False)
-        sys.stdout.flush()
-
+    settings = dict(nsamples=nsamples, length=length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                    device=device, manifest=manifest, progress=TerminalProgress())
     if interactive:
-        interact(sampler, nsamples, length, settings, seed, read=input, write=write)
+        gpt2hub.sample_interactive(name_or_dir, read=input, **settings)
     else:
-        run(sampler, prompt, nsamples, length, settings, seed, write)
+        gpt2hub.sample(name_or_dir, prompt=prompt, **settings)
 
 
 @main.command()
@@ -350,9 +338,7 @@ def sample_cmd(name_or_dir: str | None, prompt: str | None, interactive: bool, u
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 def demo(keep: Path | None, device: str) -> None:
     """Offline end to end: build a tiny release, serve it on loopback, pull, convert, verify, sample."""
-    from .demo import run_demo
-
-    report = run_demo(keep, device=device, say=click.echo)
+    report = gpt2hub.run_demo(keep, device=device, progress=TerminalProgress())
     if not report.passed:
         raise gpt2hub.Gpt2hubError("demo: not every step passed (see above)")
     click.echo("demo: every step passed")

@@ -13,6 +13,7 @@ from typing import Callable
 
 from . import converters
 from .errors import Gpt2hubError
+from .progress import ProgressEvent, Reporter, emit
 from .testing.release import build_release
 from .testing.server import serve
 
@@ -41,9 +42,8 @@ class DemoReport:
 CONVERSIONS = tuple((f.name, dtype, f.requires) for f in converters.formats() for dtype in f.demo_dtypes)
 
 
-def run_demo(workdir: Path | str | None = None, *, device: str = "cpu",
-             say: Callable[[str], None] = print) -> DemoReport:
-    """Build, serve, pull, convert, verify and sample a tiny release; every step reported, none skipped silently."""
+def run_demo(workdir: Path | str | None = None, *, device: str = "cpu", progress: Reporter | None = None) -> DemoReport:
+    """Build, serve, pull, convert, verify and sample a tiny release; each step's line an `output` event, none skipped silently."""
     import gpt2hub
     from . import registry
 
@@ -57,7 +57,7 @@ def run_demo(workdir: Path | str | None = None, *, device: str = "cpu",
     def step(name: str, action: Callable[[], str], needs: str | None = None) -> bool:
         if needs and importlib.util.find_spec(needs) is None:
             report.steps.append(Step(name, None, f"skipped: needs {needs} (pip install 'gpt2hub[all]')"))
-            say(f"[skip] {name}: needs {needs} (pip install 'gpt2hub[all]')")
+            emit(progress, ProgressEvent.output(f"[skip] {name}: needs {needs} (pip install 'gpt2hub[all]')\n"))
             return False
         started = time.perf_counter()
         try:
@@ -67,7 +67,7 @@ def run_demo(workdir: Path | str | None = None, *, device: str = "cpu",
             detail, ok = str(e), False
         s = Step(name, ok, detail, time.perf_counter() - started)
         report.steps.append(s)
-        say(f"[{'ok' if ok else 'FAIL'}] {name} ({s.seconds:.1f} s): {detail}")
+        emit(progress, ProgressEvent.output(f"[{'ok' if ok else 'FAIL'}] {name} ({s.seconds:.1f} s): {detail}\n"))
         return ok
 
     try:
@@ -85,15 +85,14 @@ def run_demo(workdir: Path | str | None = None, *, device: str = "cpu",
             return report
         with serve(served) as base:
             def pull() -> str:
-                path = gpt2hub.pull(DEMO_NAME, manifest=manifest_path, sources=[base], quiet=True)
+                path = gpt2hub.pull(DEMO_NAME, manifest=manifest_path, sources=[base]).path
                 return f"{base}/{DEMO_NAME}/ -> {path} (sizes and sha256 checked)"
 
             if not step("pull over HTTP from loopback", pull):
                 return report
         for fmt, dtype, needs in CONVERSIONS:
             def convert(fmt: str = fmt, dtype: str = dtype) -> str:
-                out = gpt2hub.convert(DEMO_NAME, to=fmt, dtype=dtype, manifest=manifest_path, quiet=True)
-                return str(out)
+                return str(gpt2hub.convert(DEMO_NAME, to=fmt, dtype=dtype, manifest=manifest_path).path)
 
             step(f"convert to {fmt} {dtype}", convert, needs)
 
@@ -111,9 +110,8 @@ def run_demo(workdir: Path | str | None = None, *, device: str = "cpu",
         step("verify every format through its consumer", verify, "torch")
 
         def sample() -> str:
-            texts = gpt2hub.sample(DEMO_NAME, prompt="The model", length=8, seed=1, manifest=manifest_path,
-                                   device=device, write=lambda s: None)
-            return repr(texts[0])
+            samples = gpt2hub.sample(DEMO_NAME, prompt="The model", length=8, seed=1, manifest=manifest_path, device=device)
+            return repr(samples.texts[0])
 
         step("sample 8 tokens", sample, "torch")
         return report

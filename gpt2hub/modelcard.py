@@ -60,7 +60,7 @@ def _yaml(value: object, indent: int = 0) -> list[str]:
 
 def metadata(m: ReleaseManifest, formats: list[str], original_sha256: dict[str, str]) -> dict:
     """The README's YAML metadata: Hub fields plus which release this is and its files' hashes."""
-    from . import __version__
+    from .version import __version__
 
     tags = ["gpt2", "gpt2hub", "text-generation", *(tag for f in formats for tag in FORMAT_TAGS[f])]
     return {

@@ -15,12 +15,12 @@ import json
 import mmap
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import registry, store
+from .progress import ProgressEvent, Reporter, bytes_counter, emit
 from .download import DiskFull, RangeRecord, RetryPolicy, fetch, record_path
 from .errors import CheckpointError, ChecksumError, DownloadError, UnknownRelease
 from .registry import FileRecord, ReleaseManifest, sha256_file
@@ -31,6 +31,7 @@ LOCK_NAME = ".pull.lock"  # in <home>/<name>/, beside the format folders
 INDEX_SUFFIX = ".index"
 CRC_REPAIR_ROUNDS = 3
 FREE_SPACE_MARGIN = 64 << 20
+TOTAL_TASK = "total"  # the progress task every file's bytes also count toward
 
 
 @dataclass
@@ -65,50 +66,10 @@ class _Bad(Exception):
     """The bytes a source gave are not the release's file: try the next source."""
 
 
-class Progress:
-    """A tqdm bar for the total and one for the current file; silent unless stderr is a terminal."""
-
-    def __init__(self, total: int | None, quiet: bool):
-        self.enabled = not quiet and sys.stderr.isatty()
-        self.total = self.file = None
-        if self.enabled:
-            from tqdm import tqdm
-
-            self._tqdm = tqdm
-            self.total = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="total", position=0)
-
-    def start(self, name: str, size: int, done: int) -> None:
-        if self.enabled:
-            self.close_file()
-            self.file = self._tqdm(total=size, initial=done, unit="B", unit_scale=True, unit_divisor=1024,
-                                   desc=name[:24], position=1, leave=False)
-
-    def update(self, n: int) -> None:
-        if self.enabled:
-            self.file.update(n)
-            self.total.update(n)
-
-    def close_file(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-
-    def close(self) -> None:
-        self.close_file()
-        if self.total is not None:
-            self.total.close()
-
-    def say(self, line: str) -> None:
-        if self.enabled:
-            self.total.write(line, file=sys.stderr)
-        else:
-            print(line, file=sys.stderr)
-
-
 def pull(name: str, *, manifest: Path | str | None = None, sources: list[str] | tuple[str, ...] = (),
          endpoint_url: str | None = None, connections: int = 8, verify: bool = False, force: bool = False,
-         quiet: bool = False, retry: RetryPolicy = RetryPolicy(), span: int | None = None) -> PullResult:
-    """Fetch and verify every file of a release; a verified release is a quick no-op."""
+         progress: Reporter | None = None, retry: RetryPolicy = RetryPolicy(), span: int | None = None) -> PullResult:
+    """Fetch and verify every file of a release; a verified release is a quick no-op (see gpt2hub.pull)."""
     from filelock import FileLock, Timeout
 
     if connections < 1:
@@ -128,11 +89,10 @@ def pull(name: str, *, manifest: Path | str | None = None, sources: list[str] | 
     try:
         lock.acquire(timeout=0.2)
     except Timeout:
-        if not quiet:
-            print(f"gpt2hub: another pull of {m.name} is running; waiting for it", file=sys.stderr)
+        emit(progress, ProgressEvent.message(f"gpt2hub: another pull of {m.name} is running; waiting for it"))
         lock.acquire()
     try:
-        return _Pull(m, dest, sources, endpoint_url, connections, verify, force, quiet, retry, span).run()
+        return _Pull(m, dest, sources, endpoint_url, connections, verify, force, progress, retry, span).run()
     finally:
         lock.release()
 
@@ -159,25 +119,21 @@ def _manifest_from_sources(name: str, sources, endpoint_url: str | None) -> Rele
 
 
 class _Pull:
-    def __init__(self, m: ReleaseManifest, dest: Path, sources, endpoint_url, connections, verify, force, quiet,
+    def __init__(self, m: ReleaseManifest, dest: Path, sources, endpoint_url, connections, verify, force, progress,
                  retry, span):
         self.m, self.dest = m, dest
         self.specs = default_sources(tuple(sources), m.sources)
         self.endpoint_url, self.connections = endpoint_url, connections
-        self.verify, self.force, self.quiet = verify, force, quiet
+        self.verify, self.force, self.progress = verify, force, progress
         self.retry, self.span = retry, span
         self._sources: dict[str, Source] = {}
         self.warnings: list[str] = []
         self.used: list[str] = []
         self.t0 = time.monotonic()
-        self.progress: Progress | None = None
 
     def warn(self, line: str) -> None:
         self.warnings.append(line)
-        if self.progress:
-            self.progress.say(f"gpt2hub: warning: {line}")
-        else:
-            print(f"gpt2hub: warning: {line}", file=sys.stderr)
+        emit(self.progress, ProgressEvent.message(f"gpt2hub: warning: {line}"))
 
     def run(self) -> PullResult:
         if not self.force:
@@ -185,16 +141,14 @@ class _Pull:
             if done is not None:
                 return PullResult(self.m.name, self.dest, done, time.monotonic() - self.t0, 0, [], already=True)
         here = self._check_free_space()
-        self.progress = Progress(self.m.download_size if self.m.download_size_known else None, self.quiet)
-        if self.progress.total is not None:
-            self.progress.total.update(here)
+        emit(self.progress, ProgressEvent.begin(TOTAL_TASK, self.m.download_size if self.m.download_size_known else None, here))
         results = []
         try:
             # The index first: it vouches for the data file, tensor by tensor.
             for f in sorted(self.m.files, key=lambda f: (not f.name.endswith(INDEX_SUFFIX), ".data-" in f.name, f.name)):
                 results.append(self._file(f))
         finally:
-            self.progress.close()
+            emit(self.progress, ProgressEvent.end(TOTAL_TASK))
         store.write_verified(self.m.name, {
             "name": self.m.name,
             "manifest": str(self.m.path) if self.m.path else None,
@@ -312,11 +266,11 @@ class _Pull:
                       "integrity rests on the checks below")
         part = self._part(f)
         fetched = 0
-        self.progress.start(f.name, size, RangeRecord(record_path(part), size).done_bytes)
+        emit(self.progress, ProgressEvent.begin(f.name, size, RangeRecord(record_path(part), size).done_bytes, TOTAL_TASK))
         seen = None
         for attempt in range(CRC_REPAIR_ROUNDS + 1):
             stats = fetch(remote, part, size, connections=self.connections, etag=st.etag, retry=self.retry,
-                          span=self.span, progress=self.progress.update)
+                          span=self.span, progress=bytes_counter(self.progress, f.name))
             fetched += stats.fetched
             seen = stats.sha256
             for note in stats.notes:
@@ -333,7 +287,7 @@ class _Pull:
                 record.remove(a, b)
             self.warn(f"{f.name}: {len(bad)} tensor(s) from {spec} failed their CRC32C "
                       f"({', '.join(n for n, _, _ in bad[:3])}); fetching those bytes again")
-        self.progress.close_file()
+        emit(self.progress, ProgressEvent.end(f.name))
         try:
             result = self._check(f, part, spec, fetched, seen=seen)
         except _Bad:

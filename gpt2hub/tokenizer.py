@@ -17,34 +17,57 @@ def byte_decoder() -> dict[str, int]:
     return {c: b for b, c in bytes_to_unicode().items()}
 
 
-def mergeable_ranks(folder: Path) -> tuple[dict[bytes, int], int]:
-    """(token bytes -> id, id of <|endoftext|>) from encoder.json, checked against vocab.bpe's merge order.
+def read_vocab(folder: Path) -> tuple[list[str], list[str], int]:
+    """(tokens by id in byte-level unicode, merges "a b" in rank order, id of <|endoftext|>) of a release.
 
-    Written here rather than with tiktoken.load.data_gym_to_mergeable_bpe_ranks, which caches
-    files by path in the temp folder and so would return stale vocabularies for reused paths.
+    The one reader of encoder.json + vocab.bpe: converters and the tiktoken encoding both start here.
     """
     enc_path, bpe_path = folder / "encoder.json", folder / "vocab.bpe"
+    encoder_text, bpe_text = _read_text(enc_path), _read_text(bpe_path)
     try:
-        encoder = json.loads(enc_path.read_text(encoding="utf-8"))
-        merges = bpe_path.read_text(encoding="utf-8").split("\n")[1:]
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{e.filename}: no such file (the tokenizer needs encoder.json and vocab.bpe)") from None
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{enc_path}: unreadable ({e})") from None
+        encoder = json.loads(encoder_text)
+    except ValueError as e:
+        raise CheckpointError(f"{enc_path}: not valid JSON ({e})") from None
+    if not isinstance(encoder, dict) or not all(type(i) is int for i in encoder.values()):
+        raise CheckpointError(f"{enc_path}: not a JSON object of token -> id (not a GPT-2 encoder)")
+    if sorted(encoder.values()) != list(range(len(encoder))):
+        raise CheckpointError(f"{enc_path}: ids are not 0..{len(encoder) - 1} (not a GPT-2 encoder)")
     if ENDOFTEXT not in encoder:
         raise CheckpointError(f"{enc_path}: no {ENDOFTEXT} token")
-    eot = encoder.pop(ENDOFTEXT)
+    lines = bpe_text.split("\n")
+    merges = [line for line in lines[1 if lines[0].startswith("#version") else 0:] if line]
+    if any(len(m.split(" ")) != 2 for m in merges):
+        raise CheckpointError(f"{bpe_path}: a merge line is not two symbols separated by a space")
+    return sorted(encoder, key=encoder.__getitem__), merges, encoder[ENDOFTEXT]
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file (the tokenizer needs encoder.json and vocab.bpe)") from None
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: unreadable ({e.strerror or e})") from None
+
+
+def mergeable_ranks(folder: Path) -> tuple[dict[bytes, int], int]:
+    """(token bytes -> id, id of <|endoftext|>) for tiktoken, whose merges by rank need merge i to make id 256 + i.
+
+    Built here rather than with tiktoken.load.data_gym_to_mergeable_bpe_ranks, which caches
+    files by path in the temp folder and so would return stale vocabularies for reused paths.
+    """
+    tokens, merges, eot = read_vocab(folder)
     decode = byte_decoder()
     try:
-        ranks = {bytes(decode[c] for c in token): i for token, i in encoder.items()}
+        ranks = {bytes(decode[c] for c in token): i for i, token in enumerate(tokens) if i != eot}
     except KeyError as e:
-        raise CheckpointError(f"{enc_path}: character {e} is not in GPT-2's byte alphabet") from None
-    # tiktoken merges by rank, so a token's id must be its merge's priority: merge i makes id 256 + i.
-    for i, line in enumerate(m for m in merges if m):
-        first, _, second = line.partition(" ")
-        merged = bytes(decode.get(c, 0) for c in first + second)
+        raise CheckpointError(f"{folder / 'encoder.json'}: character {e} is not in GPT-2's byte alphabet") from None
+    for i, line in enumerate(merges):
+        merged = bytes(decode.get(c, 0) for c in line.replace(" ", "", 1))
         if ranks.get(merged) != 256 + i:
-            raise CheckpointError(f"{bpe_path}: merge {i + 1} ({line!r}) is not token {256 + i} of encoder.json")
+            raise CheckpointError(f"{folder / 'vocab.bpe'}: merge {i + 1} ({line!r}) is not token {256 + i} of encoder.json")
     return ranks, eot
 
 

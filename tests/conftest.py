@@ -21,9 +21,9 @@ def tiny_converted(tiny_release, tmp_path_factory):
     original = tmp_path_factory.mktemp("converted") / "original"
     shutil.copytree(tiny_release, original)
     for fmt in ("safetensors", "pytorch"):
-        gpt2hub.convert(original, to=fmt, quiet=True)
+        gpt2hub.convert(original, to=fmt)
     for dtype in ("f32", "f16", "bf16", "q8_0"):
-        gpt2hub.convert(original, to="gguf", dtype=dtype, quiet=True)
+        gpt2hub.convert(original, to="gguf", dtype=dtype)
     return original
 
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 import gpt2hub
 from gpt2hub import registry, store
 from gpt2hub.cli import main
-from gpt2hub.convert import convert
+from gpt2hub.conversion import convert
 from gpt2hub.errors import CheckpointError, ConversionError, Gpt2hubError
 from gpt2hub.layout import is_model_tensor
 from gpt2hub.tfcheckpoint import Checkpoint, write_checkpoint
@@ -49,8 +49,7 @@ def outputs(tiny_release, tmp_path_factory):
     def get(fmt: str, dtype: str = "f32") -> Path:
         if (fmt, dtype) not in cache:
             suffix = ".gguf" if fmt == "gguf" else ""
-            cache[fmt, dtype] = gpt2hub.convert(tiny_release, to=fmt, dtype=dtype, out=root / f"{fmt}-{dtype}{suffix}",
-                                                quiet=True)
+            cache[fmt, dtype] = gpt2hub.convert(tiny_release, to=fmt, dtype=dtype, out=root / f"{fmt}-{dtype}{suffix}").path
         return cache[fmt, dtype]
 
     return get
@@ -241,7 +240,7 @@ def test_zip64_records_load_in_torch(tiny_release, tmp_path, monkeypatch):
     import zipfile
 
     monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 1 << 16)
-    path = convert(tiny_release, to="pytorch", out=tmp_path / "pt", quiet=True).path / "pytorch_model.bin"
+    path = convert(tiny_release, to="pytorch", out=tmp_path / "pt").path / "pytorch_model.bin"
     with open(path, "rb") as f:
         assert b"PK\x06\x06" in f.read()  # the zip64 end of central directory record
     expected = source_tensors(tiny_release)
@@ -262,7 +261,7 @@ def test_transformers_loads_the_pytorch_folder(outputs, reference):
 def test_pytorch_past_the_shard_size_writes_shards_and_an_index(tiny_release, tmp_path, reference):
     import torch
 
-    out = convert(tiny_release, to="pytorch", out=tmp_path / "pt", max_shard_bytes=4 << 20, quiet=True).path
+    out = convert(tiny_release, to="pytorch", out=tmp_path / "pt", max_shard_bytes=4 << 20).path
     index = json.loads((out / "pytorch_model.bin.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) > 1 and not (out / "pytorch_model.bin").exists()
@@ -342,7 +341,7 @@ def test_untie_writes_output_weight_equal_to_token_embd(tiny_release, tmp_path, 
 
     from gpt2hub.consumers import llama_logits
 
-    path = gpt2hub.convert(tiny_release, to="gguf", dtype="f16", out=tmp_path / "untied.gguf", untie=True, quiet=True)
+    path = gpt2hub.convert(tiny_release, to="gguf", dtype="f16", out=tmp_path / "untied.gguf", untie=True).path
     tensors = {t.name: t for t in GGUFReader(path).tensors}
     assert len(tensors) == 4 + 12 * 2 + 1
     assert np.array_equal(tensors["output.weight"].data, tensors["token_embd.weight"].data)
@@ -366,7 +365,7 @@ def finetuned(tiny_release, tmp_path_factory) -> Path:
 def test_optimizer_and_step_variables_are_ignored_and_counted(finetuned, tiny_release, tmp_path):
     from safetensors.numpy import load_file
 
-    report = convert(finetuned, to="safetensors", out=tmp_path / "st", quiet=True)
+    report = convert(finetuned, to="safetensors", out=tmp_path / "st")
     n_model = sum(map(is_model_tensor, Checkpoint(tiny_release).entries))
     assert len(report.ignored) == 2 * n_model + 3 and "global_step" in report.ignored
     assert report.tensors == n_model
@@ -391,7 +390,7 @@ def test_tensorflow_saved_string_and_step_variables_are_ignored(tiny_release, tm
                       tensors=[tensors[n] for n in names])
     for f in ("encoder.json", "vocab.bpe"):
         shutil.copyfile(tiny_release / f, folder / f)
-    report = convert(folder, to="safetensors", out=tmp_path / "st", quiet=True)
+    report = convert(folder, to="safetensors", out=tmp_path / "st")
     assert report.ignored == ["_CHECKPOINTABLE_OBJECT_GRAPH", "global_step"]
     loaded = load_file(report.path / "model.safetensors")
     assert all(loaded[n].tobytes() == a.tobytes() for n, a in source_tensors(tiny_release).items())
@@ -400,14 +399,14 @@ def test_tensorflow_saved_string_and_step_variables_are_ignored(tiny_release, tm
 def test_sha256_covers_the_whole_data_file_including_ignored_variables(finetuned, tmp_path):
     from safetensors import safe_open
 
-    path = convert(finetuned, to="safetensors", dtype="bf16", out=tmp_path / "st", quiet=True).path
+    path = convert(finetuned, to="safetensors", dtype="bf16", out=tmp_path / "st").path
     with safe_open(path / "model.safetensors", "np") as f:
         sha = f.metadata()["source_sha256"]
     assert sha == hashlib.sha256((finetuned / "model.ckpt.data-00000-of-00001").read_bytes()).hexdigest()
 
 
 def test_without_hparams_json_they_are_inferred_from_the_shapes(finetuned, tiny_release, tmp_path):
-    report = convert(finetuned, to="safetensors", out=tmp_path / "st", quiet=True)
+    report = convert(finetuned, to="safetensors", out=tmp_path / "st")
     assert report.hparams_from.startswith("inferred")
     # Every GPT-2 has 64-dimensional heads, so n_head is n_embd / 64; tiny (16-dimensional heads) shows the guess.
     assert report.hparams == {**json.loads((tiny_release / "hparams.json").read_text()), "n_head": 1}
@@ -416,13 +415,13 @@ def test_without_hparams_json_they_are_inferred_from_the_shapes(finetuned, tiny_
 def test_hparams_file_overrides_the_folder(finetuned, tiny_release, tmp_path):
     h = json.loads((tiny_release / "hparams.json").read_text())
     (tmp_path / "h.json").write_text(json.dumps({**h, "n_head": 2}))
-    report = convert(finetuned, to="safetensors", out=tmp_path / "st", hparams=tmp_path / "h.json", quiet=True)
+    report = convert(finetuned, to="safetensors", out=tmp_path / "st", hparams=tmp_path / "h.json")
     assert report.hparams["n_head"] == 2
     assert json.loads((report.path / "config.json").read_text())["n_head"] == 2
 
 
 def test_folder_input_writes_beside_the_folder_by_default(finetuned, tmp_path):
-    out = gpt2hub.convert(finetuned, to="gguf", dtype="q8_0", quiet=True)
+    out = gpt2hub.convert(finetuned, to="gguf", dtype="q8_0").path
     try:
         assert out == finetuned.parent / "run1-q8_0.gguf" and out.is_file()
     finally:
@@ -436,7 +435,7 @@ def pulled(tiny_release, home, tmp_path) -> str:
     """The tiny release pulled into the store with the real pull, from a local folder source."""
     (home / "manifests").mkdir(parents=True)
     registry.write_manifest(registry.create_manifest(tiny_release, "tiny"), home / "manifests" / "tiny.json")
-    gpt2hub.pull("tiny", sources=[str(tiny_release.parent)], quiet=True)
+    gpt2hub.pull("tiny", sources=[str(tiny_release.parent)])
     return "tiny"
 
 
@@ -448,7 +447,7 @@ def test_no_name_converts_the_one_release_pulled(pulled):
 
 
 def test_gguf_goes_to_the_store_under_the_release_and_dtype(pulled):
-    path = gpt2hub.convert(pulled, to="gguf", dtype="f16", quiet=True)
+    path = gpt2hub.convert(pulled, to="gguf", dtype="f16").path
     assert path == store.release_dir(pulled, "gguf") / "tiny-f16.gguf"
     assert no_leftovers(path.parent)
 
@@ -466,18 +465,18 @@ def test_a_release_not_pulled_is_a_clear_error(home):
 
 
 def test_existing_output_without_force_is_refused_and_left_alone(pulled):
-    first = gpt2hub.convert(pulled, to="safetensors", quiet=True)
+    first = gpt2hub.convert(pulled, to="safetensors").path
     marker = first / "config.json"
     marker.write_text("mine")
     with pytest.raises(ConversionError, match="already exists; pass --force"):
-        gpt2hub.convert(pulled, to="safetensors", dtype="f16", quiet=True)
+        gpt2hub.convert(pulled, to="safetensors", dtype="f16")
     assert marker.read_text() == "mine" and no_leftovers(first.parent)
 
 
 def test_force_replaces_the_output_once_the_new_one_is_complete(pulled):
-    first = gpt2hub.convert(pulled, to="safetensors", quiet=True)
+    first = gpt2hub.convert(pulled, to="safetensors").path
     (first / "stale.txt").write_text("old")
-    again = gpt2hub.convert(pulled, to="safetensors", dtype="bf16", force=True, quiet=True)
+    again = gpt2hub.convert(pulled, to="safetensors", dtype="bf16", force=True).path
     assert again == first and not (again / "stale.txt").exists()
     assert json.loads((again / "config.json").read_text())["torch_dtype"] == "bfloat16"
     assert no_leftovers(again.parent)
@@ -494,7 +493,7 @@ def test_force_never_replaces_a_folder_that_is_not_a_conversion(tiny_release, tm
 
 def test_gguf_out_naming_a_folder_puts_the_file_inside(tiny_release, tmp_path):
     (tmp_path / "models").mkdir()
-    path = gpt2hub.convert(tiny_release, to="gguf", dtype="q8_0", out=tmp_path / "models", quiet=True)
+    path = gpt2hub.convert(tiny_release, to="gguf", dtype="q8_0", out=tmp_path / "models").path
     assert path == tmp_path / "models" / "tiny-q8_0.gguf" and path.is_file()
 
 

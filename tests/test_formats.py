@@ -29,7 +29,7 @@ def test_every_module_but_the_helpers_declares_a_format_named_after_it():
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
 def test_a_format_declares_every_field(fmt: Format):
-    from gpt2hub.verify import CONSUMER_MODULES
+    from gpt2hub.verifying import CONSUMER_MODULES
 
     assert fmt.name and fmt.name != "original" and fmt.name.isidentifier()
     from gpt2hub.converters.gguf import DTYPES as GGUF_TYPES, LLAMA_MIXES
@@ -56,7 +56,7 @@ def test_names_and_ranks_are_unique():
 
 
 def test_cli_store_mirror_card_and_demo_take_their_formats_from_the_registry():
-    mirror = importlib.import_module("gpt2hub.mirror")
+    mirror = importlib.import_module("gpt2hub.mirroring")
     modelcard = importlib.import_module("gpt2hub.modelcard")
     demo = importlib.import_module("gpt2hub.demo")
     params = {p.name: p for p in main.commands["convert"].params}

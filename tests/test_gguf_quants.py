@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import gpt2hub
-from gpt2hub.convert import convert
+from gpt2hub.conversion import convert
 from gpt2hub.errors import ConversionError
 from tests.checks import one_line
 from gpt2hub.testing.release import write_release
@@ -50,7 +50,7 @@ def ladder(tiny_release, k_release, tmp_path_factory):
     out = {}
     for dtype in STREAMED + MIXES:
         release = tiny_release if dtype in STREAMED else k_release
-        r = convert(release, to="gguf", dtype=dtype, out=root / f"{dtype}.gguf", quiet=True)
+        r = convert(release, to="gguf", dtype=dtype, out=root / f"{dtype}.gguf")
         out[dtype] = (release, r.path, r.notes)
     return out
 
@@ -149,7 +149,7 @@ def test_llama_cpp_runs_each_type_close_to_the_reference(ladder, dtype):
 
 
 def test_rows_no_k_quant_fits_are_reported_with_the_type_llama_cpp_chose(tiny_release, tmp_path):
-    r = convert(tiny_release, to="gguf", dtype="q4_k_m", out=tmp_path / "x.gguf", quiet=True)
+    r = convert(tiny_release, to="gguf", dtype="q4_k_m", out=tmp_path / "x.gguf")
     by_kind = {line.split(": ")[0]: line for line in r.notes}
     # n_embd 64: every matrix read along n_embd falls back (Q4_K -> Q5_0 in llama.cpp's rule).
     assert "Q5_0" in by_kind["blk.*.attn_output.weight"]
@@ -180,7 +180,7 @@ def test_a_mix_without_llama_cpp_names_the_extra_and_writes_nothing(tiny_release
 
 def test_quantized_types_are_refused_for_other_formats(tiny_release, tmp_path):
     with pytest.raises(ConversionError) as e:
-        gpt2hub.convert(tiny_release, to="safetensors", dtype="q4_k_m", out=tmp_path / "x", quiet=True)
+        gpt2hub.convert(tiny_release, to="safetensors", dtype="q4_k_m", out=tmp_path / "x")
     assert "safetensors has no dtype 'q4_k_m'" in one_line(e)
 
 

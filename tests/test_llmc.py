@@ -91,7 +91,7 @@ def logits_of(hparams: dict, tensors: dict[str, np.ndarray]) -> np.ndarray:
 @pytest.fixture(scope="session")
 def llmc(tiny_release, tmp_path_factory):
     root = tmp_path_factory.mktemp("llmc")
-    return {dtype: gpt2hub.convert(tiny_release, to="llmc", dtype=dtype, out=root / dtype, quiet=True)
+    return {dtype: gpt2hub.convert(tiny_release, to="llmc", dtype=dtype, out=root / dtype).path
             for dtype in ("f32", "bf16")}
 
 
@@ -180,7 +180,7 @@ def test_cli_converts_a_folder_to_llmc(tiny_release, tmp_path):
 
 def test_f16_is_refused_before_writing_anything(tiny_release, tmp_path):
     with pytest.raises(ConversionError) as e:
-        gpt2hub.convert(tiny_release, to="llmc", dtype="f16", out=tmp_path / "x", quiet=True)
+        gpt2hub.convert(tiny_release, to="llmc", dtype="f16", out=tmp_path / "x")
     assert "llmc has no dtype 'f16'" in one_line(e)
     assert not any(tmp_path.iterdir())
 
@@ -192,7 +192,7 @@ def test_a_vocabulary_shorter_than_wte_is_refused_and_nothing_is_left(tiny_relea
     wte = np.array(Checkpoint(tiny_release).tensor("model/wte"))
     folder = copy_checkpoint(tiny_release, tmp_path / "big", replace={"model/wte": np.vstack([wte, wte[:8]])})
     with pytest.raises(ConversionError) as e:
-        gpt2hub.convert(folder, to="llmc", out=tmp_path / "out", quiet=True)
+        gpt2hub.convert(folder, to="llmc", out=tmp_path / "out")
     assert "tokens, but wte has" in one_line(e)
     assert not (tmp_path / "out").exists() and no_leftovers(tmp_path)
 

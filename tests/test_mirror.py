@@ -17,7 +17,7 @@ import gpt2hub
 from gpt2hub import registry, store
 from gpt2hub.cli import main
 from gpt2hub.errors import DownloadError, MirrorError, UnknownRelease
-from gpt2hub.mirror import MIRROR_MANIFEST, SHA256_METADATA
+from gpt2hub.mirroring import MIRROR_MANIFEST, SHA256_METADATA
 from tests.hubserver import HubServer
 from tests.s3server import SeaweedS3, find_weed
 
@@ -56,7 +56,7 @@ def pulled(home, tiny_release) -> registry.ReleaseManifest:
     from gpt2hub.pulling import pull
 
     m = _register(tiny_release)
-    pull(NAME, sources=[str(tiny_release)], quiet=True)
+    pull(NAME, sources=[str(tiny_release)])
     assert store.original_state(NAME) == "verified"
     return m
 
@@ -93,7 +93,6 @@ def s3_requests(monkeypatch) -> RequestCounter:
 
 
 def _mirror_s3(s3_server, bucket: str, prefix: str = "gpt-2/models", **kw):
-    kw.setdefault("progress", False)
     return gpt2hub.mirror(NAME, f"s3://{bucket}/{prefix}", endpoint_url=s3_server.endpoint_url, **kw)
 
 
@@ -144,8 +143,8 @@ def test_s3_multipart_parts_carry_sha256_checksums_the_store_kept(s3_server, buc
 
 
 def test_s3_converted_formats_go_under_their_folder(s3_server, bucket, pulled):
-    st = gpt2hub.convert(NAME, "safetensors", quiet=True)
-    gg = gpt2hub.convert(NAME, "gguf", quiet=True)
+    st = gpt2hub.convert(NAME, "safetensors").path
+    gg = gpt2hub.convert(NAME, "gguf").path
     report = _mirror_s3(s3_server, bucket, formats=["gguf", "safetensors"])
     assert report.formats == ["safetensors", "gguf"]
     keys = _keys(s3_server, bucket)
@@ -157,7 +156,7 @@ def test_s3_converted_formats_go_under_their_folder(s3_server, bucket, pulled):
 
 
 def test_s3_default_formats_are_the_original_and_every_conversion(s3_server, bucket, pulled):
-    gpt2hub.convert(NAME, "pytorch", quiet=True)
+    gpt2hub.convert(NAME, "pytorch")
     report = _mirror_s3(s3_server, bucket, dry_run=True)
     assert report.formats == ["original", "pytorch"]
 
@@ -262,7 +261,7 @@ def test_pull_from_the_s3_mirror_gives_identical_bytes(s3_server, bucket, pulled
     _mirror_s3(s3_server, bucket)
     originals = {f.name: (store.release_dir(NAME) / f.name).read_bytes() for f in pulled.files}
     _fresh_home(monkeypatch, tmp_path, pulled)
-    pull(NAME, sources=[f"s3://{bucket}/gpt-2/models"], endpoint_url=s3_server.endpoint_url, quiet=True)
+    pull(NAME, sources=[f"s3://{bucket}/gpt-2/models"], endpoint_url=s3_server.endpoint_url)
     assert {name: (store.release_dir(NAME) / name).read_bytes() for name in originals} == originals
 
 
@@ -275,7 +274,7 @@ def test_pull_of_a_release_unknown_here_uses_the_manifest_the_mirror_published(s
     monkeypatch.setenv("GPT2HUB_HOME", str(tmp_path / "bare-home"))
     with pytest.raises(UnknownRelease):
         registry.resolve(NAME)
-    pull(NAME, sources=[f"s3://{bucket}/gpt-2/models"], endpoint_url=s3_server.endpoint_url, quiet=True)
+    pull(NAME, sources=[f"s3://{bucket}/gpt-2/models"], endpoint_url=s3_server.endpoint_url)
     assert {name: (store.release_dir(NAME) / name).read_bytes() for name in originals} == originals
     assert registry.resolve(NAME).to_dict() == pulled.to_dict()  # saved under <home>/manifests for later commands
 
@@ -286,8 +285,7 @@ def test_pull_of_an_unknown_name_without_a_mirror_manifest_lists_the_known_names
 
     monkeypatch.setenv("GPT2HUB_HOME", str(tmp_path / "bare-home"))
     with pytest.raises(UnknownRelease, match="known: 124M"):
-        pull("no-such-release", sources=[f"s3://{bucket}/gpt-2/models"], endpoint_url=s3_server.endpoint_url,
-             quiet=True)
+        pull("no-such-release", sources=[f"s3://{bucket}/gpt-2/models"], endpoint_url=s3_server.endpoint_url)
     assert not (store.home() / "manifests").exists()
 
 
@@ -302,7 +300,7 @@ def test_corrupted_object_in_the_mirror_is_caught_by_pull(s3_server, bucket, pul
     c.put_object(Bucket=bucket, Key=key, Body=bytes(data), Metadata=c.head_object(Bucket=bucket, Key=key)["Metadata"])
     _fresh_home(monkeypatch, tmp_path, pulled)
     with pytest.raises(DownloadError):
-        pull(NAME, sources=[f"s3://{bucket}/gpt-2/models"], endpoint_url=s3_server.endpoint_url, quiet=True)
+        pull(NAME, sources=[f"s3://{bucket}/gpt-2/models"], endpoint_url=s3_server.endpoint_url)
     assert not (store.release_dir(NAME) / DATA).exists()
 
 
@@ -316,7 +314,7 @@ def test_s3_missing_bucket_is_one_line_error(s3_server, pulled):
 def test_s3_unreachable_endpoint_is_one_line_error(pulled):
     url = f"http://127.0.0.1:{_closed_port()}"
     with pytest.raises(MirrorError, match="cannot connect to " + url) as e:
-        gpt2hub.mirror(NAME, "s3://bucket/prefix", endpoint_url=url, progress=False)
+        gpt2hub.mirror(NAME, "s3://bucket/prefix", endpoint_url=url)
     assert "\n" not in str(e.value)
 
 
@@ -357,7 +355,7 @@ def test_s3_denied_access_is_one_line_error(pulled, tmp_path, monkeypatch):
         server.client().create_bucket(Bucket="guarded")
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "intruder")
         with pytest.raises(MirrorError, match=r"^s3://guarded/p: access denied by the store \(\w+\); check the credentials") as e:
-            gpt2hub.mirror(NAME, "s3://guarded/p", endpoint_url=server.endpoint_url, progress=False)
+            gpt2hub.mirror(NAME, "s3://guarded/p", endpoint_url=server.endpoint_url)
         assert "test-secret-never-printed" not in str(e.value)
         assert _keys(server, "guarded") == set()
 
@@ -414,13 +412,13 @@ def hub(monkeypatch, tmp_path):
 @pytest.fixture
 def converted(pulled) -> dict[str, Path]:
     """The pulled release converted to safetensors (a folder) and GGUF (a file) by gpt2hub.convert."""
-    return {"safetensors": gpt2hub.convert(NAME, "safetensors", quiet=True),
-            "gguf": gpt2hub.convert(NAME, "gguf", quiet=True)}
+    return {"safetensors": gpt2hub.convert(NAME, "safetensors").path,
+            "gguf": gpt2hub.convert(NAME, "gguf").path}
 
 
 def test_hub_mirror_makes_one_commit_with_weights_card_and_original(hub, converted, pulled):
     """Tests the HTTP calls huggingface_hub makes against a stand-in server (tests/hubserver.py), not the real Hub."""
-    report = gpt2hub.mirror(NAME, "hf://org/gpt2-tiny", formats=["original", "safetensors", "gguf"], progress=False)
+    report = gpt2hub.mirror(NAME, "hf://org/gpt2-tiny", formats=["original", "safetensors", "gguf"])
     state = hub.state
     assert list(state.repos) == ["org/gpt2-tiny"]
     assert len(state.commits) == 1 and state.commits[0].oid == report.commit
@@ -435,7 +433,7 @@ def test_hub_mirror_makes_one_commit_with_weights_card_and_original(hub, convert
 
 def test_hub_readme_front_matter_names_release_and_hashes(hub, converted, pulled):
     """Tests the README huggingface_hub commits to a stand-in server (tests/hubserver.py), not the real Hub."""
-    gpt2hub.mirror(NAME, "hf://org/gpt2-tiny", progress=False)
+    gpt2hub.mirror(NAME, "hf://org/gpt2-tiny")
     readme = hub.state.file("org/gpt2-tiny", "README.md").decode()
     front, body = readme.removeprefix("---\n").split("\n---\n", 1)
     meta = yaml.safe_load(front)
@@ -453,7 +451,7 @@ def test_hub_readme_front_matter_names_release_and_hashes(hub, converted, pulled
 
 def test_hub_private_repo_on_a_new_branch(hub, converted):
     """Tests the HTTP calls huggingface_hub makes against a stand-in server, not the real Hub."""
-    gpt2hub.mirror(NAME, "hf://org/private-tiny", private=True, revision="v1", progress=False)
+    gpt2hub.mirror(NAME, "hf://org/private-tiny", private=True, revision="v1")
     repo = hub.state.repos["org/private-tiny"]
     assert repo.private
     assert [c.revision for c in hub.state.commits] == ["v1"]
@@ -462,29 +460,29 @@ def test_hub_private_repo_on_a_new_branch(hub, converted):
 
 def test_hub_second_mirror_uploads_no_lfs_bytes(hub, converted):
     """Tests the HTTP calls huggingface_hub makes against a stand-in server, not the real Hub."""
-    gpt2hub.mirror(NAME, "hf://org/gpt2-tiny", progress=False)
+    gpt2hub.mirror(NAME, "hf://org/gpt2-tiny")
     puts = [r for r in hub.state.requests if r[0] == "PUT"]
-    gpt2hub.mirror(NAME, "hf://org/gpt2-tiny", progress=False)
+    gpt2hub.mirror(NAME, "hf://org/gpt2-tiny")
     assert [r for r in hub.state.requests if r[0] == "PUT"] == puts
 
 
 def test_hub_missing_token_is_one_line_error(hub, converted, monkeypatch):
     monkeypatch.delenv("HF_TOKEN")
     with pytest.raises(MirrorError, match=r"^hf://org/x: no Hugging Face token; set HF_TOKEN or run `hf auth login`$"):
-        gpt2hub.mirror(NAME, "hf://org/x", progress=False)
+        gpt2hub.mirror(NAME, "hf://org/x")
     assert hub.state.requests == []
 
 
 def test_hub_rejected_token_is_one_line_error(hub, converted, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_wrong")
     with pytest.raises(MirrorError, match=r"rejected the token \(401\)"):
-        gpt2hub.mirror(NAME, "hf://org/x", progress=False)
+        gpt2hub.mirror(NAME, "hf://org/x")
 
 
 def test_hub_unreachable_endpoint_is_one_line_error(hub, converted):
     url = f"http://127.0.0.1:{_closed_port()}"
     with pytest.raises(MirrorError, match="cannot connect to the Hub at " + url):
-        gpt2hub.mirror(NAME, "hf://org/x", endpoint_url=url, progress=False)
+        gpt2hub.mirror(NAME, "hf://org/x", endpoint_url=url)
 
 
 def test_hub_dry_run_contacts_nothing(hub, converted):

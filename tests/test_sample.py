@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from gpt2hub.cli import main  # noqa: E402
 from gpt2hub.errors import Gpt2hubError  # noqa: E402
 
-S = importlib.import_module("gpt2hub.sample")  # the module (gpt2hub.sample is the API function)
+S = importlib.import_module("gpt2hub.sampling")
 PROMPT = "The dog was found in a field"
 GREEDY = S.Settings(temperature=0)
 
@@ -44,7 +44,7 @@ def test_greedy_tokens_agree_with_transformers_generate(sampler, tiny_converted)
 
 def test_greedy_tokens_agree_with_llama_cpp(sampler, tiny_converted):
     pytest.importorskip("llama_cpp")
-    from gpt2hub.verify import open_llama
+    from gpt2hub.verifying import open_llama
 
     context = sampler.encoding.encode(PROMPT)
     llm = open_llama(tiny_converted.parent / "original-f32.gguf", n_ctx=64)
@@ -96,7 +96,7 @@ def test_unconditional_samples_start_from_endoftext(sampler):
 
 def test_streamed_pieces_make_up_the_returned_text(sampler):
     pieces: list[str] = []
-    text = sampler.sample("Hello", 12, S.Settings(top_k=40), seed=5, write=pieces.append)
+    text = sampler.sample("Hello", 12, S.Settings(top_k=40), seed=5, progress=lambda e: pieces.append(e.text))
     assert "".join(pieces) == text
 
 

@@ -19,7 +19,7 @@ from gpt2hub.cli import main  # noqa: E402
 from gpt2hub.errors import VerificationError  # noqa: E402
 from gpt2hub.registry import write_manifest  # noqa: E402
 
-V = importlib.import_module("gpt2hub.verify")  # the module (gpt2hub.verify is the API function)
+V = importlib.import_module("gpt2hub.verifying")
 HAS_LLAMA = importlib.util.find_spec("llama_cpp") is not None
 HAS_TF = importlib.util.find_spec("tensorflow") is not None
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import __version__, converters, store
+from . import converters, store
+from .version import __version__
+from .progress import ProgressEvent, Reporter, bytes_counter, emit
 from .release import locate
 from .errors import ConversionError
 from .layout import HParams, check_shapes, infer_hparams, is_model_tensor
@@ -45,12 +46,13 @@ class ConversionReport:
         return d
 
 
-def convert(name_or_dir: str | Path | None = None, to: str = converters.DEFAULT, dtype: str | None = None,
+def convert(name_or_dir: str | Path | None = None, to: str | None = None, dtype: str | None = None,
             out: Path | str | None = None, force: bool = False, *, untie: bool = False,
-            hparams: Path | str | None = None, manifest: Path | str | None = None, quiet: bool = False,
+            hparams: Path | str | None = None, manifest: Path | str | None = None, progress: Reporter | None = None,
             max_shard_bytes: int | None = None) -> ConversionReport:
-    """Convert a release (a name, a folder, or the one pulled) to `to`; nothing is written on a bad input."""
+    """Convert a release (a name, a folder, or the one pulled) to `to`; nothing is written on a bad input (see gpt2hub.convert)."""
     started = time.perf_counter()
+    to = to or converters.DEFAULT
     converter = converters.get(to)
     dtype = dtype or converter.default_dtype
     if dtype not in converter.dtypes:
@@ -86,8 +88,12 @@ def convert(name_or_dir: str | Path | None = None, to: str = converters.DEFAULT,
     try:
         if converter.writes_folder:
             tmp.mkdir()
-        with _progress_bar(total, f"{to} {dtype}", quiet) as bar:
-            notes = converter.write(source, tmp, dtype, bar.update) or []
+        task = f"{to} {dtype}"
+        emit(progress, ProgressEvent.begin(task, total))
+        try:
+            notes = converter.write(source, tmp, dtype, bytes_counter(progress, task)) or []
+        finally:
+            emit(progress, ProgressEvent.end(task))
         _install(tmp, final)
     except BaseException:
         _remove(tmp)
@@ -179,18 +185,3 @@ def _remove(path: Path) -> None:
     elif path.exists() or path.is_symlink():
         path.unlink()
 
-
-class _progress_bar:
-    """tqdm over source bytes, shown only on a terminal."""
-
-    def __init__(self, total: int, desc: str, quiet: bool):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                        disable=quiet or not sys.stderr.isatty(), leave=False)
-
-    def __enter__(self):
-        return self.bar
-
-    def __exit__(self, *exc) -> None:
-        self.bar.close()

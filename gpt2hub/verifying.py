@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from . import converters, store
 from .errors import ChecksumError, CheckpointError, ConversionError, Gpt2hubError, VerificationError
 from .layout import HParams, is_model_tensor
 from .registry import sha256_file
+from .progress import ProgressEvent, Reporter, emit
 from .release import Release, locate
 
 # The default input: prose with punctuation, digits and a quote; long enough to exercise attention.
@@ -177,6 +178,10 @@ class Report:
             for out, item in zip(d[key], items):
                 out["status"] = item.status
         return d
+
+    def to_text(self) -> str:
+        """The report as text tables, as `gpt2hub verify` prints it."""
+        return format_report(self)
 
 
 # --- where things are -------------------------------------------------------------------------
@@ -584,12 +589,14 @@ def input_tokens(original: Path, n_ctx: int, n_vocab: int, prompt: str | None, n
 
 def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | str | None = None, device: str = "cpu",
            prompt: str | None = None, tokens: int | None = None, manifest: Path | str | None = None,
-           progress: Callable[[str], None] | None = None) -> Report:
-    """Run every check on a pulled release (NAME) or a folder (DIR); FAIL rows make `.passed` False."""
+           progress: Reporter | None = None) -> Report:
+    """Run every check on a pulled release (NAME) or a folder (DIR); FAIL rows make `.passed` False (see gpt2hub.verify)."""
     if prompt is not None and tokens is not None:
         raise VerificationError("--prompt and --tokens exclude each other")
     fmts, explicit = parse_formats(formats)
-    say = progress or (lambda message: None)
+    def say(step: str) -> None:
+        emit(progress, ProgressEvent.message(f"verify: {step}"))
+
     if importlib.util.find_spec("torch") is None:
         raise VerificationError("verify needs PyTorch: pip install 'gpt2hub[torch]'")
     from .model import resolve_device

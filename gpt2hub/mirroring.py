@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +34,7 @@ from typing import Iterator
 
 from . import converters, registry, store
 from .errors import MirrorError
+from .progress import ProgressEvent, Reporter, TerminalProgress, bytes_counter, emit
 from .registry import MIRROR_MANIFEST, ReleaseManifest
 
 SHA256_METADATA = "sha256"  # sent as x-amz-meta-sha256
@@ -50,6 +50,7 @@ DEFAULT_FORMATS = {"s3": None, "hf": tuple(f.name for f in converters.formats() 
 # Where each format's files go in a Hub repo: a prefix, or "" for the repo root.
 HUB_PREFIX = {**{f.name: f.hub_prefix for f in converters.formats()}, "original": "original/"}
 HUB_CARD = "README.md"
+HASH_TASK = "sha256"
 
 
 @dataclass
@@ -129,10 +130,11 @@ def mirror(
     private: bool = False,
     revision: str | None = None,
     manifest: Path | str | None = None,
-    progress: bool | None = None,
-    part_size: int = PART_SIZE,
+    progress: Reporter | None = None,
+    part_size: int | None = None,
 ) -> MirrorReport:
-    """Upload a pulled release (and its conversions) to `dest`; `progress=None` shows bars on a terminal."""
+    """Upload a pulled release (and its conversions) to `dest` (see gpt2hub.mirror)."""
+    part_size = part_size or PART_SIZE
     m = registry.resolve(name, manifest)
     where = parse_destination(dest)
     if where.scheme == "s3" and (private or revision):
@@ -215,20 +217,24 @@ def _converted_files(m: ReleaseManifest, fmt: str) -> list[MirrorFile]:
     return [MirrorFile(p.relative_to(root).as_posix(), p.stat().st_size, "", fmt, source=p) for p in paths]
 
 
-def _hash_files(release: str, files: list[MirrorFile], progress: bool | None) -> None:
+def _hash_files(release: str, files: list[MirrorFile], progress: Reporter | None) -> None:
     """sha256 of every local file (its metadata and skip key); an original must still match what pull verified."""
     local = [f for f in files if f.source is not None and not f.sha256]
-    with _progress_bar(sum(f.size for f in local), progress, "sha256") as bar:
+    emit(progress, ProgressEvent.begin(HASH_TASK, sum(f.size for f in local)))
+    hashed = bytes_counter(progress, HASH_TASK)
+    try:
         for f in local:
             h = hashlib.sha256()
             with open(f.source, "rb") as fh:
                 while block := fh.read(HASH_CHUNK):
                     h.update(block)
-                    bar.update(len(block))
+                    hashed(len(block))
             f.sha256 = h.hexdigest()
             if f.expected is not None and f.sha256 != f.expected:
                 raise MirrorError(f"{f.source}: sha256 {f.sha256} differs from the verified {f.expected}; "
                                   f"run `gpt2hub pull {release} --force`")
+    finally:
+        emit(progress, ProgressEvent.end(HASH_TASK))
 
 
 def _manifest_bytes(m: ReleaseManifest) -> bytes:
@@ -237,13 +243,6 @@ def _manifest_bytes(m: ReleaseManifest) -> bytes:
 
 def _generated(dest: str, data: bytes, fmt: str) -> MirrorFile:
     return MirrorFile(dest, len(data), hashlib.sha256(data).hexdigest(), fmt, data=data)
-
-
-def _progress_bar(total: int, progress: bool | None, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
-                disable=None if progress is None else not progress)
 
 
 # --- S3 ------------------------------------------------------------------------------------------
@@ -296,7 +295,7 @@ def _client_error_line(where: Destination, error: dict, operation: str) -> str:
 
 
 def _mirror_s3(report: MirrorReport, where: Destination, endpoint_url: str | None, dry_run: bool,
-               progress: bool | None, part_size: int) -> None:
+               progress: Reporter | None, part_size: int) -> None:
     if not 5 * MiB <= part_size <= 5 * 1024 * MiB:
         raise MirrorError(f"part size {part_size:,} is outside S3's 5 MiB..5 GiB")
     client = _s3_client(endpoint_url)
@@ -314,14 +313,17 @@ def _mirror_s3(report: MirrorReport, where: Destination, endpoint_url: str | Non
         # The manifest goes last, so a reader never finds it beside files that are not there yet.
         to_send.sort(key=lambda f: f.format == "manifest")
         pending = _pending_uploads(client, bucket, {f.dest for f in to_send})
-        with _progress_bar(sum(f.size for f in to_send), progress, f"mirror {report.release}") as bar:
+        task = f"mirror {report.release}"
+        emit(progress, ProgressEvent.begin(task, sum(f.size for f in to_send)))
+        advance = bytes_counter(progress, task)
+        try:
             lock = threading.Lock()
 
             def sent(n: int, resumed: bool = False) -> None:
                 with lock:
                     if not resumed:
                         report.bytes_sent += n
-                    bar.update(n)
+                    advance(n)
 
             for f in to_send:
                 if f.source is not None and f.size > part_size:
@@ -336,6 +338,8 @@ def _mirror_s3(report: MirrorReport, where: Destination, endpoint_url: str | Non
                 if not _same_object(client, bucket, f):
                     raise MirrorError(f"s3://{bucket}/{f.dest}: after upload the store reports another size or sha256")
                 f.action = "sent"
+        finally:
+            emit(progress, ProgressEvent.end(task))
         for f in report.files:
             if f.action == "skip":
                 f.action = "skipped"
@@ -547,7 +551,7 @@ def _hub_errors(where: Destination, endpoint: str) -> Iterator[None]:
 
 
 def _mirror_hub(report: MirrorReport, m: ReleaseManifest, where: Destination, endpoint_url: str | None,
-                dry_run: bool, private: bool, revision: str | None, progress: bool | None) -> None:
+                dry_run: bool, private: bool, revision: str | None, progress: Reporter | None) -> None:
     from . import modelcard
 
     token = None
@@ -573,7 +577,8 @@ def _mirror_hub(report: MirrorReport, m: ReleaseManifest, where: Destination, en
     repo_id = where.bucket_or_repo
     ops = [CommitOperationAdd(path_in_repo=f.dest, path_or_fileobj=str(f.source) if f.source else f.data)
            for f in report.files]
-    quiet = progress is False or (progress is None and not sys.stderr.isatty())  # huggingface_hub's own bars
+    # huggingface_hub draws its own bars: only where the terminal reporter draws ours.
+    quiet = not (isinstance(progress, TerminalProgress) and progress.bars)
     if quiet:
         disable_progress_bars()
     try:

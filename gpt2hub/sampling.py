@@ -11,11 +11,12 @@ from __future__ import annotations
 import codecs
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from .errors import Gpt2hubError
+from .progress import ProgressEvent, Reporter, emit
 
 MASKED = -1e10  # openai's value for a removed logit
 HEADER_WIDTH = 40
@@ -126,8 +127,8 @@ class Sampler:
         return context, length
 
     def sample(self, prompt: str | None, length: int | None = None, settings: Settings = Settings(),
-               seed: int | None = None, write: Callable[[str], None] | None = None) -> str:
-        """One sample's text (without the prompt), streamed to `write` as it is generated."""
+               seed: int | None = None, progress: Reporter | None = None) -> str:
+        """One sample's text (without the prompt), streamed to `progress` as `output` events as it is generated."""
         import torch
 
         context, length = self.plan(prompt, length)
@@ -138,11 +139,11 @@ class Sampler:
         for token in generate(self.model, context, length, settings, generator, stop=self.encoding.eot_token):
             piece = decoder.decode(self.encoding.decode_single_token_bytes(token))
             pieces.append(piece)
-            if write and piece:
-                write(piece)
+            if piece:
+                emit(progress, ProgressEvent.output(piece))
         tail = decoder.decode(b"", final=True)
-        if write and tail:
-            write(tail)
+        if tail:
+            emit(progress, ProgressEvent.output(tail))
         return "".join(pieces) + tail
 
 
@@ -150,42 +151,66 @@ def header(i: int) -> str:
     return "=" * HEADER_WIDTH + f" SAMPLE {i} " + "=" * HEADER_WIDTH
 
 
+@dataclass
+class Samples:
+    """What a sampling run generated: the release, and each sample's text (without its prompt)."""
+
+    release: str
+    path: Path  # the original folder the model was read from
+    texts: list[str] = field(default_factory=list)
+    prompts: list[str | None] = field(default_factory=list)  # the prompt of each text; None: unconditional
+
+    def to_dict(self) -> dict:
+        return {"release": self.release, "path": str(self.path), "texts": self.texts, "prompts": self.prompts}
+
+
 def run(sampler: Sampler, prompt: str | None, nsamples: int = 1, length: int | None = None, settings: Settings = Settings(),
-        seed: int | None = None, write: Callable[[str], None] | None = None) -> list[str]:
+        seed: int | None = None, progress: Reporter | None = None) -> list[str]:
     """nsamples samples (0: until interrupted); sample i uses seed + i, so a seed fixes every sample."""
     if nsamples < 0:
         raise Gpt2hubError(f"--nsamples {nsamples}: must be >= 0 (0 means until interrupted)")
     sampler.plan(prompt, length)  # a bad length fails before any output
     texts, i = [], 0
     while nsamples == 0 or i < nsamples:
-        if write:
-            write(header(i + 1) + "\n")
-        texts.append(sampler.sample(prompt, length, settings, None if seed is None else seed + i, write))
-        if write:
-            write("\n")
+        emit(progress, ProgressEvent.output(header(i + 1) + "\n"))
+        texts.append(sampler.sample(prompt, length, settings, None if seed is None else seed + i, progress))
+        emit(progress, ProgressEvent.output("\n"))
         i += 1
-    if write:
-        write("=" * (2 * HEADER_WIDTH + len(" SAMPLE 1 ")) + "\n")
+    emit(progress, ProgressEvent.output("=" * (2 * HEADER_WIDTH + len(" SAMPLE 1 ")) + "\n"))
     return texts
 
 
 def interactive(sampler: Sampler, nsamples: int = 1, length: int | None = None, settings: Settings = Settings(),
-                seed: int | None = None, read: Callable[[str], str] = input, write: Callable[[str], None] = print) -> None:
+                seed: int | None = None, read: Callable[[str], str] = input, progress: Reporter | None = None) -> Samples:
     """openai's interactive loop: read a prompt, write nsamples continuations, until end of input."""
+    result = Samples(sampler.release.name, sampler.release.original)
     while True:
         try:
             text = read("Model prompt >>> ")
         except EOFError:
-            return
+            return result
         if not text.strip():
-            write("Prompt should not be empty!\n")
+            emit(progress, ProgressEvent.output("Prompt should not be empty!\n"))
             continue
-        run(sampler, text, nsamples or 1, length, settings, seed, write)
+        texts = run(sampler, text, nsamples or 1, length, settings, seed, progress)
+        result.texts += texts
+        result.prompts += [text] * len(texts)
 
 
 def sample(target: str | os.PathLike | None = None, *, prompt: str | None = None, nsamples: int = 1, length: int | None = None,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None, device: str = "cpu",
-           manifest: Path | str | None = None, write: Callable[[str], None] | None = None) -> list[str]:
+           manifest: Path | str | None = None, progress: Reporter | None = None) -> Samples:
     """Samples from a release: continuing `prompt`, or unconditional (from <|endoftext|>) when it is None."""
     settings = Settings(temperature, top_k, top_p)
-    return run(Sampler(target, device, manifest), prompt, nsamples, length, settings, seed, write)
+    sampler = Sampler(target, device, manifest)
+    texts = run(sampler, prompt, nsamples, length, settings, seed, progress)
+    return Samples(sampler.release.name, sampler.release.original, texts, [prompt] * len(texts))
+
+
+def sample_interactive(target: str | os.PathLike | None = None, *, read: Callable[[str], str] = input, nsamples: int = 1,
+                       length: int | None = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                       seed: int | None = None, device: str = "cpu", manifest: Path | str | None = None,
+                       progress: Reporter | None = None) -> Samples:
+    """openai's interactive_conditional_samples: prompts from `read` until end of input (see gpt2hub.sample_interactive)."""
+    settings = Settings(temperature, top_k, top_p)
+    return interactive(Sampler(target, device, manifest), nsamples, length, settings, seed, read, progress)
