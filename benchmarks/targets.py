@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from convert import measure  # benchmarks/convert.py: wall time, peak RSS and stdout of one fresh process
+from convert import generate_release, measure  # benchmarks/convert.py: a generated release; one fresh process's wall time, peak RSS, stdout
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = [("gguf", d) for d in ("f16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_1", "q5_0", "q4_k_m", "q4_k_s", "q4_1",
@@ -68,12 +68,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     os.environ["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
     try:
-        release = a.release
-        if release is None:
-            release = work / a.shape
-            print(f"generating a {a.shape}-shape release in {release} ...", file=sys.stderr, flush=True)
-            subprocess.run([sys.executable, "-m", "gpt2hub.testing.release", str(release), "--shape", a.shape],
-                           check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        release = a.release or generate_release(work, a.shape)
         data = release / "model.ckpt.data-00000-of-00001"
         subprocess.run(["cat", str(data)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
         print(f"\nrelease {release.name} ({a.shape if a.release is None else 'given'}), data file "
