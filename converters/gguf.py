@@ -21,13 +21,14 @@ import re
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
+from gpt2hub import lazy
 from gpt2hub.errors import ConversionError
 
 from . import (CASTS, Format, Planned, Progress, Rule, Source, TokenizerReader, Weights, expand, pipelined, plan,
                row_chunks)
 from . import hf
+
+np = lazy.module("numpy")  # loaded when a tensor is touched, not when the registry is read
 
 GLOBAL_RULES: dict[str, Rule] = {
     "wte": Rule("token_embd.weight"),
@@ -121,11 +122,10 @@ class _Streamed:
     32 MB blocks, cast or quantized on threads while the previous block is written.
     """
 
-    dtype = np.dtype(np.float32)  # what the writer reads for the info; raw_dtype gives the real type
-
     def __init__(self, source: Source, p: Planned, ggml_type: str, nbytes: int, progress: Progress):
         self.source, self.planned, self.ggml_type, self.nbytes, self.progress = source, p, ggml_type, nbytes, progress
         self.shape = p.shape
+        self.dtype = np.dtype(np.float32)  # what the writer reads for the info; raw_dtype gives the real type
 
     def tofile(self, f) -> None:
         encode = self.ggml_type

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from gpt2hub.errors import ConversionError, load_json
+from gpt2hub.tokenizer import ENDOFTEXT
 
 from . import Rule, Source, TokenizerReader, Weights, expand
 
@@ -105,11 +106,14 @@ def tokenizer_json(source: Source) -> dict:
 
 def write_side_files(source: Source, out: Path, dtype: str) -> None:
     """Everything of the folder but the weights: config, generation config and the tokenizer."""
-    v, eot = source.vocab, source.vocab.tokens[source.vocab.eot_id]
+    v, eot = source.vocab, ENDOFTEXT
+    # tokenizer.json unindented: json's indenting encoder is pure Python, 10x slower on 100k entries.
+    # It depends on the vocabulary alone, so it is built once per vocabulary (see gpt2hub.vocab_cache).
+    (out / "tokenizer.json").write_text(
+        v.derived("tokenizer.json", lambda: json.dumps(tokenizer_json(source), ensure_ascii=False) + "\n"), encoding="utf-8")
     files = {
         "config.json": config(source, dtype),
         "generation_config.json": {"bos_token_id": v.eot_id, "eos_token_id": v.eot_id},
-        "tokenizer.json": tokenizer_json(source),
         "tokenizer_config.json": {
             "tokenizer_class": "GPT2Tokenizer", "model_max_length": source.hparams.n_ctx,
             "bos_token": eot, "eos_token": eot, "unk_token": eot, "add_prefix_space": False, "add_bos_token": False,
@@ -117,9 +121,7 @@ def write_side_files(source: Source, out: Path, dtype: str) -> None:
         "special_tokens_map.json": {"bos_token": eot, "eos_token": eot, "unk_token": eot},
     }
     for name, data in files.items():
-        # tokenizer.json unindented: json's indenting encoder is pure Python, 10x slower on 100k entries.
-        text = json.dumps(data, ensure_ascii=False, indent=None if name == "tokenizer.json" else 2)
-        (out / name).write_text(text + "\n", encoding="utf-8")
+        (out / name).write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     shutil.copyfile(v.encoder_json, out / "vocab.json")
     shutil.copyfile(v.vocab_bpe, out / "merges.txt")
 

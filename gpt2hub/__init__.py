@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from .conversion import ConversionReport
     from .demo import DemoReport
     from .mirroring import MirrorReport
-    from .pulling import PullResult
+    from .housekeeping import Removal, Usage
+    from .pulling import PullPlan, PullResult
     from .sampling import Samples
     from .tiktoken_cache import TiktokenReport
     from .verifying import Report
@@ -36,8 +37,10 @@ def __getattr__(name: str):
 
 
 def list_releases() -> list[dict]:
-    """Every known release with its download size and local state."""
-    return [store.status(m) for m in releases()]
+    """Every known release with its download size, local state and bytes on disk."""
+    from .housekeeping import release_bytes
+
+    return [{**store.status(m), "disk_bytes": release_bytes(m.name)} for m in releases()]
 
 
 def info(name: str, manifest: Path | str | None = None) -> ReleaseManifest:
@@ -50,9 +53,30 @@ def path(name: str, fmt: str = "original", manifest: Path | str | None = None) -
     return store.release_dir(resolve(name, manifest).name, fmt)
 
 
+def remove(name: str, formats: Sequence[str] | None = None, dtype: str | None = None, everything: bool = False,
+           dry_run: bool = False) -> Removal:
+    """Remove a release's conversions from the store (default: all, keeping the original), or the given formats,
+    or with everything=True the whole release; dtype narrows to outputs of that weight type.
+
+    Only what gpt2hub wrote is removed, never through a symbolic link, never while a pull of it runs.
+    dry_run: remove nothing. Returns a Removal: .removed (each path and its bytes), .kept, .freed.
+    """
+    from .housekeeping import remove as run
+
+    return run(name, formats, dtype, everything, dry_run)
+
+
+def disk_usage(name: str | None = None) -> list[Usage]:
+    """Bytes on disk of one release (or of every release in the store), per format and per file."""
+    from .housekeeping import usages
+
+    return usages(name)
+
+
 def pull(name: str, *, manifest: Path | str | None = None, sources: Sequence[str] | str = (), endpoint_url: str | None = None,
-         connections: int = 8, verify: bool = False, force: bool = False,
-         progress: Reporter | None = None) -> PullResult:
+         connections: int = 8, verify: bool = False, force: bool = False, only: Sequence[str] = (),
+         to: Path | str | None = None, dry_run: bool = False,
+         progress: Reporter | None = None) -> PullResult | PullPlan:
     """Fetch and verify every file of a release into <home>/<name>/original/; a verified release is a quick no-op.
 
     name: a release or alias, or a release a `sources` mirror publishes a manifest for.
@@ -62,14 +86,18 @@ def pull(name: str, *, manifest: Path | str | None = None, sources: Sequence[str
     connections: parallel ranges per file.
     verify: re-hash files already pulled instead of trusting their recorded sizes.
     force: download again even if the release is verified.
+    only: some files: "tokenizer" (encoder.json, vocab.bpe), "model" (every other file) or file names.
+    to: a folder of your own to put the release in, in OpenAI's layout (its record and lock go there too).
+    dry_run: touch no file; return a PullPlan: what would be fetched, from which source, what is already there.
     progress: the reporting hook: byte tasks "total" and one per file (parent "total"); warnings as messages.
     Returns a PullResult: .path, .files (each with its size, sha256 and what verified it), .warnings.
+    Offline (GPT2HUB_OFFLINE=1): only folder sources are used; anything else is one OfflineError.
     """
     from .pulling import pull as run
 
     sources = (sources,) if isinstance(sources, str) else tuple(sources)
     return run(name, manifest=manifest, sources=sources, endpoint_url=endpoint_url, connections=connections,
-               verify=verify, force=force, progress=progress)
+               verify=verify, force=force, only=tuple(only), to=to, dry_run=dry_run, progress=progress)
 
 
 def convert(name_or_dir: str | Path | None = None, to: str | None = None, dtype: str | None = None,
@@ -209,6 +237,6 @@ def tiktoken(name_or_dir: str | Path | None = None, *, cache_dir: Path | str | N
 
 __all__ = [
     "__version__", "Gpt2hubError", "ReleaseManifest", "Checkpoint", "ProgressEvent", "Reporter",
-    "releases", "resolve", "create_manifest", "list_releases", "info", "path", "pull", "convert", "verify", "sample",
+    "releases", "resolve", "create_manifest", "list_releases", "info", "path", "remove", "disk_usage", "pull", "convert", "verify", "sample",
     "sample_interactive", "mirror", "run_demo", "diagnose", "tiktoken",
 ]

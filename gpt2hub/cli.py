@@ -74,10 +74,26 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+def _go_offline(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        from . import offline
+
+        offline.enable()
+
+
+offline_option = click.option("--offline", is_flag=True, expose_value=False, callback=_go_offline, is_eager=True,
+                              help="Use only what is on disk (also GPT2HUB_OFFLINE=1); say so if the network is needed.")
+
+
 @click.group(cls=Gpt2hubGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(gpt2hub.__version__, prog_name="gpt2hub")
+@offline_option
 def main() -> None:
     """Pull OpenAI's original GPT-2 release intact and convert it to today's formats."""
+    from . import offline
+
+    if offline.enabled():  # GPT2HUB_OFFLINE=1 set outside: switch the libraries' own offline modes on too
+        offline.enable()
 
 
 @main.command("list")
@@ -88,10 +104,10 @@ def list_cmd(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return
-    table = [["NAME", "ALIASES", "PARAMETERS", "DOWNLOAD", "STATE", "FORMATS"]]
+    table = [["NAME", "ALIASES", "PARAMETERS", "DOWNLOAD", "STATE", "FORMATS", "ON DISK"]]
     for r in rows:
         table.append([r["name"], ", ".join(r["aliases"]), f"{r['parameters']:,}", _size(r["download_size"]) + ("" if r["download_size_known"] else "+"),
-                      r["state"], ", ".join(r["formats"]) or "-"])
+                      r["state"], ", ".join(r["formats"]) or "-", _size(r["disk_bytes"]) if r["disk_bytes"] else "-"])
     click.echo(_table(table))
     click.echo(f"\nhome: {store.home()}")
 
@@ -138,15 +154,39 @@ def path(name: str, fmt: str, manifest: Path | None) -> None:
 @click.option("--force", is_flag=True, help="Download again even if the release is verified.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--endpoint-url", default=None, metavar="URL", help="S3-compatible endpoint for s3:// sources.")
+@click.option("--only", "only", multiple=True, metavar="WHAT",
+              help="Only these files: tokenizer (encoder.json, vocab.bpe), model (everything else) or file names "
+                   "(repeatable or comma-separated).")
+@click.option("--to", "to", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Put the files in this folder (OpenAI's layout) instead of the store.")
+@click.option("--dry-run", is_flag=True, help="Print what would be fetched, from where, and what is here; touch no file.")
+@offline_option
 @manifest_option
 @json_option
 def pull(name: str, sources: tuple[str, ...], connections: int, verify: bool, force: bool, quiet: bool,
-         endpoint_url: str | None, manifest: Path | None, as_json: bool) -> None:
+         endpoint_url: str | None, only: tuple[str, ...], to: Path | None, dry_run: bool, manifest: Path | None,
+         as_json: bool) -> None:
     """Download a release, verify every file, and print where it is."""
+    from . import offline
+
     r = gpt2hub.pull(name, manifest=manifest, sources=sources, connections=connections, verify=verify, force=force,
-                     endpoint_url=endpoint_url, progress=TerminalProgress(bars=not (quiet or as_json)))
+                     endpoint_url=endpoint_url, only=[w for item in only for w in item.split(",") if w], to=to,
+                     dry_run=dry_run, progress=TerminalProgress(bars=not (quiet or as_json)))
     if as_json:
         click.echo(json.dumps(r.to_dict(), indent=1))
+    elif dry_run:
+        rows = [["FILE", "SIZE", "STATE", "TO FETCH", "FROM"]]
+        for f in r.files:
+            rows.append([f.name, _size(f.size), f.state, _size(f.fetch) if f.fetch else "-",
+                         f.source or ("-" if f.fetch == 0 else "offline" if r.offline else "none")])
+        click.echo(_table(rows))
+        click.echo(f"\n{r.name}: would fetch {_size(r.fetch)} into {r.path}")
+        for line in r.unavailable:
+            click.echo(f"gpt2hub: no source for {line}", err=True)
+        needs = [f for f in r.files if f.fetch and f.source is None]
+        if r.offline and needs:
+            click.echo(f"gpt2hub: offline ({offline.ENV}=1): {len(needs)} files ({_size(sum(f.fetch for f in needs))}) "
+                       "would need the network", err=True)
     elif r.already:
         click.echo(f"{r.name}: already verified at {r.path}")
     else:
@@ -202,6 +242,63 @@ def tiktoken_cmd(name_or_dir: str | None, cache_dir: Path | None, as_json: bool)
         click.echo(f"{f.name}: {'already in' if f.already else 'copied to'} {f.path}")
     if cache_dir is not None:
         click.echo(f"tiktoken reads it with: export TIKTOKEN_CACHE_DIR={r.cache_dir}")
+
+
+@main.command("rm")
+@click.argument("name")
+@click.option("--format", "formats", default=None, metavar="LIST",
+              help=f"Comma-separated formats to remove ({', '.join(store.FORMATS)}); default: every conversion.")
+@click.option("--dtype", default=None, metavar="DTYPE", help="Only conversions of this weight type (f32, f16, bf16, q8_0).")
+@click.option("--all", "everything", is_flag=True, help="The whole release, original files included.")
+@click.option("--dry-run", is_flag=True, help="Print what would be removed; remove nothing.")
+@click.option("--quiet", is_flag=True, help="Print nothing but errors.")
+@json_option
+def rm(name: str, formats: str | None, dtype: str | None, everything: bool, dry_run: bool, quiet: bool,
+       as_json: bool) -> None:
+    """Remove a release's conversions (or, with --all, the whole release) from the store; print what it freed."""
+    r = gpt2hub.remove(name, formats.split(",") if formats else None, dtype, everything, dry_run)
+    if as_json:
+        click.echo(json.dumps(r.to_dict(), indent=1))
+        return
+    if quiet:
+        return
+    verb = "would remove" if dry_run else "removed"
+    for e in r.removed:
+        click.echo(f"{verb} {_in_home(e.path)} ({_size(e.bytes)})")
+    for p in r.kept:
+        click.echo(f"kept {_in_home(p)} (not gpt2hub's)", err=True)
+    click.echo(f"{r.name}: {'would free' if dry_run else 'freed'} {_size(r.freed)}"
+               + ("" if r.removed else " (nothing to remove)"))
+
+
+@main.command()
+@click.argument("name", required=False)
+@json_option
+def du(name: str | None, as_json: bool) -> None:
+    """Bytes on disk per release and format (every release in the store), or per file of NAME."""
+    found = gpt2hub.disk_usage(name)
+    if as_json:
+        click.echo(json.dumps([u.to_dict() for u in found], indent=1))
+        return
+    if name is not None:
+        u = found[0]
+        rows = [["FORMAT", "FILE", "ON DISK"]] + [[e.format, str(e.path.relative_to(u.path)), _size(e.bytes)] for e in u.files]
+        rows += [["(other)", str(e.path.relative_to(u.path)), _size(e.bytes)] for e in u.other]
+        click.echo(_table(rows))
+    rows = [["NAME", "FORMAT", "ON DISK"]]
+    for u in found:
+        rows += [[u.name, fmt, _size(n)] for fmt, n in u.formats.items()]
+        rows += [[u.name, "(other)", _size(sum(e.bytes for e in u.other))]] if u.other else []
+        rows.append([u.name, "total", _size(u.bytes)])
+    click.echo(("\n" if name is not None else "") + _table(rows))
+    click.echo(f"\nhome: {store.home()}")
+
+
+def _in_home(path: Path) -> str:
+    try:
+        return str(path.relative_to(store.home()))
+    except ValueError:
+        return str(path)
 
 
 @main.group()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import converters
+from . import converters, offline
 from .errors import Gpt2hubError
 from .progress import ProgressEvent, Reporter, emit
 from .testing.release import build_release
@@ -83,13 +83,21 @@ def run_demo(workdir: Path | str | None = None, *, device: str = "cpu", progress
 
         if not step("build a release in OpenAI's layout", build):
             return report
-        with serve(served) as base:
+        if offline.enabled():  # no connection at all, not even to loopback: pull from the folder it would serve
             def pull() -> str:
-                path = gpt2hub.pull(DEMO_NAME, manifest=manifest_path, sources=[base]).path
-                return f"{base}/{DEMO_NAME}/ -> {path} (sizes and sha256 checked)"
+                path = gpt2hub.pull(DEMO_NAME, manifest=manifest_path, sources=[str(served)]).path
+                return f"{folder} -> {path} (sizes and sha256 checked)"
 
-            if not step("pull over HTTP from loopback", pull):
+            if not step(f"pull from a folder (offline, {offline.ENV}=1)", pull):
                 return report
+        else:
+            with serve(served) as base:
+                def pull() -> str:
+                    path = gpt2hub.pull(DEMO_NAME, manifest=manifest_path, sources=[base]).path
+                    return f"{base}/{DEMO_NAME}/ -> {path} (sizes and sha256 checked)"
+
+                if not step("pull over HTTP from loopback", pull):
+                    return report
         for fmt, dtype, needs in CONVERSIONS:
             def convert(fmt: str = fmt, dtype: str = dtype) -> str:
                 return str(gpt2hub.convert(DEMO_NAME, to=fmt, dtype=dtype, manifest=manifest_path).path)

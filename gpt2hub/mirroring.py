@@ -32,14 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from . import converters, registry, store
+from . import converters, hashes, offline, registry, store
 from .errors import MirrorError
 from .progress import ProgressEvent, Reporter, TerminalProgress, bytes_counter, emit
 from .registry import MIRROR_MANIFEST, ReleaseManifest
 
 SHA256_METADATA = "sha256"  # sent as x-amz-meta-sha256
 MiB = 1 << 20
-HASH_CHUNK = 16 * MiB
 # ~370 parts for the 6.2 GB 1558M data file (S3: 5 MiB..5 GiB a part, 10,000 parts); on loopback SeaweedFS
 # 8-16 MiB parts went as fast as 64 MiB ones (benchmarks/mirror.py), at an eighth of the memory in flight.
 PART_SIZE = 16 * MiB
@@ -134,6 +133,7 @@ def mirror(
     part_size: int | None = None,
 ) -> MirrorReport:
     """Upload a pulled release (and its conversions) to `dest` (see gpt2hub.mirror)."""
+    offline.refuse(f"mirror to {dest}")
     part_size = part_size or PART_SIZE
     m = registry.resolve(name, manifest)
     where = parse_destination(dest)
@@ -220,16 +220,14 @@ def _converted_files(m: ReleaseManifest, fmt: str) -> list[MirrorFile]:
 def _hash_files(release: str, files: list[MirrorFile], progress: Reporter | None) -> None:
     """sha256 of every local file (its metadata and skip key); an original must still match what pull verified."""
     local = [f for f in files if f.source is not None and not f.sha256]
-    emit(progress, ProgressEvent.begin(HASH_TASK, sum(f.size for f in local)))
+    for f in local:
+        f.sha256 = hashes.known(f.source) or ""  # hashed before and unchanged since: not hashed again
+    emit(progress, ProgressEvent.begin(HASH_TASK, sum(f.size for f in local if not f.sha256)))
     hashed = bytes_counter(progress, HASH_TASK)
     try:
         for f in local:
-            h = hashlib.sha256()
-            with open(f.source, "rb") as fh:
-                while block := fh.read(HASH_CHUNK):
-                    h.update(block)
-                    hashed(len(block))
-            f.sha256 = h.hexdigest()
+            if not f.sha256:
+                f.sha256 = hashes.sha256(f.source, hashed)
             if f.expected is not None and f.sha256 != f.expected:
                 raise MirrorError(f"{f.source}: sha256 {f.sha256} differs from the verified {f.expected}; "
                                   f"run `gpt2hub pull {release} --force`")

@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import registry, store
+from . import hashes, offline, registry, store
 from .progress import ProgressEvent, Reporter, bytes_counter, emit
 from .download import DiskFull, RangeRecord, RetryPolicy, fetch, record_path
 from .errors import CheckpointError, ChecksumError, DownloadError, UnknownRelease
@@ -28,6 +28,10 @@ from .sources import Source, TransferError, default_sources, open_source, user_s
 from .tfcheckpoint import crc32c, read_index, unmask_crc
 
 LOCK_NAME = ".pull.lock"  # in <home>/<name>/, beside the format folders
+TO_LOCK_NAME = ".gpt2hub-pull.lock"  # in a `pull --to DIR` folder, beside the files and the verified record
+# `--only` groups: what a tokenizer needs, and everything else (the model).
+TOKENIZER_FILES = ("encoder.json", "vocab.bpe")
+ONLY_GROUPS = ("tokenizer", "model")
 INDEX_SUFFIX = ".index"
 CRC_REPAIR_ROUNDS = 3
 FREE_SPACE_MARGIN = 64 << 20
@@ -62,14 +66,47 @@ class PullResult:
                 "files": [asdict(f) for f in self.files], "warnings": self.warnings}
 
 
+@dataclass
+class PlannedFile:
+    name: str
+    size: int | None
+    state: str  # "verified" (recorded by a pull), "present" (to be checked), "partial" (resumes) or "missing"
+    here: int  # bytes already on disk
+    fetch: int | None  # bytes still to download (None: size unknown until asked)
+    source: str | None  # the first source that has it (None: nothing to fetch, or none answered / offline)
+
+
+@dataclass
+class PullPlan:
+    """What `pull --dry-run` found: what would be fetched, from where, and what is already here."""
+
+    name: str
+    path: Path
+    files: list[PlannedFile]
+    offline: bool
+    unavailable: list[str] = field(default_factory=list)  # files no source could provide, with why
+
+    @property
+    def fetch(self) -> int:
+        return sum(f.fetch or 0 for f in self.files)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "path": str(self.path), "dry_run": True, "offline": self.offline,
+                "bytes": self.fetch, "files": [asdict(f) for f in self.files], "unavailable": self.unavailable}
+
+
 class _Bad(Exception):
     """The bytes a source gave are not the release's file: try the next source."""
 
 
 def pull(name: str, *, manifest: Path | str | None = None, sources: list[str] | tuple[str, ...] = (),
          endpoint_url: str | None = None, connections: int = 8, verify: bool = False, force: bool = False,
-         progress: Reporter | None = None, retry: RetryPolicy = RetryPolicy(), span: int | None = None) -> PullResult:
-    """Fetch and verify every file of a release; a verified release is a quick no-op (see gpt2hub.pull)."""
+         progress: Reporter | None = None, retry: RetryPolicy = RetryPolicy(), span: int | None = None,
+         only: list[str] | tuple[str, ...] = (), to: Path | str | None = None,
+         dry_run: bool = False) -> PullResult | PullPlan:
+    """Fetch and verify every file of a release (or the `only` ones: "tokenizer", "model", file names) into
+    the store, or into the folder `to`; a verified release is a quick no-op. `dry_run`: a PullPlan, no file
+    touched (see gpt2hub.pull)."""
     from filelock import FileLock, Timeout
 
     if connections < 1:
@@ -82,28 +119,55 @@ def pull(name: str, *, manifest: Path | str | None = None, sources: list[str] | 
     try:
         m = registry.resolve(name, manifest)
     except UnknownRelease:
-        m = _manifest_from_sources(name, sources, endpoint_url)
-    dest = store.release_dir(m.name)
+        m = _manifest_from_sources(name, sources, endpoint_url, save=not dry_run)
+    files = select(m, only)
+    dest = store.release_dir(m.name) if to is None else Path(to).expanduser().absolute()
+    job = _Pull(m, dest, sources, endpoint_url, connections, verify, force, progress, retry, span, files, foreign=to is not None)
+    if dry_run:
+        return job.plan()
+    if dest.exists() and not dest.is_dir():
+        raise DownloadError(f"{dest}: exists and is not a folder")
     dest.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(dest.parent / LOCK_NAME))
+    lock = FileLock(str(dest.parent / LOCK_NAME if to is None else dest / TO_LOCK_NAME))
     try:
         lock.acquire(timeout=0.2)
     except Timeout:
         emit(progress, ProgressEvent.message(f"gpt2hub: another pull of {m.name} is running; waiting for it"))
         lock.acquire()
     try:
-        return _Pull(m, dest, sources, endpoint_url, connections, verify, force, progress, retry, span).run()
+        return job.run()
     finally:
         lock.release()
 
 
-def _manifest_from_sources(name: str, sources, endpoint_url: str | None) -> ReleaseManifest:
+def select(m: ReleaseManifest, only: list[str] | tuple[str, ...] = ()) -> list[FileRecord]:
+    """The release's files that `--only` names: "tokenizer", "model" (everything else) or file names; all by default."""
+    if not only:
+        return list(m.files)
+    names = {f.name for f in m.files}
+    wanted: set[str] = set()
+    for item in only:
+        if item == "tokenizer":
+            wanted |= names & set(TOKENIZER_FILES)
+        elif item == "model":
+            wanted |= names - set(TOKENIZER_FILES)
+        elif item in names:
+            wanted.add(item)
+        else:
+            raise DownloadError(f"--only {item}: not a file of {m.name}; choose {', '.join(ONLY_GROUPS)} "
+                                f"or files: {', '.join(sorted(names))}")
+    return [f for f in m.files if f.name in wanted]
+
+
+def _manifest_from_sources(name: str, sources, endpoint_url: str | None, save: bool = True) -> ReleaseManifest:
     """A release unknown here, taken from the manifest a gpt2hub mirror publishes beside its files.
 
     Only the user's own sources are asked, and the manifest is saved to <home>/manifests/ so that
     convert, verify and list know the release afterwards.
     """
     for spec in user_sources(sources):
+        if offline.enabled() and offline.is_remote(spec):
+            continue
         where = f"{spec.rstrip('/')}/{name}/{registry.MIRROR_MANIFEST}"
         try:
             remote = open_source(spec, endpoint_url, 1).remote(name, registry.MIRROR_MANIFEST)
@@ -114,15 +178,22 @@ def _manifest_from_sources(name: str, sources, endpoint_url: str | None) -> Rele
             continue
         if name.lower() not in (n.lower() for n in found.names):
             raise UnknownRelease(f"{where} describes {found.name!r}, not {name!r}")
-        return ReleaseManifest.from_file(registry.save_user_manifest(found))
+        return ReleaseManifest.from_file(registry.save_user_manifest(found)) if save else found
+    if offline.enabled() and any(offline.is_remote(s) for s in user_sources(sources)):
+        offline.refuse(f"{name}: not a known release; asking its sources for a manifest")
     return registry.resolve(name)  # raises the usual error listing the known names
 
 
 class _Pull:
     def __init__(self, m: ReleaseManifest, dest: Path, sources, endpoint_url, connections, verify, force, progress,
-                 retry, span):
+                 retry, span, files: list[FileRecord] | None = None, foreign: bool = False):
         self.m, self.dest = m, dest
+        self.files = list(m.files) if files is None else files
+        self.foreign = foreign  # a folder of the user's: a file there that does not verify is theirs, not ours to replace
         self.specs = default_sources(tuple(sources), m.sources)
+        self.offline = offline.enabled()
+        self.skipped = [s for s in self.specs if self.offline and offline.is_remote(s)]
+        self.specs = [s for s in self.specs if s not in self.skipped]
         self.endpoint_url, self.connections = endpoint_url, connections
         self.verify, self.force, self.progress = verify, force, progress
         self.retry, self.span = retry, span
@@ -145,16 +216,24 @@ class _Pull:
         results = []
         try:
             # The index first: it vouches for the data file, tensor by tensor.
-            for f in sorted(self.m.files, key=lambda f: (not f.name.endswith(INDEX_SUFFIX), ".data-" in f.name, f.name)):
+            for f in sorted(self.files, key=lambda f: (not f.name.endswith(INDEX_SUFFIX), ".data-" in f.name, f.name)):
                 results.append(self._file(f))
         finally:
             emit(self.progress, ProgressEvent.end(TOTAL_TASK))
-        store.write_verified(self.m.name, {
+        files = {r.name: {"size": r.size, "sha256": r.sha256, "sha256_status": r.sha256_status,
+                          "verified_by": r.verified_by, "source": r.source} for r in results}
+        # A pull of some files (--only) keeps what an earlier pull verified of the others, while it is unchanged.
+        earlier = (store.read_record(self.dest) or {}).get("files") or {}
+        for f in self.m.files:
+            info = earlier.get(f.name)
+            if f.name not in files and isinstance(info, dict) and _size(self.dest / f.name) == info.get("size"):
+                files[f.name] = info
+        store.write_record(self.dest, {
             "name": self.m.name,
             "manifest": str(self.m.path) if self.m.path else None,
             "verified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "files": {r.name: {"size": r.size, "sha256": r.sha256, "sha256_status": r.sha256_status,
-                               "verified_by": r.verified_by, "source": r.source} for r in results},
+            "files": files,
+            "partial": set(files) != {f.name for f in self.m.files},
         })
         return PullResult(self.m.name, self.dest, results, time.monotonic() - self.t0,
                           sum(r.fetched for r in results), self.used, warnings=self.warnings)
@@ -162,15 +241,15 @@ class _Pull:
     # --- a release already here --------------------------------------------------------------
 
     def _already_verified(self) -> list[FileResult] | None:
-        if store.original_state(self.m.name) != "verified":
-            return None
-        record = store.read_verified(self.m.name) or {}
-        files = record.get("files", {})
-        if set(files) != {f.name for f in self.m.files}:
+        record = store.read_record(self.dest) or {}
+        files = record.get("files")
+        if not isinstance(files, dict) or not {f.name for f in self.files} <= set(files):
             return None
         out = []
-        for f in self.m.files:
+        for f in self.files:
             info = files[f.name]
+            if not isinstance(info, dict) or _size(self.dest / f.name) != info.get("size"):
+                return None
             if f.size is not None and f.status != "expected" and info["size"] != f.size:
                 return None
             if self.verify:
@@ -183,10 +262,52 @@ class _Pull:
                                   info.get("verified_by", "size"), None))
         return out
 
+    def plan(self) -> PullPlan:
+        """What run() would fetch and from where, asking sources only for sizes; touches no file."""
+        record = ((store.read_record(self.dest) or {}).get("files") or {}) if not self.force else {}
+        out, unavailable = [], []
+        for f in self.files:
+            final, info = self.dest / f.name, record.get(f.name)
+            if isinstance(info, dict) and _size(final) == info.get("size") and not self.verify:
+                out.append(PlannedFile(f.name, f.size, "verified", info["size"], 0, None))
+                continue
+            if not self.force and final.is_file():
+                out.append(PlannedFile(f.name, f.size, "present", _size(final) or 0, 0, None))
+                continue
+            done = RangeRecord(record_path(self._part(f)), f.size).done_bytes if f.size is not None else 0
+            size, source, why = f.size, None, []
+            for spec in self.specs:
+                try:
+                    _, st = self._find(spec, f)
+                except (TransferError, DownloadError) as e:
+                    why.append(f"{spec}: {_short(e, spec)}")
+                    continue
+                source, size = spec, size if size is not None else st.size
+                break
+            if source is None and (why or not self.offline):  # offline with no folder source: the CLI says so once
+                unavailable.append(f"{f.name} ({'; '.join(why) or 'no source'})")
+            out.append(PlannedFile(f.name, size, "partial" if done else "missing", done,
+                                   None if size is None else size - done, source))
+        return PullPlan(self.m.name, self.dest, out, self.offline, unavailable)
+
+    def _find(self, spec: str, f: FileRecord):
+        """(remote, stat) of the file at one source, under the first of the release's folder names that has it."""
+        source = self._source(spec)
+        missing = None
+        for folder in self.m.folders:
+            remote = source.remote(folder, f.name)
+            try:
+                return remote, self._stat(remote)
+            except TransferError as e:
+                if not e.missing:
+                    raise
+                missing = e
+        raise missing  # type: ignore[misc]
+
     def _check_free_space(self) -> int:
         """Fail unless the bytes still to come fit on the disk; return how many are already here."""
         need = here = 0
-        for f in self.m.files:
+        for f in self.files:
             if f.size is None:
                 continue
             if not self.force and _size(self.dest / f.name) == f.size:
@@ -208,11 +329,17 @@ class _Pull:
     def _file(self, f: FileRecord) -> FileResult:
         final = self.dest / f.name
         if not self.force and final.is_file():
-            recorded = ((store.read_verified(self.m.name) or {}).get("files") or {}).get(f.name) or {}
+            recorded = ((store.read_record(self.dest) or {}).get("files") or {}).get(f.name) or {}
             try:
                 return self._check(f, final, None, 0, reuse=True, recorded=recorded.get("sha256"))
             except (_Bad, CheckpointError) as e:
+                if self.foreign and not recorded:
+                    raise DownloadError(f"{final}: already exists and is not {self.m.name}'s {f.name} ({e}); "
+                                        "not replacing it (move it away and pull again)") from None
                 self.warn(f"{final.name}: the copy on disk does not verify ({e}); fetching it again")
+        if not self.specs:
+            offline.refuse(f"{self.m.name}: {f.name} ({'size unknown' if f.size is None else f'{f.size:,} bytes'}) "
+                           f"from {self.skipped[0] if self.skipped else 'a source'}")
         failures = []
         for spec in self.specs:
             try:
@@ -221,7 +348,8 @@ class _Pull:
                 raise
             except (TransferError, DownloadError, _Bad, CheckpointError) as e:
                 failures.append(f"{spec}: {_short(e, spec)}")
-        raise DownloadError(f"{self.m.name}: {f.name}: no source could provide it ({'; '.join(failures)}); "
+        skipped = f"; offline, so not tried: {', '.join(self.skipped)}" if self.skipped else ""
+        raise DownloadError(f"{self.m.name}: {f.name}: no source could provide it ({'; '.join(failures)}{skipped}); "
                             "bytes already downloaded are kept for the next pull")
 
     def _source(self, spec: str) -> Source:
@@ -245,19 +373,7 @@ class _Pull:
                 time.sleep(self.retry.delay(failures, e.retry_after))
 
     def _from_source(self, f: FileRecord, spec: str, retried: bool = False) -> FileResult:
-        source = self._source(spec)
-        missing = None
-        for folder in self.m.folders:
-            remote = source.remote(folder, f.name)
-            try:
-                st = self._stat(remote)
-                break
-            except TransferError as e:
-                if not e.missing:
-                    raise
-                missing = e
-        else:
-            raise missing  # type: ignore[misc]
+        remote, st = self._find(spec, f)
         size = st.size
         if f.size is not None and size != f.size:
             if f.status != "expected":
@@ -299,6 +415,7 @@ class _Pull:
             return self._from_source(f, spec, retried=True)
         os.replace(part, self.dest / f.name)
         record_path(part).unlink(missing_ok=True)
+        hashes.remember(self.dest / f.name, result.sha256)  # mirror and convert need not hash it again
         if spec not in self.used:
             self.used.append(spec)
         return result

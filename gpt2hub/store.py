@@ -32,7 +32,12 @@ def release_dir(name: str, fmt: str = "original") -> Path:
 
 def read_verified(name: str) -> dict | None:
     """The record pull left after verifying a release, or None."""
-    path = release_dir(name) / VERIFIED_RECORD
+    return read_record(release_dir(name))
+
+
+def read_record(folder: Path) -> dict | None:
+    """The record pull left in a folder it verified (the store's original/ or a `pull --to` folder), or None."""
+    path = folder / VERIFIED_RECORD
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -41,7 +46,11 @@ def read_verified(name: str) -> dict | None:
 
 
 def write_verified(name: str, record: dict) -> Path:
-    path = release_dir(name) / VERIFIED_RECORD
+    return write_record(release_dir(name), record)
+
+
+def write_record(folder: Path, record: dict) -> Path:
+    path = folder / VERIFIED_RECORD
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)
@@ -50,9 +59,13 @@ def write_verified(name: str, record: dict) -> Path:
 
 def original_state(name: str) -> str:
     """'verified' (every recorded file present at its recorded size), 'partial' or 'absent'."""
-    folder = release_dir(name)
-    record = read_verified(name)
-    if record is not None:
+    return folder_state(release_dir(name))
+
+
+def folder_state(folder: Path) -> str:
+    """original_state of any folder pull writes to; a record of some files only (`pull --only`) is 'partial'."""
+    record = read_record(folder)
+    if record is not None and not record.get("partial"):
         files = record.get("files")
         if isinstance(files, dict) and files and all(
                 isinstance(info, dict) and _size(folder / f) == info.get("size") for f, info in files.items()):

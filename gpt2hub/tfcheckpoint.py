@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-import crc32c as _crc32c
-import numpy as np
-
+from . import lazy
 from .errors import CheckpointError, ChecksumError
+
+# Loaded on first use: reading an index needs neither, and convert's f32 copies never touch numpy.
+np = lazy.module("numpy")
+_crc32c = lazy.module("crc32c")
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48  # two BlockHandles padded to 40 bytes, then the 8-byte magic
@@ -28,25 +30,26 @@ BLOCK_SIZE = 262144  # TF's table_options.h defaults, kept so our index is byte-
 BLOCK_RESTART_INTERVAL = 16
 HEADER_KEY = b""
 
-# tensorflow/core/framework/types.proto -> numpy dtype; the _REF variants (+100) read the same.
-DTYPES: dict[int, np.dtype] = {
-    1: np.dtype("<f4"),   # DT_FLOAT
-    2: np.dtype("<f8"),   # DT_DOUBLE
-    3: np.dtype("<i4"),   # DT_INT32
-    4: np.dtype("u1"),    # DT_UINT8
-    5: np.dtype("<i2"),   # DT_INT16
-    6: np.dtype("i1"),    # DT_INT8
-    9: np.dtype("<i8"),   # DT_INT64
-    10: np.dtype("?"),    # DT_BOOL
-    14: np.dtype("<u2"),  # DT_BFLOAT16: numpy has no bfloat16, so its raw 16-bit words
-    17: np.dtype("<u2"),  # DT_UINT16
-    19: np.dtype("<f2"),  # DT_HALF
-    22: np.dtype("<u4"),  # DT_UINT32
-    23: np.dtype("<u8"),  # DT_UINT64
+# tensorflow/core/framework/types.proto -> numpy dtype, as numpy spells it (np.dtype(...) where an object is
+# needed: numpy loads on first use); the _REF variants (+100) read the same.
+DTYPES: dict[int, str] = {
+    1: "<f4",   # DT_FLOAT
+    2: "<f8",   # DT_DOUBLE
+    3: "<i4",   # DT_INT32
+    4: "u1",    # DT_UINT8
+    5: "<i2",   # DT_INT16
+    6: "i1",    # DT_INT8
+    9: "<i8",   # DT_INT64
+    10: "?",    # DT_BOOL
+    14: "<u2",  # DT_BFLOAT16: numpy has no bfloat16, so its raw 16-bit words
+    17: "<u2",  # DT_UINT16
+    19: "<f2",  # DT_HALF
+    22: "<u4",  # DT_UINT32
+    23: "<u8",  # DT_UINT64
 }
 DTYPE_NAMES = {1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 7: "string",
                9: "int64", 10: "bool", 14: "bfloat16", 17: "uint16", 19: "float16", 22: "uint32", 23: "uint64"}
-DTYPE_CODES = {np.dtype(v): k for k, v in DTYPES.items() if k not in (14,)}
+ITEMSIZE = {k: int(v[-1]) if v[-1].isdigit() else 1 for k, v in DTYPES.items()}
 DT_STRING = 7
 
 
@@ -152,7 +155,7 @@ class TensorEntry:
     @property
     def dtype(self) -> np.dtype:
         try:
-            return DTYPES[self.dtype_code % 100]
+            return np.dtype(DTYPES[self.dtype_code % 100])
         except KeyError:
             raise CheckpointError(f"{self.name}: {self.dtype_name} cannot be read as an array") from None
 
@@ -347,7 +350,7 @@ def read_index(path: Path) -> tuple[BundleHeader, dict[str, TensorEntry]]:
     for e in entries.values():
         if e.shard_id >= header.num_shards:
             raise CheckpointError(f"{path.name}: {e.name} is in shard {e.shard_id} of {header.num_shards}")
-        if e.dtype_code % 100 in DTYPES and not e.sliced and e.size != e.numel * DTYPES[e.dtype_code % 100].itemsize:
+        if e.dtype_code % 100 in DTYPES and not e.sliced and e.size != e.numel * ITEMSIZE[e.dtype_code % 100]:
             raise CheckpointError(f"{path.name}: {e.name} records {e.size} bytes for shape {list(e.shape)} ({e.dtype_name})")
     return header, entries
 
@@ -577,7 +580,7 @@ def write_checkpoint(prefix: Path | str, tensors: Iterable[tuple[str, np.ndarray
                 last = key
                 array = np.asarray(array)  # not ascontiguousarray: it turns a scalar into shape (1,)
                 little = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
-                code = DTYPE_CODES.get(little)
+                code = next((k for k, v in DTYPES.items() if k != 14 and np.dtype(v) == little), None)
                 if code is None:
                     raise CheckpointError(f"write_checkpoint: {name} has unsupported dtype {array.dtype}")
                 # A flat uint8 view: memoryview.cast refuses 0-size and 0-d arrays.

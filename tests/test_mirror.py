@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import socket
 import uuid
 from pathlib import Path
@@ -332,6 +333,25 @@ def test_format_not_converted_is_an_error(pulled):
 def test_local_file_changed_since_pull_is_refused(s3_server, bucket, pulled):
     path = store.release_dir(NAME) / "hparams.json"
     path.write_bytes(path.read_bytes().replace(b"{", b" "))  # same size, other bytes
+    with pytest.raises(MirrorError, match=r"hparams.json: sha256 .* differs from the verified"):
+        _mirror_s3(s3_server, bucket)
+
+
+def test_second_mirror_trusts_the_sha256s_of_unchanged_files(s3_server, bucket, pulled, monkeypatch):
+    from gpt2hub import hashes
+
+    gpt2hub.convert(NAME, "safetensors")
+    _mirror_s3(s3_server, bucket)  # pull remembered the originals' sha256; this hashes the conversion
+    monkeypatch.setattr(hashes, "sha256", lambda *a: pytest.fail("an unchanged file was hashed again"))
+    assert {f.action for f in _mirror_s3(s3_server, bucket).files} == {"skipped"}
+
+
+def test_a_file_changed_with_its_mtime_put_back_is_hashed_again(s3_server, bucket, pulled):
+    _mirror_s3(s3_server, bucket)
+    path = store.release_dir(NAME) / "hparams.json"
+    st = path.stat()
+    path.write_bytes(path.read_bytes().replace(b"{", b" "))  # same size, other bytes...
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # ...and the old mtime: only ctime tells
     with pytest.raises(MirrorError, match=r"hparams.json: sha256 .* differs from the verified"):
         _mirror_s3(s3_server, bucket)
 

@@ -1,0 +1,42 @@
+"""Offline mode (`gpt2hub --offline` or GPT2HUB_OFFLINE=1): every command uses only what is on disk.
+
+Anything that would need the network (an HTTP or S3 source, an upload, the Hub) stops with one line that
+says so, before any connection is opened. Local folders are on disk, so they stay usable as sources.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from .errors import Gpt2hubError
+
+ENV = "GPT2HUB_OFFLINE"
+# The libraries gpt2hub drives have their own switches: set them too, so none of them reaches out either.
+LIBRARY_SWITCHES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+class OfflineError(Gpt2hubError):
+    """Something that needs the network, asked for in offline mode."""
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def enable() -> None:
+    """Offline for this process and the processes it starts."""
+    os.environ[ENV] = "1"
+    for var in LIBRARY_SWITCHES:
+        os.environ[var] = "1"
+
+
+def is_remote(spec: str) -> bool:
+    """True for a source or destination reached over the network (any URL scheme but file://)."""
+    return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", spec)) and not spec.startswith("file://")
+
+
+def refuse(what: str) -> None:
+    """Raise OfflineError for `what` (which would need the network) when offline mode is on."""
+    if enabled():
+        raise OfflineError(f"offline ({ENV}=1): {what} would need the network; nothing was fetched or sent")
