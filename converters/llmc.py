@@ -16,14 +16,15 @@ import math
 import struct
 from pathlib import Path
 
-import numpy as np
-
+from gpt2hub import lazy
 from gpt2hub.errors import ConversionError
 from gpt2hub.layout import BLOCK_TENSORS
 from gpt2hub.tokenizer import byte_decoder
 
 from . import CASTS, Format, Planned, Progress, Rule, Source, Weights, expand, pipelined, plan, row_chunks
 from . import hf
+
+np = lazy.module("numpy")  # loaded when a tensor is touched, not when the registry is read
 
 MODEL_MAGIC, TOKENIZER_MAGIC, TOKENIZER_VERSION = 20240326, 20240328, 2
 HEADER_INTS = 256

@@ -19,12 +19,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
-
+from gpt2hub import lazy
 from gpt2hub.errors import ConversionError
 
 from . import CASTS, Format, Planned, Progress, Source, Weights, pipelined, plan, row_chunks
 from . import hf
+
+np = lazy.module("numpy")  # loaded when a tensor is touched, not when the registry is read
 
 GRAPH, DATA = "model.onnx", "model.onnx_data"
 OPSET = 17  # LayerNormalization
@@ -63,12 +64,13 @@ class _Graph:
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
         return out
 
-    def const(self, value, dtype=np.int64) -> str:
+    def const(self, value, dtype=None) -> str:
+        """A constant initializer (int64 unless dtype says otherwise)."""
         from onnx import numpy_helper
 
         self._n += 1
         name = f"/const_{self._n}"
-        self.constants.append(numpy_helper.from_array(np.array(value, dtype=dtype), name))
+        self.constants.append(numpy_helper.from_array(np.array(value, dtype=dtype or np.int64), name))
         return name
 
 
