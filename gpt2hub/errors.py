@@ -40,6 +40,18 @@ class MirrorError(Gpt2hubError):
     """An upload that failed or a destination that cannot be used."""
 
 
+class ConsumerCrashed(Gpt2hubError):
+    """A consumer run in a child process that died (a signal, a non-zero exit) instead of answering."""
+
+    def __init__(self, message: str, signal: int | None = None, exit_status: int | None = None):
+        super().__init__(message)
+        self.signal, self.exit_status = signal, exit_status
+
+
+class ConsumerTimedOut(ConsumerCrashed):
+    """A consumer run in a child process that gave no answer in time, and was stopped."""
+
+
 def load_json(path: Path | str, error: type[Gpt2hubError] = Gpt2hubError) -> object:
     """A JSON file's content, or `error` naming the file: missing, unreadable or not JSON."""
     try:

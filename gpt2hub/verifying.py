@@ -5,7 +5,8 @@
 3. a second, independent reference where TensorFlow is installed: openai/gpt-2 src/model.py's graph,
    written with today's tf ops, run by TensorFlow on the variables TensorFlow itself reads;
 4. each converted output loaded by the program people load it with (transformers, llama.cpp);
-   gpt2hub.model only where that program is not installed, and the row says so;
+   gpt2hub.model only where that program is not installed, and the row says so. TensorFlow and
+   every consumer run in a child process (gpt2hub.isolation): one that crashes is an ERROR row;
 5. one row per output: max/mean |delta logit|, top-1 agreement and KL divergence against the
    reference, judged by the tolerance of its (dtype, consumer) from TOLERANCES;
 6. tokenization parity: tiktoken on encoder.json/vocab.bpe vs tokenizer.json vs llama.cpp's GGUF vocab.
@@ -24,8 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
-from . import converters, store
-from .errors import ChecksumError, CheckpointError, ConversionError, Gpt2hubError, VerificationError
+from . import converters, isolation, store
+from .errors import ChecksumError, CheckpointError, ConsumerCrashed, ConversionError, Gpt2hubError, VerificationError
 from .layout import HParams, is_model_tensor
 from .registry import sha256_file
 from .progress import ProgressEvent, Reporter, emit
@@ -133,10 +134,11 @@ class Row:
     tolerance: str = ""
     passed: bool = False
     note: str = ""
+    crashed: bool = False  # the consumer's process died (note says how): status ERROR
 
     @property
     def status(self) -> str:
-        return "PASS" if self.passed else "FAIL"
+        return "ERROR" if self.crashed else "PASS" if self.passed else "FAIL"
 
 
 @dataclass
@@ -148,10 +150,11 @@ class TokenizerRow:
     n_tokens: int | None
     passed: bool
     detail: str = ""
+    crashed: bool = False  # the tokenizer's process died (detail says how): status ERROR
 
     @property
     def status(self) -> str:
-        return "PASS" if self.passed else "FAIL"
+        return "ERROR" if self.crashed else "PASS" if self.passed else "FAIL"
 
 
 @dataclass
@@ -484,8 +487,11 @@ def gpt2hub_logits(path: Path, tokens: Sequence[int], device: str) -> np.ndarray
 
 # consumer -> (format, path, tokens, device) -> (logits, dtype, note)
 CONSUMER_LOGITS = {
-    "transformers": lambda form, path, tokens, device: (*transformers_logits(path, tokens, device), device),
-    "llama.cpp": lambda form, path, tokens, device: (llama_logits(path, tokens), form.read_dtype(path), "cpu, f32 KV cache"),
+    # transformers and llama.cpp run in a child process each (a crash there is that row's ERROR)
+    "transformers": lambda form, path, tokens, device: (
+        *isolation.run(transformers_logits, (path, tokens, device), name="transformers"), device),
+    "llama.cpp": lambda form, path, tokens, device: (
+        isolation.run(llama_logits, (path, tokens), name="llama.cpp"), form.read_dtype(path), "cpu, f32 KV cache"),
     # a format no other program loads: gpt2hub.model through the format's read_weights
     "gpt2hub": lambda form, path, tokens, device: (gpt2hub_logits(path, tokens, device), form.read_dtype(path), device),
     "onnxruntime": lambda form, path, tokens, device: (onnxruntime_logits(path, tokens), form.read_dtype(path), "cpu"),
@@ -562,9 +568,9 @@ def check_tokenizers(original: Path, outputs: Sequence[tuple[str, Path | None]],
             continue
         name = reader.name
         try:
-            ids = reader.ids(source, text)
-        except Exception as e:  # a tokenizer that cannot load is that file's FAIL row
-            rows.append(TokenizerRow(name, str(source), None, False, one_line(e)))
+            ids = isolation.run(reader.ids, (source, text), name=name)
+        except Exception as e:  # a tokenizer that cannot load is that file's FAIL row; one that crashes, ERROR
+            rows.append(TokenizerRow(name, str(source), None, False, one_line(e), isinstance(e, ConsumerCrashed)))
             continue
         rows.append(TokenizerRow(name, str(source), len(ids), ids == ref, "same ids" if ids == ref else _first_difference(ids, ref)))
     return rows
@@ -625,9 +631,11 @@ def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | 
         if installed("tensorflow"):
             say("the original graph on TensorFlow")
             try:
-                report.rows.append(judge(Row("original", "f64", "tensorflow", src), reference, tf_original_graph(release.original, ids)))
-            except Exception as e:  # TensorFlow refusing the checkpoint is a FAIL row, not a crash
-                report.rows.append(Row("original", "f64", "tensorflow", src, tolerance="-", note=one_line(e)))
+                logits = isolation.run(tf_original_graph, (release.original, ids), name="tensorflow")
+                report.rows.append(judge(Row("original", "f64", "tensorflow", src), reference, logits))
+            except Exception as e:  # TensorFlow refusing the checkpoint is a FAIL row, crashing an ERROR row
+                report.rows.append(Row("original", "f64", "tensorflow", src, tolerance="-", note=one_line(e),
+                                       crashed=isinstance(e, ConsumerCrashed)))
         else:
             report.notes.append("TensorFlow not installed: the second reference (the original graph) was skipped")
         say(f"gpt2hub float32 on {device}")
@@ -652,8 +660,9 @@ def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | 
                 logits, dtype, note = CONSUMER_LOGITS[consumer](form, path, ids, device)
                 row = Row(fmt, dtype, consumer, str(path), note=note)
             report.rows.append(judge(row, reference, logits))
-        except Exception as e:  # whatever a consumer raises on a bad file is that file's FAIL row
-            report.rows.append(Row(fmt, "-", consumer, str(path), tolerance="-", note=one_line(e)))
+        except Exception as e:  # what a consumer raises on a bad file is that file's FAIL row; a crash, ERROR
+            report.rows.append(Row(fmt, "-", consumer, str(path), tolerance="-", note=one_line(e),
+                                   crashed=isinstance(e, ConsumerCrashed)))
         gc.collect()
 
     say("tokenization parity")
