@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .housekeeping import Removal, Usage
     from .pulling import PullPlan, PullResult
     from .sampling import Samples
+    from .tiktoken_cache import TiktokenReport
     from .verifying import Report
 
 
@@ -117,7 +118,8 @@ def convert(name_or_dir: str | Path | None = None, to: str | None = None, dtype:
     hparams: an hparams.json to use (else the folder's, the manifest's, or inferred from the shapes).
     manifest: a manifest file describing the release.
     progress: the reporting hook: one byte task "<format> <dtype>" over the tensors read.
-    Returns a ConversionReport: .path, .format, .dtype, .tensors, .hparams and where they came from.
+    Returns a ConversionReport: .path, .format, .dtype, .tensors, .hparams and where they came from, and
+    .notes (e.g. which ggml type llama.cpp gave each tensor of a K-quant mix).
     """
     from .conversion import convert as run
 
@@ -224,8 +226,20 @@ def diagnose() -> dict:
     return run()
 
 
+def tiktoken(name_or_dir: str | Path | None = None, *, cache_dir: Path | str | None = None) -> TiktokenReport:
+    """Put a release's encoder.json and vocab.bpe in tiktoken's cache so tiktoken.get_encoding("gpt2") works offline.
+
+    name_or_dir: a pulled release (its tokenizer files suffice), a folder holding the two files, or None: any pulled.
+    cache_dir: where to put them instead of tiktoken's own ($TIKTOKEN_CACHE_DIR, $DATA_GYM_CACHE_DIR, <tmp>/data-gym-cache).
+    Returns a TiktokenReport: .cache_dir, .files (each with its URL, path, sha256 and whether it was already there).
+    """
+    from .tiktoken_cache import install
+
+    return install(name_or_dir, cache_dir)
+
+
 __all__ = [
     "__version__", "Gpt2hubError", "ReleaseManifest", "Checkpoint", "ProgressEvent", "Reporter",
     "releases", "resolve", "create_manifest", "list_releases", "info", "path", "remove", "disk_usage", "pull", "convert", "verify", "sample",
-    "sample_interactive", "mirror", "run_demo", "diagnose",
+    "sample_interactive", "mirror", "run_demo", "diagnose", "tiktoken",
 ]

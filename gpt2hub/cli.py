@@ -56,8 +56,11 @@ def _dtype_help() -> str:
     """--dtype's help from the registry: "Weight type (default f32; q8_0 is gguf only)."."""
     forms = converters.formats()
     defaults = "/".join(dict.fromkeys(f.default_dtype for f in forms))
-    only = [f"{d} is {_names(f for f in forms if d in f.dtypes)} only"
-            for d in converters.dtypes() if not all(d in f.dtypes for f in forms)]
+    where: dict[str, list[str]] = {}  # the formats' names -> the dtypes only they write
+    for d in converters.dtypes():
+        if not all(d in f.dtypes for f in forms):
+            where.setdefault(_names(f for f in forms if d in f.dtypes), []).append(d)
+    only = [f"{', '.join(ds)} {'is' if len(ds) == 1 else 'are'} {names} only" for names, ds in where.items()]
     return f"Weight type (default {defaults}; {'; '.join(only)})." if only else f"Weight type (default {defaults})."
 
 
@@ -244,8 +247,27 @@ def convert(name_or_dir: str | None, fmt: str, dtype: str | None, out: Path | No
         click.echo(f"ignored {len(r.ignored)} non-model variables (e.g. {r.ignored[0]})", err=True)
     if not r.hparams_from.startswith(("hparams.json", "--hparams")):
         click.echo(f"hparams {r.hparams_from}: {r.hparams}", err=True)
+    for note in r.notes:
+        click.echo(note, err=True)
     click.echo(f"{r.release}: {r.tensors} tensors -> {r.format} {r.dtype} at {r.path} "
                f"({_size(r.bytes_read)} in {r.seconds:.1f} s)")
+
+
+@main.command("tiktoken")
+@click.argument("name_or_dir", metavar="[NAME|DIR]", required=False)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Cache folder (default: $TIKTOKEN_CACHE_DIR, $DATA_GYM_CACHE_DIR or <tmp>/data-gym-cache).")
+@json_option
+def tiktoken_cmd(name_or_dir: str | None, cache_dir: Path | None, as_json: bool) -> None:
+    """Make tiktoken.get_encoding("gpt2") work offline from a release's encoder.json and vocab.bpe."""
+    r = gpt2hub.tiktoken(name_or_dir, cache_dir=cache_dir)
+    if as_json:
+        click.echo(json.dumps(r.to_dict(), indent=1))
+        return
+    for f in r.files:
+        click.echo(f"{f.name}: {'already in' if f.already else 'copied to'} {f.path}")
+    if cache_dir is not None:
+        click.echo(f"tiktoken reads it with: export TIKTOKEN_CACHE_DIR={r.cache_dir}")
 
 
 @main.command("rm")

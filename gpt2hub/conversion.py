@@ -37,6 +37,7 @@ class ConversionReport:
     hparams: dict
     hparams_from: str  # "hparams.json", "--hparams FILE", "manifest" or "inferred from shapes"
     ignored: list[str] = field(default_factory=list)  # non-model variables: optimizer slots, step counters
+    notes: list[str] = field(default_factory=list)  # what the converter reports, e.g. llama.cpp's tensor types
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -90,7 +91,7 @@ def convert(name_or_dir: str | Path | None = None, to: str | None = None, dtype:
         task = f"{to} {dtype}"
         emit(progress, ProgressEvent.begin(task, total))
         try:
-            converter.write(source, tmp, dtype, bytes_counter(progress, task))
+            notes = converter.write(source, tmp, dtype, bytes_counter(progress, task)) or []
         finally:
             emit(progress, ProgressEvent.end(task))
         _install(tmp, final)
@@ -101,7 +102,7 @@ def convert(name_or_dir: str | Path | None = None, to: str | None = None, dtype:
         ckpt.close()
     return ConversionReport(path=final, format=to, dtype=dtype, release=release, source=folder, tensors=len(model),
                             bytes_read=total, hparams=h.to_dict(), hparams_from=hparams_from, ignored=ignored,
-                            seconds=time.perf_counter() - started)
+                            notes=notes, seconds=time.perf_counter() - started)
 
 
 def output_path(release: str, fmt: str, dtype: str) -> Path:

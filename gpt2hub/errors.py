@@ -41,6 +41,18 @@ class MirrorError(Gpt2hubError):
     """An upload that failed or a destination that cannot be used."""
 
 
+class ConsumerCrashed(Gpt2hubError):
+    """A consumer run in a child process that died (a signal, a non-zero exit) instead of answering."""
+
+    def __init__(self, message: str, signal: int | None = None, exit_status: int | None = None):
+        super().__init__(message)
+        self.signal, self.exit_status = signal, exit_status
+
+
+class ConsumerTimedOut(ConsumerCrashed):
+    """A consumer run in a child process that gave no answer in time, and was stopped."""
+
+
 MAX_JSON_BYTES = 64 << 20  # no JSON input gpt2hub reads (hparams, configs, manifests) comes near this
 MAX_JSON_DEPTH = 32  # a manifest nests 4 deep; deeper is an attack on the parser, not data
 MAX_JSON_CONTAINERS = 1 << 18  # lists and objects (the 1558M manifest has ~1,200; 4 per tensor at most)

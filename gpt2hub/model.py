@@ -4,7 +4,7 @@ tanh GELU; LayerNorm with biased variance and eps 1e-5; attention scaled by 1/sq
 causal mask counted from the lower-right corner (a query sees the whole cache); tied output head; a
 KV cache (`past`). Weights keep the checkpoints' Conv1D (in, out) layout and HF's GPT2Model names,
 so the TF checkpoint and HF files load without transposes; only GGUF stores them (out, in).
-Read top to bottom: LayerNorm -> Conv1D -> Attention -> MLP -> Block -> GPT -> loaders.
+Read top to bottom: LayerNorm -> Conv1D -> Embedding -> Attention -> MLP -> Block -> GPT -> loaders.
 """
 
 from __future__ import annotations
@@ -85,6 +85,21 @@ class Conv1D(nn.Module):
         return y.view(*x.shape[:-1], -1)
 
 
+class Embedding(nn.Module):
+    """A lookup table, created empty: its rows always come from a checkpoint.
+
+    nn.Embedding would fill it with torch.nn.init.normal_ first, wasted work that on the meta device
+    imports torch._dynamo and triton, which crashes (SIGSEGV) in a process that ran TensorFlow.
+    """
+
+    def __init__(self, n: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n, dim))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return F.embedding(idx, self.weight)
+
+
 def causal_mask(t: int, s: int, device: torch.device) -> torch.Tensor:
     """openai `attention_mask(nd=t, ns=s)`: query i sees key j iff j <= i + (s - t)."""
     return torch.ones(t, s, dtype=torch.bool, device=device).tril(diagonal=s - t)  # (T, Tp+T)
@@ -153,8 +168,8 @@ class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.config = cfg
-        self.wte = nn.Embedding(cfg.n_vocab, cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.n_ctx, cfg.n_embd)
+        self.wte = Embedding(cfg.n_vocab, cfg.n_embd)
+        self.wpe = Embedding(cfg.n_ctx, cfg.n_embd)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = LayerNorm(cfg.n_embd, cfg.eps)
 

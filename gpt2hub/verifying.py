@@ -5,7 +5,8 @@
 3. a second, independent reference where TensorFlow is installed: openai/gpt-2 src/model.py's graph,
    written with today's tf ops, run by TensorFlow on the variables TensorFlow itself reads;
 4. each converted output loaded by the program people load it with (transformers, llama.cpp);
-   gpt2hub.model only where that program is not installed, and the row says so;
+   gpt2hub.model only where that program is not installed, and the row says so. TensorFlow and
+   every consumer run in a child process (gpt2hub.isolation): one that crashes is an ERROR row;
 5. one row per output: max/mean |delta logit|, top-1 agreement and KL divergence against the
    reference, judged by the tolerance of its (dtype, consumer) from TOLERANCES;
 6. tokenization parity: tiktoken on encoder.json/vocab.bpe vs tokenizer.json vs llama.cpp's GGUF vocab.
@@ -24,8 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
-from . import converters, store
-from .errors import ChecksumError, CheckpointError, ConversionError, Gpt2hubError, VerificationError
+from . import converters, isolation, store
+from .errors import ChecksumError, CheckpointError, ConsumerCrashed, ConversionError, Gpt2hubError, VerificationError
 from .layout import HParams, is_model_tensor
 from .registry import sha256_file
 from .progress import ProgressEvent, Reporter, emit
@@ -48,7 +49,8 @@ TOKENIZER_TEXT = (
     "    indented code(x) {return x**2;}  // end   "
 )
 
-CONSUMER_MODULES = {"transformers": "transformers", "llama.cpp": "llama_cpp", "tensorflow": "tensorflow", "gpt2hub": "torch"}
+CONSUMER_MODULES = {"transformers": "transformers", "llama.cpp": "llama_cpp", "tensorflow": "tensorflow", "gpt2hub": "torch",
+                    "onnxruntime": "onnxruntime"}
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,20 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("f16", "gpt2hub"): Tolerance(1e-2, 1e-3, None, "seen 8.5e-4, KL 1.3e-7: fp16 weights, f32 maths"),
     ("bf16", "gpt2hub"): Tolerance(1e-1, 5e-3, None, "seen 6.8e-3, KL 8e-6: bf16 weights, f32 maths"),
     ("q8_0", "gpt2hub"): Tolerance(2e-1, 1e-2, None, "seen 1.7e-2, KL 5.7e-5: 8-bit weights, f32 maths"),
+    ("f32", "onnxruntime"): Tolerance(1e-5, 1e-7, None, "seen 4.3e-7: float32 rounding"),
+    ("f16", "onnxruntime"): Tolerance(1e-2, 1e-3, None, "fp16 weights, f32 maths (as gpt2hub's f16 row)"),
 }
+# The GGUF quantization ladder below q8_0: the worst (max|delta|, KL) seen on generated releases (tiny,
+# n_embd 256 where K-quants apply, and the 124M shape) through llama.cpp and through the gpt2hub fallback
+# (equal within 5%: the same dequantized weights); tolerances are 10x both, a sanity bound judged mainly by KL.
+LADDER_SEEN = {
+    "q6_k": (7.8e-2, 6.4e-4), "q5_k_m": (1.3e-1, 1.8e-3), "q5_k_s": (1.4e-1, 2.1e-3), "q5_1": (1.5e-1, 2.8e-3),
+    "q5_0": (1.6e-1, 3.7e-3), "q4_k_m": (2.4e-1, 6.2e-3), "q4_k_s": (2.3e-1, 7.0e-3), "q4_1": (2.8e-1, 1.1e-2),
+    "q4_0": (3.1e-1, 1.4e-2), "q3_k_l": (3.3e-1, 1.1e-2), "q3_k_m": (3.5e-1, 1.3e-2), "q3_k_s": (5.0e-1, 3.6e-2),
+    "q2_k": (6.8e-1, 5.9e-2),
+}
+TOLERANCES.update({(dtype, consumer): Tolerance(10 * seen_max, 10 * seen_kl, None, f"seen {seen_max:.1e}, KL {seen_kl:.1e}")
+                   for dtype, (seen_max, seen_kl) in LADDER_SEEN.items() for consumer in ("llama.cpp", "gpt2hub")})
 
 
 @dataclass
@@ -119,10 +134,11 @@ class Row:
     tolerance: str = ""
     passed: bool = False
     note: str = ""
+    crashed: bool = False  # the consumer's process died (note says how): status ERROR
 
     @property
     def status(self) -> str:
-        return "PASS" if self.passed else "FAIL"
+        return "ERROR" if self.crashed else "PASS" if self.passed else "FAIL"
 
 
 @dataclass
@@ -134,10 +150,11 @@ class TokenizerRow:
     n_tokens: int | None
     passed: bool
     detail: str = ""
+    crashed: bool = False  # the tokenizer's process died (detail says how): status ERROR
 
     @property
     def status(self) -> str:
-        return "PASS" if self.passed else "FAIL"
+        return "ERROR" if self.crashed else "PASS" if self.passed else "FAIL"
 
 
 @dataclass
@@ -459,6 +476,13 @@ def llama_logits(path: Path, tokens: Sequence[int]) -> np.ndarray:
     return logits(path, tokens).astype(np.float64)
 
 
+def onnxruntime_logits(path: Path, tokens: Sequence[int]) -> np.ndarray:
+    """onnxruntime's logits for every position of a first (cache-less) step, on the CPU."""
+    from .consumers import onnxruntime_logits as logits
+
+    return logits(path, tokens).astype(np.float64)
+
+
 def gpt2hub_logits(path: Path, tokens: Sequence[int], device: str) -> np.ndarray:
     """gpt2hub.model in float32 on `device`, from any format."""
     import torch
@@ -472,10 +496,14 @@ def gpt2hub_logits(path: Path, tokens: Sequence[int], device: str) -> np.ndarray
 
 # consumer -> (format, path, tokens, device) -> (logits, dtype, note)
 CONSUMER_LOGITS = {
-    "transformers": lambda form, path, tokens, device: (*transformers_logits(path, tokens, device), device),
-    "llama.cpp": lambda form, path, tokens, device: (llama_logits(path, tokens), form.read_dtype(path), "cpu, f32 KV cache"),
+    # transformers and llama.cpp run in a child process each (a crash there is that row's ERROR)
+    "transformers": lambda form, path, tokens, device: (
+        *isolation.run(transformers_logits, (path, tokens, device), name="transformers"), device),
+    "llama.cpp": lambda form, path, tokens, device: (
+        isolation.run(llama_logits, (path, tokens), name="llama.cpp"), form.read_dtype(path), "cpu, f32 KV cache"),
     # a format no other program loads: gpt2hub.model through the format's read_weights
     "gpt2hub": lambda form, path, tokens, device: (gpt2hub_logits(path, tokens, device), form.read_dtype(path), device),
+    "onnxruntime": lambda form, path, tokens, device: (onnxruntime_logits(path, tokens), form.read_dtype(path), "cpu"),
 }
 
 
@@ -549,9 +577,9 @@ def check_tokenizers(original: Path, outputs: Sequence[tuple[str, Path | None]],
             continue
         name = reader.name
         try:
-            ids = reader.ids(source, text)
-        except Exception as e:  # a tokenizer that cannot load is that file's FAIL row
-            rows.append(TokenizerRow(name, str(source), None, False, one_line(e)))
+            ids = isolation.run(reader.ids, (source, text), name=name)
+        except Exception as e:  # a tokenizer that cannot load is that file's FAIL row; one that crashes, ERROR
+            rows.append(TokenizerRow(name, str(source), None, False, one_line(e), isinstance(e, ConsumerCrashed)))
             continue
         rows.append(TokenizerRow(name, str(source), len(ids), ids == ref, "same ids" if ids == ref else _first_difference(ids, ref)))
     return rows
@@ -612,9 +640,11 @@ def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | 
         if installed("tensorflow"):
             say("the original graph on TensorFlow")
             try:
-                report.rows.append(judge(Row("original", "f64", "tensorflow", src), reference, tf_original_graph(release.original, ids)))
-            except Exception as e:  # TensorFlow refusing the checkpoint is a FAIL row, not a crash
-                report.rows.append(Row("original", "f64", "tensorflow", src, tolerance="-", note=one_line(e)))
+                logits = isolation.run(tf_original_graph, (release.original, ids), name="tensorflow")
+                report.rows.append(judge(Row("original", "f64", "tensorflow", src), reference, logits))
+            except Exception as e:  # TensorFlow refusing the checkpoint is a FAIL row, crashing an ERROR row
+                report.rows.append(Row("original", "f64", "tensorflow", src, tolerance="-", note=one_line(e),
+                                       crashed=isinstance(e, ConsumerCrashed)))
         else:
             report.notes.append("TensorFlow not installed: the second reference (the original graph) was skipped")
         say(f"gpt2hub float32 on {device}")
@@ -639,8 +669,9 @@ def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | 
                 logits, dtype, note = CONSUMER_LOGITS[consumer](form, path, ids, device)
                 row = Row(fmt, dtype, consumer, str(path), note=note)
             report.rows.append(judge(row, reference, logits))
-        except Exception as e:  # whatever a consumer raises on a bad file is that file's FAIL row
-            report.rows.append(Row(fmt, "-", consumer, str(path), tolerance="-", note=one_line(e)))
+        except Exception as e:  # what a consumer raises on a bad file is that file's FAIL row; a crash, ERROR
+            report.rows.append(Row(fmt, "-", consumer, str(path), tolerance="-", note=one_line(e),
+                                   crashed=isinstance(e, ConsumerCrashed)))
         gc.collect()
 
     say("tokenization parity")

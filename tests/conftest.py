@@ -1,12 +1,26 @@
+import importlib.util
+
 import pytest
 
-from gpt2hub.testing.release import SHAPES, write_release
+from gpt2hub.testing.release import REAL_FIXTURES, SHAPES, write_release
 from tests.s3server import start_seaweed
+
+if importlib.util.find_spec("torch") is not None:
+    # torch >= 2.14 loads triton when torch._dynamo is first imported (transformers does), and triton's native
+    # library crashes (SIGSEGV) in a process where TensorFlow was loaded first. Tests write releases with
+    # TensorFlow and load outputs with transformers in this one process, so triton comes first. gpt2hub
+    # itself runs TensorFlow and each consumer in processes of their own (gpt2hub.isolation); the
+    # TensorFlow-first order is tested in a fresh process (test_model.py).
+    import torch._dynamo  # noqa: F401
+
+pytest_plugins = ["tests.ci", "pytester"]  # tests.ci: in CI a skip is a failure
 
 
 @pytest.fixture(scope="session")
 def tiny_release(tmp_path_factory):
     """A complete GPT-2 release (SHAPES["tiny"]) in OpenAI's layout, written once per session."""
+    if REAL_FIXTURES is None:  # in CI, tests.ci stops the session before this
+        pytest.skip("../shared/fixtures/openai-124M-real absent: tests on the tiny release need GPT-2's real vocabulary")
     return write_release(tmp_path_factory.mktemp("release") / "tiny", **SHAPES["tiny"])
 
 

@@ -132,8 +132,8 @@ def test_path_of_a_format(home):
 
 
 def test_path_rejects_unknown_format():
-    result = gpt2hub("path", "124M", "--format", "onnx")
-    assert result.exit_code == 2 and "onnx" in result.stderr
+    result = gpt2hub("path", "124M", "--format", "onyx")
+    assert result.exit_code == 2 and "onyx" in result.stderr
 
 
 # --- errors, through the real console script ---------------------------------------------------

@@ -139,7 +139,7 @@ def test_missing_tensor_is_named(tiny_converted, tmp_path):
 
 
 def test_folder_of_no_known_format_is_an_error(tmp_path):
-    with pytest.raises(ConversionError, match="not a TF checkpoint folder, an HF model folder or a .gguf file"):
+    with pytest.raises(ConversionError, match="not a TF checkpoint folder, an HF model folder, a .gguf file, an llm.c folder or an ONNX model folder"):
         M.load(tmp_path)
 
 
@@ -148,6 +148,7 @@ def test_positions_beyond_n_ctx_are_an_error(reference):
         logits_of(reference, [1] * 65)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda_is_a_one_line_error():
     with pytest.raises(Gpt2hubError, match=r"^--device cuda: PyTorch .* has no CUDA device; use --device cpu$"):
@@ -159,9 +160,37 @@ def test_unknown_device_is_a_one_line_error():
         M.resolve_device("tpu")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_float32_matches_the_cpu_reference(tiny_release, reference):
     model = M.from_checkpoint(tiny_release, device=M.resolve_device("cuda"))
     with torch.inference_mode():
         out = model(torch.tensor([TOKENS], device="cuda"))[0][0].double().cpu().numpy()
     np.testing.assert_allclose(out, logits_of(reference)[0], rtol=0, atol=1e-5)
+
+
+def _float64_model_after_tensorflow(folder: str) -> list[str]:
+    """issue 15's reduced case, in a fresh process: TensorFlow writes a release, then the float64 model loads."""
+    from gpt2hub.testing.release import SHAPES, write_release
+
+    release = write_release(folder, **SHAPES["tiny"])  # TensorFlow runs in this process
+    model = M.from_checkpoint(release, dtype=torch.float64)
+    return [str(model.dtype), str(model.wte.weight.device)]
+
+
+def test_float64_model_loads_in_a_process_that_ran_tensorflow(tmp_path):
+    pytest.importorskip("tensorflow")
+    from gpt2hub import isolation
+
+    # torch 2.14's meta-device normal_ imported triton, which crashed (SIGSEGV) beside TensorFlow.
+    assert isolation.run(_float64_model_after_tensorflow, (str(tmp_path / "tiny"),)) == ["torch.float64", "cpu"]
+
+
+def test_loading_runs_no_random_initialisation(tiny_release, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a checkpoint's module was randomly initialised")
+
+    for name in ("normal_", "uniform_", "kaiming_uniform_", "xavier_uniform_", "trunc_normal_"):
+        monkeypatch.setattr(torch.nn.init, name, refuse)
+    model = M.from_checkpoint(tiny_release, dtype=torch.float64)
+    assert model.wte.weight.dtype == torch.float64

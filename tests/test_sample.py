@@ -159,6 +159,7 @@ def test_a_release_not_pulled_is_a_one_line_error(tmp_path, monkeypatch):
     assert result.output.strip() == f"gpt2hub: error: 355M: not pulled (nothing in {tmp_path / '355M' / 'original'}); run: gpt2hub pull 355M"
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda_is_a_one_line_error(tiny_release):
     result = run_cli("sample", str(tiny_release), "--device", "cuda")

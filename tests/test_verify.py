@@ -315,9 +315,10 @@ def test_a_release_not_pulled_is_a_one_line_error(tmp_path, monkeypatch):
 
 
 def test_an_unknown_format_name_is_a_one_line_error(tiny_release):
-    result = run_cli("verify", str(tiny_release), "--formats", "original,onnx")
+    result = run_cli("verify", str(tiny_release), "--formats", "original,onyx")
     assert result.exit_code == 1
-    assert result.output.strip() == "gpt2hub: error: unknown format 'onnx'; formats: original, safetensors, pytorch, gguf"
+    assert result.output.strip() == ("gpt2hub: error: unknown format 'onyx'; "
+                                     "formats: original, safetensors, pytorch, gguf, llmc, onnx")
 
 
 def test_a_folder_without_a_checkpoint_is_a_one_line_error(tmp_path):
@@ -330,6 +331,7 @@ def test_prompt_and_tokens_together_are_an_error(tiny_release):
         V.verify(tiny_release, prompt="hi", tokens=3)
 
 
+@pytest.mark.cuda
 def test_cuda_without_cuda_is_a_one_line_error(tiny_release):
     import torch
 
@@ -350,3 +352,37 @@ def test_compare_reports_the_metrics_of_a_known_shift():
     q = np.exp(shifted) / np.exp(shifted).sum()
     assert m["kl"] == pytest.approx(float(np.sum(np.exp(ref) * (ref - np.log(q)))))
 
+
+
+# --- consumers that crash -------------------------------------------------------------------------
+
+
+def test_a_consumer_that_crashes_is_an_error_row_and_verify_goes_on(tiny_converted, monkeypatch):
+    from tests.crashing import segfault
+
+    # transformers' loader, as verify calls it, replaced by one that dies of SIGSEGV in its child process
+    monkeypatch.setattr(V, "transformers_logits", segfault)
+    result = run_cli("verify", str(tiny_converted), "--formats", "original,safetensors")
+    assert result.exit_code == 1, result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("safetensors "))
+    assert " ERROR " in line and "killed by SIGSEGV" in line
+    assert sum(" ERROR " in x for x in result.output.splitlines()) == 1
+    assert "tokenizers" in result.output and "FAIL (1 failed)" in result.output  # the checks after it still ran
+
+
+def test_a_tokenizer_that_crashes_is_an_error_row(tiny_converted, monkeypatch):
+    from tests.crashing import segfault
+
+    import dataclasses
+
+    from gpt2hub import converters
+
+    # safetensors' tokenizer.json reader replaced by one that dies of SIGSEGV in its child process
+    form = converters.get("safetensors")
+    crashing = dataclasses.replace(form, tokenizer=dataclasses.replace(form.tokenizer, ids=segfault))
+    get = converters.get
+    monkeypatch.setattr(converters, "get", lambda fmt: crashing if fmt == "safetensors" else get(fmt))
+    report = V.verify(tiny_converted, formats=["safetensors"])
+    (t,) = [t for t in report.tokenization if t.tokenizer == "tokenizers"]
+    assert t.status == "ERROR" and "SIGSEGV" in t.detail
+    assert row(report, "safetensors").passed and not report.passed

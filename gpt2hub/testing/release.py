@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 import zlib
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from ..layout import HParams, tensor_shapes
 from ..registry import OPENAI_FILES
 from ..tfcheckpoint import write_checkpoint
 from ..tokenizer import ENDOFTEXT
+from . import strict
 from .vocab import generated_vocab
 
 # ../shared beside the checkout (this file is <checkout>/gpt2hub/testing/release.py); GPT2HUB_SHARED overrides.
@@ -220,13 +222,19 @@ def write_release(
 ) -> Path:
     """Write a complete GPT-2 release (the seven OpenAI files) into `dir`; return it as a Path.
 
-    vocab: "auto" (real OpenAI files if REAL_FIXTURES, else generated), "real" or "generated".
+    vocab: "auto" (real OpenAI files if REAL_FIXTURES, else generated with a warning, an error in CI),
+    "real" or "generated".
     n_vocab: None means the vocabulary's size (50257 for the real one, 557 for the generated one);
     with the generated vocabulary it sets the number of merges (n_vocab - 257).
     """
     if n_embd % n_head:
         raise ValueError(f"n_embd={n_embd} is not a multiple of n_head={n_head}")
     if vocab == "auto":
+        if REAL_FIXTURES is None:
+            if strict():
+                raise FileNotFoundError(f"{_REAL}: OpenAI's real vocabulary is missing, and CI needs it "
+                                        "(vocab='generated' asks for the small generated one)")
+            warnings.warn(f"{_REAL} not found: the release gets a small generated vocabulary, not GPT-2's 50,257 tokens")
         vocab = "real" if REAL_FIXTURES is not None else "generated"
     out = Path(dir)
     out.mkdir(parents=True, exist_ok=True)
