@@ -327,7 +327,7 @@ def test_unknown_format_in_the_api_is_a_one_line_error():
     import gpt2hub
     from gpt2hub.errors import Gpt2hubError
 
-    with pytest.raises(Gpt2hubError, match="unknown format 'onnx'") as e:
-        gpt2hub.path("124M", "onnx")
+    with pytest.raises(Gpt2hubError, match="unknown format 'onyx'") as e:
+        gpt2hub.path("124M", "onyx")
     one_line(e)
 
