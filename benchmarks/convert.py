@@ -68,7 +68,7 @@ conv._add_metadata(w, src, dtype)
 for p in plan(src, conv.GLOBAL_RULES, conv.BLOCK_RULES):
     a = np.array(src.ckpt.tensor(p.entry.name)).reshape(p.shape[::-1] if p.rule.transpose else p.shape)
     a = np.ascontiguousarray(a.T) if p.rule.transpose else a
-    qtype = gguf.GGMLQuantizationType[conv._ggml_type(p.rule, dtype)]
+    qtype = gguf.GGMLQuantizationType[conv._ggml_type(p.rule, dtype, p.shape[-1])]
     if qtype == gguf.GGMLQuantizationType.F32:
         w.add_tensor(p.name, a)
     elif qtype == gguf.GGMLQuantizationType.F16:
@@ -96,6 +96,15 @@ def measure(cmd: list[str]) -> tuple[float, float, str]:
         if p.returncode:
             raise SystemExit(f"failed ({p.returncode}): {' '.join(cmd)}\n{err.read().decode(errors='replace')[-3000:]}")
         return wall, usage.ru_maxrss / 1024, out.read().decode()
+
+
+def generate_release(work: Path, shape: str) -> Path:
+    """A release of the given shape written into work/<shape> by gpt2hub.testing.release (TensorFlow)."""
+    release = work / shape
+    print(f"generating a {shape}-shape release in {release} ...", file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, "-m", "gpt2hub.testing.release", str(release), "--shape", shape], check=True, cwd=ROOT,
+                   stdout=subprocess.DEVNULL)
+    return release
 
 
 def gpt2hub_cmd(release: Path, out: Path, fmt: str, dtype: str, manifest: Path | None) -> list[str]:
@@ -144,12 +153,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     os.environ["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
     try:
-        release = a.release
-        if release is None:
-            release = work / a.shape
-            print(f"generating a {a.shape}-shape release in {release} ...", file=sys.stderr, flush=True)
-            subprocess.run([sys.executable, "-m", "gpt2hub.testing.release", str(release), "--shape", a.shape], check=True, cwd=ROOT,
-                           stdout=subprocess.DEVNULL)
+        release = a.release or generate_release(work, a.shape)
         data_size = (release / DATA).stat().st_size
         from gpt2hub import registry
 

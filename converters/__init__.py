@@ -45,7 +45,8 @@ T, R = TypeVar("T"), TypeVar("R")
 # --- the interface ----------------------------------------------------------------------------
 
 class WriteFn(Protocol):
-    def __call__(self, source: "Source", out: Path, dtype: str, progress: Progress) -> None: ...
+    def __call__(self, source: "Source", out: Path, dtype: str, progress: Progress) -> list[str] | None:
+        """Write the output; may return lines worth telling the user (e.g. which tensor got which type)."""
 
 
 @dataclass(frozen=True)

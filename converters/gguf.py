@@ -5,10 +5,20 @@ Each tensor is handed to it as a `_Streamed` stand-in whose tofile() writes the 
 row-chunk at a time, instead of a whole array: GGUFWriter keeps every added array until the file is
 written. Norms, biases and position_embd stay F32 whatever the dtype, as llama.cpp's converter and
 llama-quantize keep them.
+
+Two kinds of quantized dtypes: the block types gguf-py quantizes in numpy (q8_0, q4_0, q4_1, q5_0,
+q5_1; bit-identical to ggml's reference quantizer) are streamed like the float types, every 2-D
+weight in the one type. llama.cpp's K-quant mixes (q4_k_m, ...) are made by llama.cpp itself
+(`llama_model_quantize`, as llama-quantize) from an F32 GGUF written beside the output and deleted
+after, so the per-tensor policy is exactly llama.cpp's; which tensor got which type is reported.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+from collections import Counter
 from pathlib import Path
 
 from gpt2hub import lazy
@@ -49,13 +59,27 @@ DTYPES = {
     "f16": ("F16", "MOSTLY_F16"),
     "bf16": ("BF16", "MOSTLY_BF16"),
     "q8_0": ("Q8_0", "MOSTLY_Q8_0"),
+    "q5_1": ("Q5_1", "MOSTLY_Q5_1"),
+    "q5_0": ("Q5_0", "MOSTLY_Q5_0"),
+    "q4_1": ("Q4_1", "MOSTLY_Q4_1"),
+    "q4_0": ("Q4_0", "MOSTLY_Q4_0"),
 }
+# llama.cpp's mixes by --dtype: general.file_type gguf.LlamaFileType.MOSTLY_<DTYPE>, made by llama_model_quantize
+# with llama_cpp.LLAMA_FTYPE_MOSTLY_<DTYPE>.
+LLAMA_MIXES = ("q6_k", "q5_k_m", "q5_k_s", "q4_k_m", "q4_k_s", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k")
+QK_K = 256  # K-quant super-block: a row length not divisible by it gets another type from llama.cpp
 ARCH = "gpt2"
 SUFFIX = ".gguf"
 
 
-def _ggml_type(rule: Rule, dtype: str) -> str:
-    return "F32" if rule.keep_f32 else DTYPES[dtype][0]
+def _ggml_type(rule: Rule, dtype: str, row: int) -> str:
+    """F32 for norms and biases; F16 for a row the type's blocks don't divide (as convert_hf_to_gguf)."""
+    import gguf
+
+    if rule.keep_f32:
+        return "F32"
+    name = DTYPES[dtype][0]
+    return name if row % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name]][0] == 0 else "F16"
 
 
 def _encode(block, ggml_type: str):
@@ -111,7 +135,14 @@ class _Streamed:
             self.progress(n)
 
 
-def write(source: Source, out: Path, dtype: str, progress: Progress) -> None:
+def write(source: Source, out: Path, dtype: str, progress: Progress) -> list[str] | None:
+    if dtype in LLAMA_MIXES:
+        return _write_llama_mix(source, out, dtype, progress)
+    _write_streamed(source, out, dtype, progress)
+    return None
+
+
+def _write_streamed(source: Source, out: Path, dtype: str, progress: Progress) -> None:
     import gguf
 
     if len(source.vocab.tokens) != source.hparams.n_vocab:
@@ -124,7 +155,7 @@ def write(source: Source, out: Path, dtype: str, progress: Progress) -> None:
     w = gguf.GGUFWriter(None, ARCH)
     _add_metadata(w, source, dtype)
     for p in planned:
-        ggml_type = _ggml_type(p.rule, dtype)
+        ggml_type = _ggml_type(p.rule, dtype, p.shape[-1])
         qtype = gguf.GGMLQuantizationType[ggml_type]
         rows = p.shape if len(p.shape) > 1 else (1, *p.shape)
         nbytes = int(np.prod(gguf.quants.quant_shape_to_byte_shape(rows, qtype)))
@@ -135,6 +166,55 @@ def write(source: Source, out: Path, dtype: str, progress: Progress) -> None:
         w.write_tensors_to_file()
     finally:
         w.close()
+
+
+def _write_llama_mix(source: Source, out: Path, dtype: str, progress: Progress) -> list[str]:
+    """llama.cpp quantizes an F32 GGUF of the source to its `dtype` mix; returns what each tensor became."""
+    import ctypes
+
+    try:
+        import llama_cpp
+    except ImportError:
+        raise ConversionError(f"--dtype {dtype} is made by llama.cpp's quantizer: pip install 'gpt2hub[llama]'") from None
+    f32 = out.with_name(out.name + ".f32")
+    try:
+        _write_streamed(source, f32, "f32", progress)
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{dtype.upper()}")
+        params.nthread = os.cpu_count() or 1
+        logger = logging.getLogger("llama-cpp-python")  # llama-cpp-python prints llama.cpp's log at its level
+        level = logger.level
+        logger.setLevel(logging.CRITICAL)
+        try:
+            failed = llama_cpp.llama_model_quantize(os.fsencode(f32), os.fsencode(out), ctypes.byref(params))
+        finally:
+            logger.setLevel(level)
+        if failed:
+            raise ConversionError(f"{out}: llama.cpp's quantizer failed to write {dtype}")
+    finally:
+        f32.unlink(missing_ok=True)
+    return tensor_types(out)
+
+
+def tensor_types(path: Path) -> list[str]:
+    """One line per kind of 2-D tensor (layers folded to `blk.*`): the ggml types it holds, and why not a K-quant."""
+    import gguf
+
+    kinds: dict[str, Counter] = {}
+    rows: dict[str, int] = {}
+    for t in gguf.GGUFReader(path).tensors:
+        if len(t.shape) < 2:
+            continue  # norms and biases: always F32
+        kind = re.sub(r"^blk\.\d+\.", "blk.*.", t.name)
+        kinds.setdefault(kind, Counter())[t.tensor_type.name] += 1
+        rows[kind] = int(t.shape[0])
+    lines = []
+    for kind, types in kinds.items():
+        line = f"{kind}: " + ", ".join(f"{n} {name}" for name, n in types.most_common())
+        if rows[kind] % QK_K and set(types) != {"F32"}:  # F32 is policy (position_embd), not a fallback
+            line += f" (rows of {rows[kind]} are not a multiple of {QK_K}: no K-quant possible, llama.cpp fell back)"
+        lines.append(line)
+    return lines
 
 
 # --- reading a file back ----------------------------------------------------------------------
@@ -195,6 +275,7 @@ def read_dtype(path: Path, reader=None) -> str:
     reader = reader or gguf.GGUFReader(path)
     f = reader.get_field(gguf.Keys.General.FILE_TYPE)
     by_file_type = {int(gguf.LlamaFileType[file_type]): dtype for dtype, (_, file_type) in DTYPES.items()}
+    by_file_type.update({int(gguf.LlamaFileType[f"MOSTLY_{mix.upper()}"]): mix for mix in LLAMA_MIXES})
     if f is not None and int(f.contents()) in by_file_type:
         return by_file_type[int(f.contents())]
     types = [t.tensor_type.name.lower() for t in reader.tensors if len(t.shape) == 2]
@@ -222,7 +303,7 @@ def read_stored(path: Path, hparams, original: Path):
     except (OSError, ValueError) as e:
         raise ConversionError(f"{path}: not a GGUF file ({e})") from None
     dtype = read_dtype(path, reader)
-    weight_type = DTYPES[dtype][0] if dtype in DTYPES else dtype.upper()
+    weight_type = DTYPES[dtype][0] if dtype in DTYPES else None  # a llama-quantize mix: types vary per tensor
     expected = {r.name: Expected(tf, "F32" if r.keep_f32 else weight_type, r.transpose)
                 for tf, r in expand(GLOBAL_RULES, BLOCK_RULES, hparams.n_layer).items()}
     tensors = {t.name: Stored(t.name, t.tensor_type.name, tuple(int(d) for d in reversed(t.shape)), path,  # dims: ne0 first
@@ -246,8 +327,7 @@ def read_stored(path: Path, hparams, original: Path):
     return StoredOutput(dtype, read_config(reader, str(path)), tensors, expected, problems)
 
 
-FORMAT = Format(name="gguf", rank=30, dtypes=tuple(DTYPES), default_dtype="f32", write=write, consumer="llama.cpp",
-                is_output=is_output, read_weights=read_weights, read_dtype=read_dtype, read_stored=read_stored,
-                looks_like=f"a {SUFFIX} file",
+FORMAT = Format(name="gguf", rank=30, dtypes=(*DTYPES, *LLAMA_MIXES), default_dtype="f32", write=write, consumer="llama.cpp",
+                is_output=is_output, read_weights=read_weights, read_dtype=read_dtype, read_stored=read_stored, looks_like=f"a {SUFFIX} file",
                 file_suffix=SUFFIX, tokenizer=TokenizerReader("llama.cpp", "llama_cpp", lambda path: path, _llama_ids),
                 requires="gguf", extra="gguf", untie=True, demo_dtypes=("f16", "q8_0"), tags=("gguf",))

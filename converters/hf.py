@@ -134,7 +134,8 @@ def reference_names(n_layer: int) -> dict[str, str]:
 
 
 def is_output(path: Path) -> bool:
-    return (path / "config.json").is_file()
+    """config.json beside weights transformers reads (an ONNX or other folder may carry a config.json too)."""
+    return (path / "config.json").is_file() and any((path / f).is_file() for pair in WEIGHT_FILES for f in pair)
 
 
 def read_config(folder: Path) -> dict:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .housekeeping import Removal, Usage
     from .pulling import PullPlan, PullResult
     from .sampling import Samples
+    from .tiktoken_cache import TiktokenReport
     from .verifying import Report
 
 
@@ -75,7 +76,7 @@ def disk_usage(name: str | None = None) -> list[Usage]:
 def pull(name: str, *, manifest: Path | str | None = None, sources: Sequence[str] | str = (), endpoint_url: str | None = None,
          connections: int = 8, verify: bool = False, force: bool = False, only: Sequence[str] = (),
          to: Path | str | None = None, dry_run: bool = False,
-         progress: Reporter | None = None) -> PullResult | PullPlan:
+         progress: Reporter | None = None, public_mirrors: bool = True) -> PullResult | PullPlan:
     """Fetch and verify every file of a release into <home>/<name>/original/; a verified release is a quick no-op.
 
     name: a release or alias, or a release a `sources` mirror publishes a manifest for.
@@ -89,14 +90,17 @@ def pull(name: str, *, manifest: Path | str | None = None, sources: Sequence[str
     to: a folder of your own to put the release in, in OpenAI's layout (its record and lock go there too).
     dry_run: touch no file; return a PullPlan: what would be fetched, from which source, what is already there.
     progress: the reporting hook: byte tasks "total" and one per file (parent "total"); warnings as messages.
-    Returns a PullResult: .path, .files (each with its size, sha256 and what verified it), .warnings.
+    public_mirrors: False (or $GPT2HUB_NO_PUBLIC_MIRRORS=1): never fall back to the public third-party copies.
+    Returns a PullResult: .path, .files (each with its size, sha256 and what it was checked against: .check,
+    .against, .verified), .verified, .warnings.
     Offline (GPT2HUB_OFFLINE=1): only folder sources are used; anything else is one OfflineError.
     """
     from .pulling import pull as run
 
     sources = (sources,) if isinstance(sources, str) else tuple(sources)
     return run(name, manifest=manifest, sources=sources, endpoint_url=endpoint_url, connections=connections,
-               verify=verify, force=force, only=tuple(only), to=to, dry_run=dry_run, progress=progress)
+               verify=verify, force=force, only=tuple(only), to=to, dry_run=dry_run, progress=progress,
+               public_mirrors=public_mirrors)
 
 
 def convert(name_or_dir: str | Path | None = None, to: str | None = None, dtype: str | None = None,
@@ -114,7 +118,8 @@ def convert(name_or_dir: str | Path | None = None, to: str | None = None, dtype:
     hparams: an hparams.json to use (else the folder's, the manifest's, or inferred from the shapes).
     manifest: a manifest file describing the release.
     progress: the reporting hook: one byte task "<format> <dtype>" over the tensors read.
-    Returns a ConversionReport: .path, .format, .dtype, .tensors, .hparams and where they came from.
+    Returns a ConversionReport: .path, .format, .dtype, .tensors, .hparams and where they came from, and
+    .notes (e.g. which ggml type llama.cpp gave each tensor of a K-quant mix).
     """
     from .conversion import convert as run
 
@@ -221,8 +226,20 @@ def diagnose() -> dict:
     return run()
 
 
+def tiktoken(name_or_dir: str | Path | None = None, *, cache_dir: Path | str | None = None) -> TiktokenReport:
+    """Put a release's encoder.json and vocab.bpe in tiktoken's cache so tiktoken.get_encoding("gpt2") works offline.
+
+    name_or_dir: a pulled release (its tokenizer files suffice), a folder holding the two files, or None: any pulled.
+    cache_dir: where to put them instead of tiktoken's own ($TIKTOKEN_CACHE_DIR, $DATA_GYM_CACHE_DIR, <tmp>/data-gym-cache).
+    Returns a TiktokenReport: .cache_dir, .files (each with its URL, path, sha256 and whether it was already there).
+    """
+    from .tiktoken_cache import install
+
+    return install(name_or_dir, cache_dir)
+
+
 __all__ = [
     "__version__", "Gpt2hubError", "ReleaseManifest", "Checkpoint", "ProgressEvent", "Reporter",
     "releases", "resolve", "create_manifest", "list_releases", "info", "path", "remove", "disk_usage", "pull", "convert", "verify", "sample",
-    "sample_interactive", "mirror", "run_demo", "diagnose",
+    "sample_interactive", "mirror", "run_demo", "diagnose", "tiktoken",
 ]

@@ -56,8 +56,11 @@ def _dtype_help() -> str:
     """--dtype's help from the registry: "Weight type (default f32; q8_0 is gguf only)."."""
     forms = converters.formats()
     defaults = "/".join(dict.fromkeys(f.default_dtype for f in forms))
-    only = [f"{d} is {_names(f for f in forms if d in f.dtypes)} only"
-            for d in converters.dtypes() if not all(d in f.dtypes for f in forms)]
+    where: dict[str, list[str]] = {}  # the formats' names -> the dtypes only they write
+    for d in converters.dtypes():
+        if not all(d in f.dtypes for f in forms):
+            where.setdefault(_names(f for f in forms if d in f.dtypes), []).append(d)
+    only = [f"{', '.join(ds)} {'is' if len(ds) == 1 else 'are'} {names} only" for names, ds in where.items()]
     return f"Weight type (default {defaults}; {'; '.join(only)})." if only else f"Weight type (default {defaults})."
 
 
@@ -116,8 +119,9 @@ def list_cmd(as_json: bool) -> None:
 def info(name: str, manifest: Path | None, as_json: bool) -> None:
     """The manifest of a release (by name or alias)."""
     m = gpt2hub.info(name, manifest)
+    record = store.read_verified(m.name) if store.original_state(m.name) == "verified" else None
     if as_json:
-        click.echo(json.dumps(m.to_dict(), indent=1))
+        click.echo(json.dumps({**m.to_dict(), **({"pulled": record.to_dict()} if record else {})}, indent=1))
         return
     h = m.hparams
     click.echo(f"{m.name}  ({', '.join(m.aliases) or 'no aliases'})")
@@ -130,6 +134,9 @@ def info(name: str, manifest: Path | None, as_json: bool) -> None:
     for f in m.files:
         rows.append([f.name, "unknown" if f.size is None else f"{f.size:,}", f.sha256 or "-", f.status])
     click.echo(_table(rows))
+    if record is not None:
+        click.echo(f"\npulled to {store.release_dir(m.name)} ({'verified' if record.verified else 'not every file verified'}):")
+        click.echo(_checks_table(record.files))
 
 
 @main.command()
@@ -157,21 +164,30 @@ def path(name: str, fmt: str, manifest: Path | None) -> None:
 @click.option("--to", "to", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Put the files in this folder (OpenAI's layout) instead of the store.")
 @click.option("--dry-run", is_flag=True, help="Print what would be fetched, from where, and what is here; touch no file.")
+@click.option("--no-public-mirrors", is_flag=True, envvar="GPT2HUB_NO_PUBLIC_MIRRORS",
+              help="Only your sources and OpenAI's, never the public third-party copies "
+                   "(also $GPT2HUB_NO_PUBLIC_MIRRORS=1).")
 @offline_option
 @manifest_option
 @json_option
 def pull(name: str, sources: tuple[str, ...], connections: int, verify: bool, force: bool, quiet: bool,
-         endpoint_url: str | None, only: tuple[str, ...], to: Path | None, dry_run: bool, manifest: Path | None,
-         as_json: bool) -> None:
-    """Download a release, verify every file, and print where it is."""
+         endpoint_url: str | None, only: tuple[str, ...], to: Path | None, dry_run: bool, no_public_mirrors: bool,
+         manifest: Path | None, as_json: bool) -> None:
+    """Download a release, check every file, and print where it is and what each file was checked against.
+
+    "verified" means a published sha256, the sha256 of 124M's identical published file, or every tensor's
+    CRC32C from an index fetched from OpenAI; anything less is printed as what it is.
+    """
     from . import offline
 
     r = gpt2hub.pull(name, manifest=manifest, sources=sources, connections=connections, verify=verify, force=force,
                      endpoint_url=endpoint_url, only=[w for item in only for w in item.split(",") if w], to=to,
-                     dry_run=dry_run, progress=TerminalProgress(bars=not (quiet or as_json)))
+                     dry_run=dry_run, progress=TerminalProgress(bars=not (quiet or as_json)),
+                     public_mirrors=not no_public_mirrors)
     if as_json:
         click.echo(json.dumps(r.to_dict(), indent=1))
-    elif dry_run:
+        return
+    if dry_run:
         rows = [["FILE", "SIZE", "STATE", "TO FETCH", "FROM"]]
         for f in r.files:
             rows.append([f.name, _size(f.size), f.state, _size(f.fetch) if f.fetch else "-",
@@ -184,12 +200,25 @@ def pull(name: str, sources: tuple[str, ...], connections: int, verify: bool, fo
         if r.offline and needs:
             click.echo(f"gpt2hub: offline ({offline.ENV}=1): {len(needs)} files ({_size(sum(f.fetch for f in needs))}) "
                        "would need the network", err=True)
-    elif r.already:
-        click.echo(f"{r.name}: already verified at {r.path}")
+        return
+    weak = [f for f in r.files if not f.verified]
+    state = "verified" if not weak else f"pulled ({len(r.files) - len(weak)} of {len(r.files)} files verified)"
+    if r.already:
+        click.echo(f"{r.name}: already {state} at {r.path}")
     else:
         rate = r.fetched / r.seconds / 1e6 if r.seconds else 0
-        click.echo(f"{r.name}: {len(r.files)} files verified at {r.path} "
+        click.echo(f"{r.name}: {len(r.files)} files {state} at {r.path} "
                    f"({_size(r.fetched)} in {r.seconds:.1f} s, {rate:.0f} MB/s, from {', '.join(r.sources) or 'disk'})")
+    if weak:
+        click.echo(_checks_table({f.name: f for f in r.files}))
+
+
+def _checks_table(files: dict) -> str:
+    """FILE / CHECKED AGAINST rows from pull's results or record (anything with .check and .against)."""
+    rows = [["FILE", "CHECKED AGAINST", "DETAIL"]]
+    for name, f in sorted(files.items()):
+        rows.append([name, f.check.label, f.against])
+    return _table(rows)
 
 
 @main.command()
@@ -218,8 +247,27 @@ def convert(name_or_dir: str | None, fmt: str, dtype: str | None, out: Path | No
         click.echo(f"ignored {len(r.ignored)} non-model variables (e.g. {r.ignored[0]})", err=True)
     if not r.hparams_from.startswith(("hparams.json", "--hparams")):
         click.echo(f"hparams {r.hparams_from}: {r.hparams}", err=True)
+    for note in r.notes:
+        click.echo(note, err=True)
     click.echo(f"{r.release}: {r.tensors} tensors -> {r.format} {r.dtype} at {r.path} "
                f"({_size(r.bytes_read)} in {r.seconds:.1f} s)")
+
+
+@main.command("tiktoken")
+@click.argument("name_or_dir", metavar="[NAME|DIR]", required=False)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Cache folder (default: $TIKTOKEN_CACHE_DIR, $DATA_GYM_CACHE_DIR or <tmp>/data-gym-cache).")
+@json_option
+def tiktoken_cmd(name_or_dir: str | None, cache_dir: Path | None, as_json: bool) -> None:
+    """Make tiktoken.get_encoding("gpt2") work offline from a release's encoder.json and vocab.bpe."""
+    r = gpt2hub.tiktoken(name_or_dir, cache_dir=cache_dir)
+    if as_json:
+        click.echo(json.dumps(r.to_dict(), indent=1))
+        return
+    for f in r.files:
+        click.echo(f"{f.name}: {'already in' if f.already else 'copied to'} {f.path}")
+    if cache_dir is not None:
+        click.echo(f"tiktoken reads it with: export TIKTOKEN_CACHE_DIR={r.cache_dir}")
 
 
 @main.command("rm")

@@ -37,6 +37,7 @@ class ConversionReport:
     hparams: dict
     hparams_from: str  # "hparams.json", "--hparams FILE", "manifest" or "inferred from shapes"
     ignored: list[str] = field(default_factory=list)  # non-model variables: optimizer slots, step counters
+    notes: list[str] = field(default_factory=list)  # what the converter reports, e.g. llama.cpp's tensor types
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -90,7 +91,7 @@ def convert(name_or_dir: str | Path | None = None, to: str | None = None, dtype:
         task = f"{to} {dtype}"
         emit(progress, ProgressEvent.begin(task, total))
         try:
-            converter.write(source, tmp, dtype, bytes_counter(progress, task))
+            notes = converter.write(source, tmp, dtype, bytes_counter(progress, task)) or []
         finally:
             emit(progress, ProgressEvent.end(task))
         _install(tmp, final)
@@ -101,7 +102,7 @@ def convert(name_or_dir: str | Path | None = None, to: str | None = None, dtype:
         ckpt.close()
     return ConversionReport(path=final, format=to, dtype=dtype, release=release, source=folder, tensors=len(model),
                             bytes_read=total, hparams=h.to_dict(), hparams_from=hparams_from, ignored=ignored,
-                            seconds=time.perf_counter() - started)
+                            notes=notes, seconds=time.perf_counter() - started)
 
 
 def output_path(release: str, fmt: str, dtype: str) -> Path:
@@ -124,8 +125,8 @@ def _known_sha256(ckpt: Checkpoint, release: str, m, folder: Path) -> list[str] 
     record = store.read_verified(release) if m is not None and folder == store.release_dir(release).resolve() else None
     out = []
     for path in ckpt.data_paths:
-        info = (record or {}).get("files", {}).get(path.name, {})
-        sha = info.get("sha256") if info.get("size") == path.stat().st_size else None
+        info = record.files.get(path.name) if record is not None else None
+        sha = info.sha256 if info is not None and info.size == path.stat().st_size else None
         if sha is None and m is not None:
             f = next((f for f in m.files if f.name == path.name), None)
             sha = f.sha256 if f is not None and f.status != "expected" and f.size == path.stat().st_size else None

@@ -19,7 +19,7 @@ EXTRAS: dict[str, tuple[str, str, str]] = {
     "torch": ("torch", "torch", "reference model, verify, sample"),
     "transformers": ("transformers", "transformers", f"consumer of the {_consumed_by('transformers')} formats"),
     **{f.extra: (f.requires, f.requires, f"writing {f.name} files") for f in converters.formats() if f.extra},
-    "llama": ("llama_cpp", "llama-cpp-python", f"consumer of {_consumed_by('llama.cpp')} files (llama.cpp)"),
+    "llama": ("llama_cpp", "llama-cpp-python", f"consumer of {_consumed_by('llama.cpp')} files (llama.cpp), and its K-quant mixes"),
     "s3": ("boto3", "boto3", "S3 sources and mirrors"),
     "hub": ("huggingface_hub", "huggingface-hub", "Hugging Face Hub mirrors"),
 }

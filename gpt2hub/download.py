@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import DownloadError
-from .sources import CHUNK, MAX_RETRY_AFTER, RangeIgnored, Remote, TransferError
+from .integrity import atomic_write_json
+from .sources import (CHUNK, MAX_RETRY_AFTER, SPEED_LIMIT, SPEED_LIMIT_ENV, SPEED_TIME, SPEED_TIME_ENV, RangeIgnored,
+                      Remote, TransferError)
 
 RECORD_SUFFIX = ".ranges.json"
 MIN_RANGE = 1 << 20
@@ -32,13 +34,31 @@ STEAL_MIN = 1 << 20  # an idle connection takes half of a running range that has
 STEAL_AFTER = 0.5  # ...and this many seconds to go at its pace (a new request costs a round trip or two)
 
 
+def _env_number(name: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(name) or default)
+    except ValueError:
+        raise DownloadError(f"${name}: not a number ({os.environ.get(name)!r})") from None
+    if not value > 0:
+        raise DownloadError(f"${name}: must be positive, not {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Tries per range without progress, and the exponential backoff (with jitter) between them."""
+    """Tries per range without progress, the exponential backoff (with jitter) between them, and the slowest
+    transfer that counts as progress: under `speed_limit` bytes/s for `speed_time` s fails the attempt."""
 
     attempts: int = 6
     base: float = 0.5
     cap: float = 30.0
+    speed_limit: float | None = None  # None: $GPT2HUB_SPEED_LIMIT, else 1024
+    speed_time: float | None = None  # None: $GPT2HUB_SPEED_TIME, else 60
+
+    def min_speed(self) -> tuple[float, float]:
+        """(bytes per second, seconds): read when a transfer starts, so the environment of that moment counts."""
+        return (self.speed_limit or _env_number(SPEED_LIMIT_ENV, SPEED_LIMIT),
+                self.speed_time or _env_number(SPEED_TIME_ENV, SPEED_TIME))
 
     def delay(self, failures: int, retry_after: float | None = None) -> float:
         if retry_after is not None:
@@ -61,20 +81,43 @@ def _merge(spans: list[list[int]]) -> list[list[int]]:
     return out
 
 
-class RangeRecord:
-    """The spans of a `.part` file known to hold the right bytes, saved atomically after each change."""
+MAX_RECORD_BYTES = 1 << 20
 
-    def __init__(self, path: Path, size: int):
-        self.path, self.size = path, size
+
+def _identity(st: os.stat_result) -> list[int]:
+    return [st.st_dev, st.st_ino]
+
+
+class RangeRecord:
+    """The spans of a `.part` file known to hold the right bytes, saved atomically after each change.
+
+    The record names its part by device and inode: it counts only while that very file is there at full
+    size, so a part deleted or replaced behind gpt2hub's back (or a record outliving its part) resumes nothing.
+    """
+
+    def __init__(self, part: Path, size: int):
+        self.part, self.path, self.size = part, record_path(part), size
         self.done: list[list[int]] = []
+        self.identity: list[int] | None = None
         self._lock = threading.Lock()
         self.changed = threading.Condition(self._lock)
         try:
-            data = json.loads(path.read_text())
-            if data.get("size") == size:
+            if self.path.stat().st_size > MAX_RECORD_BYTES:
+                raise ValueError("oversized")
+            data = json.loads(self.path.read_text())
+            st = os.stat(part)
+            if data.get("size") == size and st.st_size == size and data.get("part") == _identity(st):
+                self.identity = _identity(st)
                 self.done = _merge([[int(a), int(b)] for a, b in data["done"] if 0 <= a < b <= size])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
             pass
+
+    def bind(self, fd: int) -> None:
+        """Name the open part file this record describes (a fresh part starts with nothing done)."""
+        identity = _identity(os.fstat(fd))
+        if identity != self.identity:
+            with self._lock:
+                self.identity, self.done = identity, []
 
     @property
     def done_bytes(self) -> int:
@@ -110,9 +153,7 @@ class RangeRecord:
             self._save()
 
     def _save(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"size": self.size, "done": self.done}))
-        os.replace(tmp, self.path)
+        atomic_write_json(self.path, {"size": self.size, "part": self.identity, "done": self.done}, indent=None)
 
     def delete(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -148,11 +189,13 @@ def fetch(remote: Remote, part: Path, size: int, *, connections: int = 8, etag: 
           retry: RetryPolicy = RetryPolicy(), span: int | None = None,
           progress: Callable[[int], None] | None = None) -> FetchStats:
     """Make `part` hold all `size` bytes of `remote`, fetching only what its range record lacks."""
-    record = RangeRecord(record_path(part), size)
+    record = RangeRecord(part, size)
     if not record.done:
+        record.delete()  # the record goes before the part: a record never outlives the file it describes
         part.unlink(missing_ok=True)  # bytes without a record are of unknown provenance
     stats = FetchStats()
     fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+    record.bind(fd)
     hasher = _PrefixHasher(fd, record)
     try:
         if os.fstat(fd).st_size != size:
@@ -171,6 +214,8 @@ def fetch(remote: Remote, part: Path, size: int, *, connections: int = 8, etag: 
             stats.single_stream = True
             stats.notes.append(f"{remote.url}: server ignores Range; fetched as one stream")
             _single_stream(remote, fd, record, retry, progress, stats)
+        if record.missing():  # never wait for a hasher whose prefix cannot complete
+            raise DownloadError(f"{part.name}: {size - record.done_bytes:,} bytes still missing after the transfer")
         stats.sha256 = hasher.result()
         return stats
     finally:
@@ -189,6 +234,12 @@ class _PrefixHasher(threading.Thread):
         self._halt = False
 
     def run(self) -> None:
+        try:
+            self._hash()
+        except OSError:  # the caller hashes the finished file instead (result() is None)
+            self._halt = True
+
+    def _hash(self) -> None:
         size = self.record.size
         while self.pos < size:
             with self.record.changed:
@@ -230,12 +281,17 @@ def _write(fd: int, block: bytes, offset: int, part_name: str) -> None:
 
 
 class _Committer(threading.Thread):
-    """Flushes written spans to disk and then records them, off the workers' path (a sync takes a while)."""
+    """Flushes written spans to disk and then records them, off the workers' path (a sync takes a while).
 
-    def __init__(self, fd: int, record: RangeRecord):
+    If it fails (EIO on the sync, no space for the record) it keeps the error and sets `stop`: the pull ends
+    with that error instead of waiting for spans that will never be recorded.
+    """
+
+    def __init__(self, fd: int, record: RangeRecord, stop: threading.Event):
         super().__init__(daemon=True)
-        self.fd, self.record = fd, record
+        self.fd, self.record, self.stop = fd, record, stop
         self.spans: queue.SimpleQueue = queue.SimpleQueue()
+        self.error: DownloadError | None = None
 
     def __call__(self, start: int, end: int) -> None:
         self.spans.put((start, end))
@@ -246,16 +302,47 @@ class _Committer(threading.Thread):
             while not self.spans.empty():
                 batch.append(self.spans.get())
             spans = [s for s in batch if s is not None]
-            if spans:
-                os.fdatasync(self.fd)
-                for a, b in spans:
-                    self.record.add(a, b)
+            if spans and self.error is None:
+                try:
+                    os.fdatasync(self.fd)
+                    for a, b in spans:
+                        self.record.add(a, b)
+                except Exception as e:  # noqa: BLE001 - any failure here must end the pull, not hang it
+                    why = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
+                    self.error = DownloadError(f"{self.record.part.name}: cannot record finished bytes ({why}); "
+                                               "the spans recorded so far are kept")
+                    self.stop.set()
             if None in batch:
                 return
 
     def finish(self) -> None:
         self.spans.put(None)
         self.join()
+
+
+class TooSlow(TransferError):
+    """A transfer under the minimum rate for the whole window: a failed attempt, however many bytes trickled in."""
+
+    def __init__(self, message: str):
+        super().__init__(message, retryable=True)
+
+
+class _SpeedCheck:
+    """curl's --speed-limit/--speed-time: fewer than limit x time bytes in any window of `time` seconds fails."""
+
+    def __init__(self, url: str, retry: RetryPolicy):
+        self.url = url
+        self.limit, self.window = retry.min_speed()
+        self.t0, self.bytes = time.monotonic(), 0
+
+    def add(self, n: int) -> None:
+        self.bytes += n
+        now = time.monotonic()
+        if now - self.t0 >= self.window:
+            if self.bytes < self.limit * (now - self.t0):
+                raise TooSlow(f"{self.url}: slower than {self.limit:,.0f} bytes/s for {self.window:g} s "
+                              f"({self.bytes:,} bytes in {now - self.t0:.1f} s)")
+            self.t0, self.bytes = now, 0
 
 
 class _Slot:
@@ -282,11 +369,13 @@ def _fetch_range(remote: Remote, fd: int, slot: _Slot, lock: threading.Lock, com
         if stop.is_set():
             raise _Abort
         began = slot.pos
+        speed = _SpeedCheck(remote.url, retry)
         stream = remote.read(slot.pos, slot.end, etag=etag)
         try:
             for block in stream:
                 if stop.is_set():
                     raise _Abort
+                speed.add(len(block))
                 with lock:
                     room = slot.end - slot.pos
                 if len(block) > room:
@@ -303,7 +392,8 @@ def _fetch_range(remote: Remote, fd: int, slot: _Slot, lock: threading.Lock, com
             raise
         except TransferError as e:
             if slot.pos > began:
-                failures = 0  # bytes arrived: the source works, keep going
+                if not isinstance(e, TooSlow):
+                    failures = 0  # bytes arrived at a useful rate: the source works, keep going
                 commit(began, slot.pos)
             if not e.retryable:
                 raise
@@ -372,7 +462,7 @@ def _parallel(remote, fd, work, record, connections, etag, retry, progress, stat
                     active.remove(slot)
 
     # Daemon threads: a Ctrl-C in the main thread must not wait for a slow read to time out.
-    committer = _Committer(fd, record)
+    committer = _Committer(fd, record, stop)
     committer.start()
     total = sum(b - a for a, b in work)
     threads = [threading.Thread(target=worker, daemon=True)
@@ -388,8 +478,18 @@ def _parallel(remote, fd, work, record, connections, etag, retry, progress, stat
         raise
     finally:
         committer.finish()  # what was written is recorded, whatever happened
+    if committer.error is not None:
+        raise committer.error
     if errors:
-        raise next((e for e in errors if isinstance(e, RangeIgnored)), errors[0])
+        raise _one_line(next((e for e in errors if isinstance(e, RangeIgnored)), errors[0]), part_name)
+
+
+def _one_line(e: BaseException, part_name: str) -> BaseException:
+    """A worker's failure as the pull reports it: transfer and gpt2hub errors as they are, anything else one line."""
+    if isinstance(e, (TransferError, DownloadError)):
+        return e
+    why = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
+    return DownloadError(f"{part_name}: a download worker failed ({why})")
 
 
 def _single_stream(remote, fd, record: RangeRecord, retry: RetryPolicy, progress, stats: FetchStats) -> None:
@@ -398,8 +498,10 @@ def _single_stream(remote, fd, record: RangeRecord, retry: RetryPolicy, progress
     part_name = Path(record.path.name.removesuffix(RECORD_SUFFIX)).name
     while True:
         pos, mark = 0, 0
+        speed = _SpeedCheck(remote.url, retry)
         try:
             for block in remote.read(0, record.size, whole=True):
+                speed.add(len(block))
                 _write(fd, block, pos, part_name)
                 pos += len(block)
                 stats.count(len(block))

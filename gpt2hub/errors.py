@@ -1,6 +1,7 @@
 """The errors gpt2hub raises: each carries one line a user can act on."""
 
 import json
+import os
 from pathlib import Path
 
 
@@ -52,11 +53,54 @@ class ConsumerTimedOut(ConsumerCrashed):
     """A consumer run in a child process that gave no answer in time, and was stopped."""
 
 
-def load_json(path: Path | str, error: type[Gpt2hubError] = Gpt2hubError) -> object:
-    """A JSON file's content, or `error` naming the file: missing, unreadable or not JSON."""
+MAX_JSON_BYTES = 64 << 20  # no JSON input gpt2hub reads (hparams, configs, manifests) comes near this
+MAX_JSON_DEPTH = 32  # a manifest nests 4 deep; deeper is an attack on the parser, not data
+MAX_JSON_CONTAINERS = 1 << 18  # lists and objects (the 1558M manifest has ~1,200; 4 per tensor at most)
+
+
+def parse_json(text: str | bytes, where: str, error: type[Gpt2hubError] = Gpt2hubError,
+               max_depth: int = MAX_JSON_DEPTH, max_containers: int = MAX_JSON_CONTAINERS) -> object:
+    """Parsed JSON, or `error` naming `where`: not JSON, nested deeper than `max_depth`, or holding more
+    than `max_containers` lists and objects (counted before parsing, brackets in strings included)."""
+    opening = (b"[", b"{") if isinstance(text, bytes) else ("[", "{")
+    if text.count(opening[0]) + text.count(opening[1]) > max_containers:
+        raise error(f"{where}: more than {max_containers:,} JSON lists and objects; not a file gpt2hub reads")
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        value = json.loads(text)
+    except RecursionError:
+        raise error(f"{where}: JSON nested too deeply (more than {max_depth} levels)") from None
+    except ValueError as e:
+        raise error(f"{where}: not valid JSON ({e})") from None
+    if json_depth(value) > max_depth:
+        raise error(f"{where}: JSON nested too deeply (more than {max_depth} levels)")
+    return value
+
+
+def json_depth(value: object) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (walked without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (list, dict)):
+            deepest = max(deepest, d)
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v) if isinstance(c, (list, dict)))
+    return deepest
+
+
+def read_capped(path: Path | str, error: type[Gpt2hubError] = Gpt2hubError, max_bytes: int = MAX_JSON_BYTES) -> bytes:
+    """A file's bytes, or `error`: missing, unreadable, or larger than `max_bytes`."""
+    try:
+        with open(path, "rb") as f:  # read(n) allocates n bytes up front: ask for what the file holds
+            data = f.read(min(os.fstat(f.fileno()).st_size, max_bytes) + 1)
     except FileNotFoundError:
         raise error(f"{path}: no such file") from None
-    except (OSError, ValueError) as e:
-        raise error(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror})") from None
+    if len(data) > max_bytes:
+        raise error(f"{path}: larger than {max_bytes:,} bytes; not a file gpt2hub reads")
+    return data
+
+
+def load_json(path: Path | str, error: type[Gpt2hubError] = Gpt2hubError) -> object:
+    """A JSON file's content, or `error` naming the file: missing, unreadable, oversized, not JSON, nested too deep."""
+    return parse_json(read_capped(path, error), str(path), error)

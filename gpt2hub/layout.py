@@ -10,6 +10,9 @@ from typing import Iterable, Mapping
 from .errors import ConversionError, load_json
 
 HPARAM_KEYS = ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")
+# Far above any GPT-2 (1558M: 48 layers, 1600 wide, 1024 context, 50257 tokens), low enough that a
+# hostile hparams.json or manifest cannot make gpt2hub enumerate billions of tensors.
+HPARAM_MAX = {"n_vocab": 1 << 22, "n_ctx": 1 << 20, "n_embd": 1 << 16, "n_head": 1 << 12, "n_layer": 1024}
 
 # Per-layer variables of openai/gpt-2 src/model.py, with shapes in terms of E = n_embd.
 # Conv1D weights keep their leading 1: [1, in, out].
@@ -50,7 +53,9 @@ class HParams:
         for key in HPARAM_KEYS:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConversionError(f"hparams: {key} must be a positive integer, got {value!r}")
+                raise ConversionError(f"hparams: {key} must be a positive integer, got {str(value)[:40]!r}")
+            if value > HPARAM_MAX[key]:
+                raise ConversionError(f"hparams: {key} {value:,} is beyond gpt2hub's limit of {HPARAM_MAX[key]:,}")
         if self.n_embd % self.n_head:
             raise ConversionError(f"hparams: n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
 

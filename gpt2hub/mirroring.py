@@ -34,6 +34,7 @@ from typing import Iterator
 
 from . import converters, hashes, offline, registry, store
 from .errors import MirrorError
+from .integrity import atomic_write_json
 from .progress import ProgressEvent, Reporter, TerminalProgress, bytes_counter, emit
 from .registry import MIRROR_MANIFEST, ReleaseManifest
 
@@ -192,10 +193,14 @@ def _original_files(m: ReleaseManifest) -> list[MirrorFile]:
     if state != "verified":
         raise MirrorError(f"{m.name} is not pulled ({state} at {store.release_dir(m.name)}); run `gpt2hub pull {m.name}` first")
     folder = store.release_dir(m.name)
-    seen = (store.read_verified(m.name) or {}).get("files", {})
+    record = store.read_verified(m.name)
+    seen = record.files if record is not None else {}
     out = []
     for rec in m.files:
-        path = folder / rec.name
+        try:
+            path = store.inside(folder, rec.name)
+        except store.Gpt2hubError as e:
+            raise MirrorError(str(e)) from None
         try:
             size = path.stat().st_size
         except OSError:
@@ -203,7 +208,7 @@ def _original_files(m: ReleaseManifest) -> list[MirrorFile]:
         if rec.status == "published" and rec.size is not None and size != rec.size:
             raise MirrorError(f"{path}: {size:,} bytes, the manifest says {rec.size:,}; run `gpt2hub pull {m.name} --force`")
         # A published hash binds; otherwise the one pull saw (it may differ from an *expected* hash).
-        want = rec.sha256 if rec.status == "published" else seen.get(rec.name, {}).get("sha256") or rec.sha256
+        want = rec.sha256 if rec.status == "published" else getattr(seen.get(rec.name), "sha256", None) or rec.sha256
         out.append(MirrorFile(rec.name, size, "", "original", source=path, expected=want))
     return out
 
@@ -213,7 +218,9 @@ def _converted_files(m: ReleaseManifest, fmt: str) -> list[MirrorFile]:
         raise MirrorError(f"{m.name} has no {fmt} conversion at {store.release_dir(m.name, fmt)}; "
                           f"run `gpt2hub convert {m.name} --to {fmt}` first")
     root = store.release_dir(m.name, fmt)
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    # Nothing a link leads outside the folder to: a converted format uploads only its own files.
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.resolve().is_relative_to(root.resolve())
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
     return [MirrorFile(p.relative_to(root).as_posix(), p.stat().st_size, "", fmt, source=p) for p in paths]
 
 
@@ -377,9 +384,7 @@ class _UploadRecord:
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        atomic_write_json(self.path, self.entries, sort_keys=True)
 
     def get(self, ident: str) -> dict | None:
         return self.entries.get(ident)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
-from .errors import ManifestError, UnknownRelease
+from .errors import ManifestError, UnknownRelease, parse_json, read_capped
 from .layout import HParams, infer_hparams, is_model_tensor
 from . import store
+from .integrity import atomic_write_json
 
 OPENAI_FILES = (
     "checkpoint",
@@ -24,13 +26,60 @@ OPENAI_FILES = (
     "model.ckpt.meta",
     "vocab.bpe",
 )
-# How much a size or hash can be trusted: printed by a public source, derived but not yet
-# confirmed by anyone, or measured by `gpt2hub manifest create` from the user's own files.
-STATUSES = ("published", "expected", "measured")
+# How much a size or hash can be trusted: printed by a public source; the sha256 OpenAI published for
+# the byte-identical file of 124M ("shared": encoder.json, vocab.bpe, checkpoint are one file in every
+# size); derived but not yet confirmed by anyone; measured by `gpt2hub manifest create` from the user's
+# own files; or claimed by a mirror's own manifest (never more than that, whatever it says).
+STATUSES = ("published", "shared", "expected", "measured", "mirror")
+SHARED_FROM = "124M"
+ACCEPT_DIFFERENT_SHARED_ENV = "GPT2HUB_ACCEPT_DIFFERENT_SHARED"  # "1": accept a differing "shared" file, unverified
 MANIFESTS_ENV = "GPT2HUB_MANIFESTS"
 MIRROR_MANIFEST = "gpt2hub-manifest.json"  # published by `gpt2hub mirror` beside a release's files
 SCHEMA_SUFFIX = ".schema.json"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+# Bounds on what a manifest may describe (the largest real one, 1558M, has 7 files and 580 tensors).
+MAX_MANIFEST_BYTES = 4 << 20
+MAX_NAME_BYTES = 255
+MAX_FILES, MAX_FOLDERS, MAX_ALIASES, MAX_SOURCES = 64, 8, 32, 16
+MAX_TENSORS, MAX_TENSOR_NAME, MAX_RANK, MAX_DIM, MAX_BYTES = 1 << 16, 1024, 8, 1 << 40, 1 << 62
+MAX_TEXT = 4096  # description, note
+# Names gpt2hub gives its own files beside a release's: a manifest may not claim them.
+RESERVED_SUFFIXES = (".part", ".ranges.json", ".tmp", ".lock")
+RESERVED_NAMES = ("manifests", ".gpt2hub-verified.json", ".pull.lock")
+_warned: set[str] = set()
+
+
+def check_name(value: object, where: str) -> str:
+    """A release, alias, folder or file name from a manifest, refused unless it is one plain file name."""
+    if not isinstance(value, str) or not value:
+        raise ManifestError(f"{where}: a name must be a non-empty string, got {_short(value)}")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ManifestError(f"{where}: name {value!r} is not valid UTF-8") from None
+    why = ("longer than 255 bytes" if size > MAX_NAME_BYTES
+           else "holds a path separator" if "/" in value or "\\" in value
+           else "holds a NUL or control character" if any(ord(c) < 32 or ord(c) == 127 for c in value)
+           else "holds '..'" if ".." in value
+           else "starts with a dot" if value.startswith(".")
+           else "is a name gpt2hub uses for its own files" if value.lower() in RESERVED_NAMES
+           or value.lower().endswith(RESERVED_SUFFIXES) else None)
+    if why:
+        raise ManifestError(f"{where}: {value[:80]!r} {why}; must be a plain folder name")
+    return value
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def warn(line: str) -> None:
+    """One warning line on stderr, once per process."""
+    if line not in _warned:
+        _warned.add(line)
+        print(f"gpt2hub: warning: {line}", file=sys.stderr)
 
 
 @dataclass(frozen=True)
@@ -107,7 +156,10 @@ class ReleaseManifest:
 
     @classmethod
     def from_dict(cls, data: object, source: str) -> "ReleaseManifest":
-        """Parse and check a manifest; every defect is one line naming the file and the field."""
+        """Parse and check a manifest; every defect is one line naming the file and the field.
+
+        Every name is a plain file name (`check_name`) and every count and size is bounded (MAX_*).
+        """
         if not isinstance(data, dict):
             raise ManifestError(f"{source}: a manifest is a JSON object")
 
@@ -119,72 +171,148 @@ class ReleaseManifest:
                 raise ManifestError(f"{source}: {key!r} has the wrong type ({type(value).__name__})")
             return value
 
-        name = need("name", str)
-        if not name or "/" in name or name.startswith("."):
-            raise ManifestError(f"{source}: 'name' must be a plain folder name, got {name!r}")
+        def listed(key: str, default: list | None, most: int) -> list:
+            values = need(key, list) if key in data or default is None else default
+            if len(values) > most:
+                raise ManifestError(f"{source}: {key!r} lists {len(values):,} entries; at most {most} are allowed")
+            return values
+
+        def text(value: object, key: str) -> str:
+            if not isinstance(value, str) or len(value) > MAX_TEXT:
+                raise ManifestError(f"{source}: {key!r} must be a string of at most {MAX_TEXT} characters")
+            if any(ord(c) < 32 or ord(c) == 127 for c in value):  # printed by info: no terminal escapes
+                raise ManifestError(f"{source}: {key!r} holds a control character")
+            return value
+
+        name = data.get("name")
+        if "name" not in data:
+            raise ManifestError(f"{source}: missing 'name'")
+        check_name(name, f"{source}: 'name'")
         try:
             hparams = HParams.from_dict(need("hparams", dict), f"{source}: hparams")
         except Exception as e:
             raise ManifestError(str(e)) from None
         files = []
-        for i, f in enumerate(need("files", list)):
+        for i, f in enumerate(listed("files", None, MAX_FILES)):
             where = f"{source}: files[{i}]"
-            if not isinstance(f, dict) or not isinstance(f.get("name"), str):
+            if not isinstance(f, dict) or "name" not in f:
                 raise ManifestError(f"{where}: needs a 'name'")
+            check_name(f["name"], f"{where}: 'name'")
             size, sha = f.get("size"), f.get("sha256")
-            if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            if size is not None and (not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < MAX_BYTES):
                 raise ManifestError(f"{where} ({f['name']}): 'size' must be a byte count or null")
             if sha is not None and (not isinstance(sha, str) or not _SHA256.match(sha)):
                 raise ManifestError(f"{where} ({f['name']}): 'sha256' must be 64 lowercase hex digits or null")
             status = f.get("status", "expected")
             if status not in STATUSES:
                 raise ManifestError(f"{where} ({f['name']}): 'status' must be one of {', '.join(STATUSES)}")
-            files.append(FileRecord(f["name"], size, sha, status, f.get("note", "")))
-        tensors = need("tensors", list)
+            files.append(FileRecord(f["name"], size, sha, status, text(f.get("note", ""), "note")))
+        if len({f.name for f in files}) != len(files):
+            raise ManifestError(f"{source}: a file is listed twice")
+        tensors = listed("tensors", None, MAX_TENSORS)
         for i, t in enumerate(tensors):
-            if not isinstance(t, dict) or not {"name", "shape", "dtype", "offset", "size"} <= t.keys():
-                raise ManifestError(f"{source}: tensors[{i}] needs name, shape, dtype, offset and size")
-        aliases = need("aliases", list) if "aliases" in data else []
-        folders = need("folders", list) if "folders" in data else [name]
-        sources = need("sources", list) if "sources" in data else []
-        for key, values in (("aliases", aliases), ("folders", folders), ("sources", sources)):
-            if not all(isinstance(v, str) and v for v in values):
-                raise ManifestError(f"{source}: {key!r} must be a list of non-empty strings")
+            _check_tensor(t, f"{source}: tensors[{i}]")
+        aliases = listed("aliases", [], MAX_ALIASES)
+        folders = listed("folders", [name], MAX_FOLDERS)
+        sources = listed("sources", [], MAX_SOURCES)
+        for key, values in (("aliases", aliases), ("folders", folders)):
+            for i, v in enumerate(values):
+                check_name(v, f"{source}: {key}[{i}]")
+        if not all(isinstance(v, str) and v and len(v) <= MAX_TEXT for v in sources):
+            raise ManifestError(f"{source}: 'sources' must be a list of non-empty strings")
         parameters = need("parameters", int) if "parameters" in data else hparams.parameters
+        released = data.get("released")
+        if released is not None and not (isinstance(released, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", released)):
+            raise ManifestError(f"{source}: 'released' must be a YYYY-MM-DD date or null")
         return cls(
             name=name,
             aliases=tuple(aliases),
-            released=data.get("released"),
+            released=released,
             parameters=parameters,
             hparams=hparams,
             folders=tuple(folders),
             files=tuple(files),
             tensors=tuple(tensors),
-            description=data.get("description", ""),
+            description=text(data.get("description", ""), "description"),
             sources=tuple(sources),
         )
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str) -> "ReleaseManifest":
+        """A manifest from JSON text (at most MAX_MANIFEST_BYTES), or a one-line ManifestError."""
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"{source}: larger than {MAX_MANIFEST_BYTES:,} bytes; not a manifest")
+        try:
+            parsed = parse_json(data, source, ManifestError)
+        except ManifestError as e:
+            raise ManifestError(str(e).replace(": not valid JSON", ": not a readable JSON manifest", 1)) from None
+        return cls.from_dict(parsed, source)
 
     @classmethod
     def from_file(cls, path: Path | str) -> "ReleaseManifest":
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ManifestError(f"{path}: no such manifest file") from None
-        except (OSError, ValueError) as e:
-            raise ManifestError(f"{path}: not a readable JSON manifest ({e})") from None
-        m = cls.from_dict(data, str(path))
+            data = read_capped(path, ManifestError, MAX_MANIFEST_BYTES)
+        except ManifestError as e:
+            if not path.exists():
+                raise ManifestError(f"{path}: no such manifest file") from None
+            raise ManifestError(str(e).replace("cannot read", "not a readable JSON manifest", 1)) from None
+        m = cls.from_bytes(data, str(path))
         return ReleaseManifest(**{**m.__dict__, "path": path})
 
+    def from_mirror(self) -> "ReleaseManifest":
+        """This manifest as a mirror's claim: no sources, and every size and hash only the mirror's word."""
+        files = tuple(FileRecord(f.name, f.size, f.sha256, "mirror", "as the mirror's own manifest gives it")
+                      for f in self.files)
+        return ReleaseManifest(**{**self.__dict__, "files": files, "sources": ()})
 
-def _builtin_manifests() -> list[ReleaseManifest]:
+
+def _check_tensor(t: object, where: str) -> None:
+    if not isinstance(t, dict) or not {"name", "shape", "dtype", "offset", "size"} <= t.keys():
+        raise ManifestError(f"{where} needs name, shape, dtype, offset and size")
+    shape = t["shape"]
+    if not isinstance(t["name"], str) or not 0 < len(t["name"]) <= MAX_TENSOR_NAME:
+        raise ManifestError(f"{where}: 'name' must be a string of 1 to {MAX_TENSOR_NAME} characters")
+    if not isinstance(shape, list) or len(shape) > MAX_RANK or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d < MAX_DIM for d in shape):
+        raise ManifestError(f"{where} ({t['name']}): 'shape' must be a list of at most {MAX_RANK} dimensions")
+    if not isinstance(t["dtype"], str) or len(t["dtype"]) > 32:
+        raise ManifestError(f"{where} ({t['name']}): 'dtype' must be a short string")
+    for key in ("offset", "size"):
+        v = t[key]
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < MAX_BYTES:
+            raise ManifestError(f"{where} ({t['name']}): {key!r} must be a byte count")
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_manifests() -> tuple[ReleaseManifest, ...]:
+    """The releases shipped in the wheel: the root of trust."""
     folder = resources.files("gpt2hub.manifests")
     out = []
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".json") and not entry.name.endswith(SCHEMA_SUFFIX):
-            m = ReleaseManifest.from_dict(json.loads(entry.read_text()), f"gpt2hub/manifests/{entry.name}")
+            m = ReleaseManifest.from_bytes(entry.read_bytes(), f"gpt2hub/manifests/{entry.name}")
             out.append(ReleaseManifest(**{**m.__dict__, "path": Path(str(entry))}))
-    return out
+    return tuple(out)
+
+
+def _names(m: ReleaseManifest) -> set[str]:
+    return {n.lower() for n in m.names}
+
+
+def is_shipped(m: ReleaseManifest) -> bool:
+    """True for a release OpenAI published, as the shipped registry describes it (never one a name only claims)."""
+    return any(s.name == m.name and s.to_dict() == m.to_dict() for s in _builtin_manifests())
+
+
+def clashes(m: ReleaseManifest, *, path: Path | None = None) -> list[str]:
+    """The names and aliases of `m` that already belong to another release (shipped, or a user manifest
+    other than the one at `path`)."""
+    taken: set[str] = set()
+    for other in (*_builtin_manifests(), *_user_manifests()):
+        if other.path is None or path is None or other.path.resolve() != Path(path).resolve():
+            taken |= _names(other)
+    return sorted(n for n in m.names if n.lower() in taken)
 
 
 def user_manifest_dirs() -> list[Path]:
@@ -194,35 +322,56 @@ def user_manifest_dirs() -> list[Path]:
 
 
 def _user_manifests() -> list[ReleaseManifest]:
+    """User manifests that can be used: a broken one, or one claiming a name or alias of a shipped or an
+    earlier user release, is skipped with one warning, so it cannot break or shadow anything else."""
+    taken = set().union(*(_names(m) for m in _builtin_manifests()))
     out = []
     for d in user_manifest_dirs():
-        if d.is_dir():
-            out.extend(ReleaseManifest.from_file(p) for p in sorted(d.glob("*.json")) if not p.name.endswith(SCHEMA_SUFFIX))
+        if not d.is_dir():
+            continue
+        for p in sorted(d.glob("*.json")):
+            if p.name.endswith(SCHEMA_SUFFIX) or p.name.startswith("."):
+                continue
+            try:
+                m = ReleaseManifest.from_file(p)
+            except ManifestError as e:
+                warn(f"skipping a manifest: {e}")
+                continue
+            clash = sorted(n for n in m.names if n.lower() in taken)
+            if clash:
+                warn(f"skipping {p}: {', '.join(clash)} already names another release")
+                continue
+            taken |= _names(m)
+            out.append(m)
     return out
 
 
 def releases() -> list[ReleaseManifest]:
-    """Every known release; a user manifest replaces a shipped one of the same name."""
-    by_name: dict[str, ReleaseManifest] = {}
-    for m in _builtin_manifests() + _user_manifests():
-        by_name[m.name] = m
-    return sorted(by_name.values(), key=lambda m: (m.parameters, m.name))
+    """Every known release: the shipped ones, then each user manifest whose names are its own."""
+    return sorted((*_builtin_manifests(), *_user_manifests()), key=lambda m: (m.parameters, m.name))
 
 
 def resolve(name: str | None = None, manifest: Path | str | None = None) -> ReleaseManifest:
-    """The release a name or alias (case-insensitive) refers to, or the one in `manifest`."""
+    """The release a name or alias (case-insensitive) refers to, or the one in `manifest`.
+
+    A manifest file may not take a shipped release's name or alias unless it is that release's manifest.
+    """
     if manifest is not None:
         m = ReleaseManifest.from_file(manifest)
-        if name is not None and name.lower() not in (n.lower() for n in m.names):
+        if name is not None and name.lower() not in _names(m):
             raise UnknownRelease(f"{manifest} describes {m.name!r}, not {name!r}")
+        shipped = sorted(n for n in m.names if any(n.lower() in _names(s) for s in _builtin_manifests()))
+        if shipped and not is_shipped(m):
+            raise ManifestError(f"{manifest}: {', '.join(shipped)} already names a shipped release; "
+                                "give this manifest another name")
         return m
     if name is None:
         raise UnknownRelease("no release named; known: " + known_names())
     known = releases()
-    for m in known:
-        if name.lower() in (n.lower() for n in m.names):
+    for m in [*(m for m in known if m.name.lower() == name.lower()), *known]:
+        if name.lower() in _names(m):
             return m
-    raise UnknownRelease(f"unknown release {name!r}; known: {known_names(known)}")
+    raise UnknownRelease(f"unknown release {_short(name)}; known: {known_names(known)}")
 
 
 def known_names(known: Iterable[ReleaseManifest] | None = None) -> str:
@@ -245,6 +394,14 @@ def create_manifest(folder: Path | str, name: str, *, aliases: Iterable[str] = (
     folder = Path(folder)
     if not folder.is_dir():
         raise ManifestError(f"{folder}: not a folder")
+    check_name(name, "--name")
+    for alias in aliases:
+        check_name(alias, "--alias")
+    # Before hashing gigabytes: a name or alias of another release is refused (remaking your own is not).
+    taken = set().union(*(_names(r) for r in releases() if r.name != name or any(r is s for s in _builtin_manifests())))
+    clash = [n for n in (name, *aliases) if n.lower() in taken]
+    if clash:
+        raise ManifestError(f"{name}: {', '.join(clash)} already names another release; choose another name")
     ckpt = Checkpoint(folder)
     hparams_path = folder / "hparams.json"
     shapes = ckpt.shapes()
@@ -252,7 +409,7 @@ def create_manifest(folder: Path | str, name: str, *, aliases: Iterable[str] = (
     files = [
         FileRecord(p.name, p.stat().st_size, sha256_file(p), "measured")
         for p in sorted(folder.iterdir())
-        if p.is_file() and not p.name.startswith(".") and not p.name.endswith((".part", ".tmp"))
+        if p.is_file() and not p.name.startswith(".") and not p.name.lower().endswith(RESERVED_SUFFIXES)
     ]
     tensors = tuple(
         {"name": e.name, "shape": list(e.shape), "dtype": e.dtype_name, "offset": e.offset, "size": e.size}
@@ -281,18 +438,27 @@ def _numel(shape: list[int]) -> int:
 
 def write_manifest(m: ReleaseManifest, path: Path | str) -> Path:
     """Write a manifest as JSON, atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(m.to_dict(), indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, m.to_dict())
 
 
 def save_user_manifest(m: ReleaseManifest, path: Path | str | None = None) -> Path:
-    """Write `m` where every command finds it (<home>/manifests/NAME.json) or to `path`; never over another release's."""
-    path = Path(path) if path is not None else store.home() / "manifests" / f"{m.name}.json"
-    if path.exists() and ReleaseManifest.from_file(path).name != m.name:
-        raise ManifestError(f"{path}: exists and describes another release; choose another file")
+    """Write `m` where every command finds it (<home>/manifests/NAME.json) or to `path`.
+
+    Refused where a name or alias of `m` already names another release (shipped or the user's), or the
+    file holds another release's manifest.
+    """
+    home_manifests = store.home() / "manifests"
+    path = Path(path) if path is not None else store.inside(home_manifests, f"{m.name}.json")
+    clash = clashes(m, path=path)
+    if clash:
+        raise ManifestError(f"{m.name}: {', '.join(clash)} already names another release; choose another name")
+    if path.exists():
+        try:
+            other = ReleaseManifest.from_file(path).name
+        except ManifestError:
+            other = None
+        if other != m.name:
+            raise ManifestError(f"{path}: exists and describes another release; choose another file")
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_manifest(m, path)
 

@@ -15,23 +15,47 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
+import urllib3
 
 OPENAI_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
+# The origin whose index vouches for a data file without a published sha256; tests point it at loopback.
+ORIGIN_ENV = "GPT2HUB_ORIGIN"
+NO_PUBLIC_MIRRORS_ENV = "GPT2HUB_NO_PUBLIC_MIRRORS"  # "1": never fall back to the public third-party copies
 # Public copies in OpenAI's layout (research/gpt2-release.md §1.2), tried after OpenAI.
 PUBLIC_MIRRORS = (
     "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2",
     "https://huggingface.co/rasbt/gpt2-tensorflow/resolve/main",
 )
 SOURCE_ENV = "GPT2HUB_SOURCE"
+# A transfer slower than SPEED_LIMIT bytes/s over SPEED_TIME seconds is a failed attempt (curl's --speed-limit/-time).
+SPEED_LIMIT_ENV, SPEED_TIME_ENV = "GPT2HUB_SPEED_LIMIT", "GPT2HUB_SPEED_TIME"
+SPEED_LIMIT, SPEED_TIME = 1024, 60.0
 CHUNK = 256 << 10  # bytes per read from a stream; a broken read loses at most this much
 CONNECT_TIMEOUT, READ_TIMEOUT = 10.0, 30.0
 MAX_RETRY_AFTER = 120.0  # seconds; a longer Retry-After is a reason to try another source
 # Replies that are an error page whatever the status says (openai/gpt-2 #190, #282).
 ERROR_CONTENT_TYPES = ("text/html", "application/xml", "text/xml", "application/xhtml+xml")
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+def origin_url() -> str:
+    """OpenAI's base URL, or $GPT2HUB_ORIGIN where set (tests: a loopback server)."""
+    return os.environ.get(ORIGIN_ENV) or OPENAI_URL
+
+
+def redact(url: str) -> str:
+    """A URL fit to print or save: no user:password, query string or fragment (signed URLs carry secrets there)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if not parts.scheme or not parts.netloc:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 class TransferError(Exception):
@@ -106,10 +130,11 @@ def _check_reply(r: requests.Response, url: str) -> None:
 
 
 class HttpRemote:
-    """A file under an HTTP(S) base URL; one keep-alive session per thread."""
+    """A file under an HTTP(S) base URL; one keep-alive session per thread. `url` is safe to show."""
 
     def __init__(self, url: str, sessions: threading.local):
-        self.url = url
+        self._url = url  # may carry credentials: used for requests only
+        self.url = redact(url)
         self._sessions = sessions
 
     def _session(self) -> requests.Session:
@@ -122,10 +147,10 @@ class HttpRemote:
 
     def _get(self, method: str, headers: dict | None = None) -> requests.Response:
         try:
-            return self._session().request(method, self.url, headers=headers, stream=True, allow_redirects=True,
+            return self._session().request(method, self._url, headers=headers, stream=True, allow_redirects=True,
                                            timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
-        except requests.exceptions.InvalidURL as e:
-            raise TransferError(f"{self.url}: invalid URL ({e})", retryable=False) from None
+        except requests.exceptions.InvalidURL:
+            raise TransferError(f"{self.url}: invalid URL", retryable=False) from None
         except requests.RequestException as e:
             raise TransferError(f"{self.url}: {_reason(e)}", retryable=True) from None
 
@@ -166,11 +191,17 @@ class HttpRemote:
             if length is not None and length.isdigit() and int(length) != end - start:
                 raise TransferError(f"{self.url}: Content-Length {length}, expected {end - start}", retryable=True)
             got = 0
+            # read1: whatever has arrived, at once (iter_content waits to fill a whole CHUNK), so a source
+            # that drips bytes is seen dripping and the caller's minimum-rate check can end it.
+            read = getattr(r.raw, "read1", None) or r.raw.read
             try:
-                for block in r.iter_content(CHUNK):
+                while got < end - start:
+                    block = read(min(CHUNK, end - start - got))
+                    if not block:
+                        break
                     got += len(block)
                     yield block
-            except requests.RequestException as e:
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
                 raise TransferError(f"{self.url}: {_reason(e)} after {got} bytes", retryable=True) from None
             if got != end - start:
                 raise TransferError(f"{self.url}: connection closed after {got} of {end - start} bytes", retryable=True)
@@ -202,8 +233,10 @@ def _reason(e: Exception) -> str:
             if needle in text:
                 return short
         return "connection failed"
-    if isinstance(e, requests.exceptions.ChunkedEncodingError):
+    if isinstance(e, (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError)):
         return "connection broken mid-body"
+    if isinstance(e, (urllib3.exceptions.ReadTimeoutError, TimeoutError)):
+        return "read timed out"
     return type(e).__name__
 
 
@@ -211,11 +244,16 @@ class HttpSource:
     """A base URL laid out `<base>/<folder>/<file>`."""
 
     def __init__(self, base: str):
-        self.name = base.rstrip("/")
+        parts = urlsplit(base)
+        # A signed base URL keeps its query on every file's URL: <base>/<folder>/<file>?<query>.
+        self._base = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+        self._query = parts.query
+        self.name = redact(base).rstrip("/")
         self._sessions = threading.local()
 
     def remote(self, folder: str, file: str) -> HttpRemote:
-        return HttpRemote(f"{self.name}/{quote(folder)}/{quote(file)}", self._sessions)
+        url = f"{self._base}/{quote(folder)}/{quote(file)}" + (f"?{self._query}" if self._query else "")
+        return HttpRemote(url, self._sessions)
 
 
 # --- S3 ---------------------------------------------------------------------------------------
@@ -359,7 +397,7 @@ def open_source(spec: str, endpoint_url: str | None = None, connections: int = 8
     if spec.startswith("s3://"):
         return S3Source(spec, endpoint_url, connections)
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", spec) and not spec.startswith("file://"):
-        raise ValueError(f"{spec}: unsupported source (use http(s)://, s3://bucket/prefix or a folder)")
+        raise ValueError(f"{redact(spec)}: unsupported source (use http(s)://, s3://bucket/prefix or a folder)")
     return FolderSource(spec)
 
 
@@ -368,11 +406,18 @@ def user_sources(explicit: list[str] | tuple[str, ...] = ()) -> list[str]:
     return list(explicit) or [s for s in re.split(r"[\s,]+", os.environ.get(SOURCE_ENV, "")) if s]
 
 
-def default_sources(explicit: list[str] | tuple[str, ...] = (), manifest_sources: tuple[str, ...] = ()) -> list[str]:
-    """Sources in the order they are tried: the user's (else $GPT2HUB_SOURCE), the manifest's, OpenAI, mirrors."""
+def no_public_mirrors() -> bool:
+    return os.environ.get(NO_PUBLIC_MIRRORS_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def default_sources(explicit: list[str] | tuple[str, ...] = (), manifest_sources: tuple[str, ...] = (), *,
+                    openai: bool = True, public_mirrors: bool = True) -> list[str]:
+    """Sources in the order they are tried: the user's (else $GPT2HUB_SOURCE), the manifest's, then, for a
+    release OpenAI published (`openai`), OpenAI's origin and (unless refused) the public mirrors."""
     user = user_sources(explicit)
     out: list[str] = []
-    for s in [*user, *manifest_sources, OPENAI_URL, *PUBLIC_MIRRORS]:
+    public = [*PUBLIC_MIRRORS] if public_mirrors and not no_public_mirrors() else []
+    for s in [*user, *manifest_sources, *([origin_url(), *public] if openai else [])]:
         if s.rstrip("/") not in (o.rstrip("/") for o in out):
             out.append(s)
     return out

@@ -2,25 +2,35 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from . import converters
 from .errors import Gpt2hubError
+from .integrity import RECORD_NAME as VERIFIED_RECORD, Record, read_record
 
 HOME_ENV = "GPT2HUB_HOME"
 FORMATS = ("original", *converters.names())  # the original checkpoint, then the registry's formats
-VERIFIED_RECORD = ".gpt2hub-verified.json"  # written by pull once every file checked out
 PARTIAL_SUFFIX = ".part"
 
 
 def home() -> Path:
-    """$GPT2HUB_HOME, else the user's cache folder (`$XDG_CACHE_HOME` or `~/.cache`) + `/gpt2hub`."""
+    """$GPT2HUB_HOME, else the user's cache folder (`$XDG_CACHE_HOME` or `~/.cache`) + `/gpt2hub`.
+
+    Resolved (absolute, links followed), so every command names a release's folders the same way.
+    """
     if os.environ.get(HOME_ENV):
-        return Path(os.environ[HOME_ENV]).expanduser()
+        return Path(os.environ[HOME_ENV]).expanduser().resolve()
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache).expanduser() / "gpt2hub"
+    return (Path(cache).expanduser() / "gpt2hub").resolve()
+
+
+def inside(root: Path, name: str) -> Path:
+    """`root / name`, refused unless it resolves (links followed) to a path directly inside `root`."""
+    path = root / name
+    if path.resolve().parent != root.resolve():
+        raise Gpt2hubError(f"{path}: resolves outside {root}; refusing to write there")
+    return path
 
 
 def release_dir(name: str, fmt: str = "original") -> Path:
@@ -30,46 +40,23 @@ def release_dir(name: str, fmt: str = "original") -> Path:
     return home() / name / fmt
 
 
-def read_verified(name: str) -> dict | None:
-    """The record pull left after verifying a release, or None."""
+def read_verified(name: str) -> Record | None:
+    """The record pull left in a release's original folder, or None."""
     return read_record(release_dir(name))
 
 
-def read_record(folder: Path) -> dict | None:
-    """The record pull left in a folder it verified (the store's original/ or a `pull --to` folder), or None."""
-    path = folder / VERIFIED_RECORD
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def write_verified(name: str, record: dict) -> Path:
-    return write_record(release_dir(name), record)
-
-
-def write_record(folder: Path, record: dict) -> Path:
-    path = folder / VERIFIED_RECORD
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
 def original_state(name: str) -> str:
-    """'verified' (every recorded file present at its recorded size), 'partial' or 'absent'."""
+    """'verified' (pulled: every recorded file present at its recorded size; see the record for what vouched
+    for each), 'partial' or 'absent'."""
     return folder_state(release_dir(name))
 
 
 def folder_state(folder: Path) -> str:
     """original_state of any folder pull writes to; a record of some files only (`pull --only`) is 'partial'."""
     record = read_record(folder)
-    if record is not None and not record.get("partial"):
-        files = record.get("files")
-        if isinstance(files, dict) and files and all(
-                isinstance(info, dict) and _size(folder / f) == info.get("size") for f, info in files.items()):
-            return "verified"
+    if record is not None and not record.partial and record.files and all(
+            _size(folder / f) == info.size for f, info in record.files.items()):
+        return "verified"
     if folder.is_dir() and any(p.name != VERIFIED_RECORD for p in folder.iterdir()):
         return "partial"
     return "absent"
@@ -94,14 +81,26 @@ def _size(path: Path) -> int | None:
 
 
 def status(manifest) -> dict:
-    """A release's registry facts and local state, as `gpt2hub list` shows them."""
+    """A release's registry facts and local state, as `gpt2hub list` shows them (with, once pulled, what
+    each file was checked against)."""
+    record = read_verified(manifest.name) if original_state(manifest.name) == "verified" else None
     return {
         "name": manifest.name,
         "aliases": list(manifest.aliases),
         "parameters": manifest.parameters,
         "download_size": manifest.download_size,
         "download_size_known": manifest.download_size_known,
-        "state": original_state(manifest.name),
+        "state": _shown_state(manifest.name),
         "formats": converted_formats(manifest.name),
         "path": str(home() / manifest.name),
+        "checks": {n: f.check.value for n, f in sorted(record.files.items())} if record else {},
     }
+
+
+def _shown_state(name: str) -> str:
+    """'verified' only where every file was checked against something OpenAI published; 'pulled' where some
+    rest on a mirror or on their size only (see `gpt2hub info NAME`)."""
+    state = original_state(name)
+    if state == "verified" and not read_verified(name).verified:
+        return "pulled"
+    return state

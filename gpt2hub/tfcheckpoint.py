@@ -29,6 +29,13 @@ NO_COMPRESSION, SNAPPY_COMPRESSION = 0, 1
 BLOCK_SIZE = 262144  # TF's table_options.h defaults, kept so our index is byte-identical to TF's
 BLOCK_RESTART_INTERVAL = 16
 HEADER_KEY = b""
+# Bounds on an index (the real 1558M one: 20 KB, 581 keys of under 40 bytes). Prefix compression lets a
+# small hostile file expand to huge keys, so key length, key count and all key bytes together are capped.
+MAX_INDEX_BYTES = 64 << 20
+MAX_BLOCK_BYTES = 16 << 20  # a block after snappy decompression
+MAX_KEY_BYTES = 4096
+MAX_ENTRIES = 1 << 16
+MAX_TOTAL_KEY_BYTES = 4 << 20
 
 # tensorflow/core/framework/types.proto -> numpy dtype, as numpy spells it (np.dtype(...) where an object is
 # needed: numpy loads on first use); the _REF variants (+100) read the same.
@@ -299,6 +306,9 @@ def _read_block(data: bytes, handle: tuple[int, int], what: str) -> bytes:
         return contents
     if kind == SNAPPY_COMPRESSION:
         import cramjam
+        expanded, _ = _varint(contents, 0, len(contents), what)  # raw snappy begins with its decompressed length
+        if expanded > MAX_BLOCK_BYTES:
+            raise CheckpointError(f"{what}: snappy block at {offset} claims {expanded:,} bytes decompressed (limit {MAX_BLOCK_BYTES:,})")
         try:
             return bytes(cramjam.snappy.decompress_raw(contents))
         except Exception as e:
@@ -321,6 +331,8 @@ def _block_entries(block: bytes, what: str) -> Iterator[tuple[bytes, bytes]]:
         value_len, pos = _varint(block, pos, limit, what)
         if shared > len(key) or pos + non_shared + value_len > limit:
             raise CheckpointError(f"{what}: corrupt block entry at {pos}")
+        if shared + non_shared > MAX_KEY_BYTES:
+            raise CheckpointError(f"{what}: a key of {shared + non_shared:,} bytes (limit {MAX_KEY_BYTES:,})")
         key = key[:shared] + block[pos:pos + non_shared]
         pos += non_shared
         yield key, block[pos:pos + value_len]
@@ -337,12 +349,16 @@ def read_table(data: bytes, what: str = "index") -> Iterator[tuple[bytes, bytes]
         raise CheckpointError(f"{what}: bad magic 0x{magic:016x} (not a TensorFlow checkpoint index, or truncated)")
     _, pos = _read_handle(footer, 0, 40, what)
     index_handle, _ = _read_handle(footer, pos, 40, what)
-    previous = None
+    previous, count, key_bytes = None, 0, 0
     for _, handle_bytes in _block_entries(_read_block(data, index_handle, what), what):
         handle, _ = _read_handle(handle_bytes, 0, len(handle_bytes), what)
         for key, value in _block_entries(_read_block(data, handle, what), what):
             if previous is not None and key <= previous:
-                raise CheckpointError(f"{what}: keys out of order at {key!r}")
+                raise CheckpointError(f"{what}: keys out of order at {key[:60]!r}")
+            count, key_bytes = count + 1, key_bytes + len(key)
+            if count > MAX_ENTRIES or key_bytes > MAX_TOTAL_KEY_BYTES:
+                raise CheckpointError(f"{what}: more than {MAX_ENTRIES:,} entries or {MAX_TOTAL_KEY_BYTES:,} bytes "
+                                      "of names; not a checkpoint gpt2hub reads")
             previous = key
             yield key, value
 
@@ -351,9 +367,12 @@ def read_index(path: Path) -> tuple[BundleHeader, dict[str, TensorEntry]]:
     """Parse a `.index` file into its header and its entries by name."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:  # read(n) allocates n bytes up front: ask for what the file holds
+            data = f.read(min(os.fstat(f.fileno()).st_size, MAX_INDEX_BYTES) + 1)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
+    if len(data) > MAX_INDEX_BYTES:
+        raise CheckpointError(f"{path.name}: larger than {MAX_INDEX_BYTES:,} bytes; not a checkpoint index gpt2hub reads")
     header, entries = None, {}
     for key, value in read_table(data, path.name):
         if key == HEADER_KEY:
@@ -362,7 +381,7 @@ def read_index(path: Path) -> tuple[BundleHeader, dict[str, TensorEntry]]:
         try:
             name = key.decode()
         except UnicodeDecodeError:
-            raise CheckpointError(f"{path.name}: tensor name {key!r} is not UTF-8") from None
+            raise CheckpointError(f"{path.name}: tensor name {key[:60]!r} is not UTF-8") from None
         entries[name] = parse_entry(name, value)
     if header is None:
         raise CheckpointError(f"{path.name}: no bundle header entry (not a tensor bundle index)")
@@ -384,15 +403,16 @@ def _prefix_of(path: Path) -> Path:
     if path.is_dir():
         state = path / "checkpoint"
         if state.is_file():
-            m = re.search(r'^model_checkpoint_path:\s*"([^"]+)"', state.read_text(errors="replace"), re.M)
+            with open(state, "rb") as f:
+                text = f.read(1 << 16).decode("utf-8", errors="replace")
+            m = re.search(r'^model_checkpoint_path:\s*"([^"\x00]+)"', text, re.M)
             if m:
+                # Only a prefix inside this folder: a checkpoint file cannot send gpt2hub elsewhere.
                 named = Path(m.group(1))
-                prefix = named if named.is_absolute() else path / named
-                if prefix.with_name(prefix.name + ".index").is_file():
-                    return prefix
-                local = path / named.name  # a folder moved since it was written
-                if local.with_name(local.name + ".index").is_file():
-                    return local
+                for prefix in (path / named, path / named.name):  # as written; or the folder moved since
+                    index = prefix.with_name(prefix.name + ".index")
+                    if index.resolve().parent == path.resolve() and index.is_file():
+                        return prefix
         indexes = sorted(path.glob("*.index"))
         if len(indexes) == 1:
             return indexes[0].with_suffix("")

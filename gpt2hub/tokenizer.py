@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .errors import CheckpointError
+from .errors import CheckpointError, parse_json
 
 ENDOFTEXT = "<|endoftext|>"
 # openai/gpt-2 src/encoder.py's pre-tokenizer, as tiktoken's r50k_base writes it.
@@ -25,7 +24,7 @@ def read_vocab(folder: Path) -> tuple[list[str], list[str], int]:
     enc_path, bpe_path = folder / "encoder.json", folder / "vocab.bpe"
     encoder_text, bpe_text = _read_text(enc_path), _read_text(bpe_path)
     try:
-        encoder = json.loads(encoder_text)
+        encoder = parse_json(encoder_text, str(enc_path), CheckpointError)  # bounded nesting: one line, not a RecursionError
     except ValueError as e:
         raise CheckpointError(f"{enc_path}: not valid JSON ({e})") from None
     if not isinstance(encoder, dict) or not all(type(i) is int for i in encoder.values()):

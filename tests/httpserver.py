@@ -38,6 +38,7 @@ class Faults:
     ignore_range: bool = False  # 200 with the whole file, whatever Range says
     xml_error: int | None = None  # answer every request with an XML error body and this status (200, 404)
     rate: float | None = None  # bytes per second per connection
+    drip: float | None = None  # send one byte at a time, this many per second (alive, and useless)
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -51,11 +52,12 @@ class _QuietServer(ThreadingHTTPServer):
 
 @dataclass
 class Served:
-    file: str
+    file: str  # the requested path's last part; `path` is all of it, with any query string
     start: int
     end: int  # exclusive: what was asked for
     sent: int  # body bytes actually written
     status: int
+    path: str = ""
 
 
 class FaultyServer:
@@ -145,6 +147,14 @@ class FaultyServer:
         cut = f.cut_after if applies and f.cut_after is not None and self._take("cut_times") else None
         try:
             with open(path, "rb") as fh:
+                if applies and f.drip:
+                    fh.seek(start)
+                    while sent < end - start:
+                        h.wfile.write(fh.read(1))
+                        h.wfile.flush()
+                        sent += 1
+                        time.sleep(1 / f.drip)
+                    return
                 if cut is None and not (applies and f.corrupt_at is not None):
                     # Zero-copy, so the server is never the bottleneck; paced in 256 KiB steps under a rate cap.
                     h.wfile.flush()
@@ -185,7 +195,7 @@ class FaultyServer:
             h.close_connection = True
         finally:
             with self.lock:
-                self.log.append(Served(name, start, end, sent, status))
+                self.log.append(Served(name, start, end, sent, status, h.path))
 
     def _reply(self, h, status: int, body: bytes, headers: dict, head: bool, name: str) -> None:
         h.send_response(status)
@@ -196,7 +206,7 @@ class FaultyServer:
         if not head:
             h.wfile.write(body)
         with self.lock:
-            self.log.append(Served(name, 0, 0, len(body) if not head else 0, status))
+            self.log.append(Served(name, 0, 0, len(body) if not head else 0, status, h.path))
 
 
 def main() -> None:

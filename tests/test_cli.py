@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from gpt2hub import store
-from gpt2hub.cli import main
+from gpt2hub.integrity import Check, FileCheck, Record, write_record
 from gpt2hub.registry import resolve
+from tests.checks import invoke
 
 RELEASES = ["124M", "355M", "774M", "1558M"]
 
@@ -27,11 +27,7 @@ def home(tmp_path, monkeypatch) -> Path:
     return h
 
 
-def gpt2hub(*args: str):
-    result = CliRunner().invoke(main, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
+gpt2hub = invoke
 
 
 def console(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -78,15 +74,17 @@ def test_list_state_verified_when_record_matches_files(home):
     folder = home / "124M" / "original"
     folder.mkdir(parents=True)
     (folder / "checkpoint").write_bytes(b"c" * 77)
-    store.write_verified("124M", {"files": {"checkpoint": {"size": 77}}})
+    write_record(folder, Record("124M", {"checkpoint": FileCheck(77, None, Check.PUBLISHED_SHA256)}))
     assert states(home)["124M"] == ("verified", [])
+    write_record(folder, Record("124M", {"checkpoint": FileCheck(77, None, Check.SIZE)}))
+    assert states(home)["124M"] == ("pulled", [])  # complete, but not every file verified
 
 
 def test_list_state_partial_when_verified_file_changed_size(home):
     folder = home / "124M" / "original"
     folder.mkdir(parents=True)
     (folder / "checkpoint").write_bytes(b"c" * 70)
-    store.write_verified("124M", {"files": {"checkpoint": {"size": 77}}})
+    write_record(folder, Record("124M", {"checkpoint": FileCheck(77, None, Check.PUBLISHED_SHA256)}))
     assert states(home)["124M"] == ("partial", [])
 
 
@@ -134,8 +132,8 @@ def test_path_of_a_format(home):
 
 
 def test_path_rejects_unknown_format():
-    result = gpt2hub("path", "124M", "--format", "onnx")
-    assert result.exit_code == 2 and "onnx" in result.stderr
+    result = gpt2hub("path", "124M", "--format", "onyx")
+    assert result.exit_code == 2 and "onyx" in result.stderr
 
 
 # --- errors, through the real console script ---------------------------------------------------

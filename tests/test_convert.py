@@ -515,8 +515,8 @@ def test_q8_0_is_refused_for_safetensors_before_reading_anything(tiny_release, t
 
 
 def test_unknown_format_is_a_one_line_cli_error(tiny_release):
-    result = CliRunner().invoke(main, ["convert", str(tiny_release), "--to", "onnx"])
-    assert result.exit_code == 2 and "onnx" in result.output
+    result = CliRunner().invoke(main, ["convert", str(tiny_release), "--to", "onyx"])
+    assert result.exit_code == 2 and "onyx" in result.output
 
 
 def test_hparams_that_disagree_with_the_shapes_write_nothing(tiny_release, tmp_path):

@@ -71,7 +71,10 @@ def test_demo_runs_every_step_and_exits_zero(tmp_path):
     r = _gpt2hub("demo", "--keep", str(tmp_path / "work"))
     assert r.returncode == 0, r.stdout + r.stderr
     steps = [line for line in r.stdout.splitlines() if line.startswith("[")]
-    assert len(steps) == 8 and all(line.startswith("[ok]") for line in steps), r.stdout
+    from gpt2hub.demo import CONVERSIONS
+
+    # build, pull, one step per conversion, verify, sample
+    assert len(steps) == 4 + len(CONVERSIONS) and all(line.startswith("[ok]") for line in steps), r.stdout
     assert "Traceback" not in r.stderr
     home = tmp_path / "work" / "home" / "gpt2hub-demo"
     assert (home / "safetensors" / "model.safetensors").is_file()

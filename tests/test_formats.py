@@ -32,10 +32,12 @@ def test_a_format_declares_every_field(fmt: Format):
     from gpt2hub.verifying import CONSUMER_MODULES
 
     assert fmt.name and fmt.name != "original" and fmt.name.isidentifier()
-    assert fmt.default_dtype in fmt.dtypes and set(fmt.dtypes) <= set(CASTS) | {"q8_0"}
+    from gpt2hub.converters.gguf import DTYPES as GGUF_TYPES, LLAMA_MIXES
+
+    assert fmt.default_dtype in fmt.dtypes and set(fmt.dtypes) <= set(CASTS) | set(GGUF_TYPES) | set(LLAMA_MIXES)
     assert set(fmt.demo_dtypes) <= set(fmt.dtypes) and fmt.demo_dtypes
     for f in fields(Format):
-        if f.name not in ("file_suffix", "tokenizer", "requires", "extra", "hub_prefix"):
+        if f.name not in ("file_suffix", "tokenizer", "requires", "extra", "hub_prefix", "read_stored"):
             assert getattr(fmt, f.name) not in (None, "", ()), f.name
     for fn in (fmt.write, fmt.is_output, fmt.read_weights, fmt.read_dtype):
         assert callable(fn)

@@ -277,7 +277,8 @@ def test_pull_of_a_release_unknown_here_uses_the_manifest_the_mirror_published(s
         registry.resolve(NAME)
     pull(NAME, sources=[f"s3://{bucket}/gpt-2/models"], endpoint_url=s3_server.endpoint_url)
     assert {name: (store.release_dir(NAME) / name).read_bytes() for name in originals} == originals
-    assert registry.resolve(NAME).to_dict() == pulled.to_dict()  # saved under <home>/manifests for later commands
+    # saved under <home>/manifests for later commands, as the mirror's word only (issue 10)
+    assert registry.resolve(NAME).to_dict() == pulled.from_mirror().to_dict()
 
 
 def test_pull_of_an_unknown_name_without_a_mirror_manifest_lists_the_known_names(s3_server, bucket, tmp_path,
@@ -381,7 +382,7 @@ def test_s3_denied_access_is_one_line_error(pulled, tmp_path, monkeypatch):
 
 
 def test_unknown_format_is_an_error(pulled):
-    with pytest.raises(MirrorError, match=r"^unknown format safetensor; formats: original, safetensors, pytorch, gguf$"):
+    with pytest.raises(MirrorError, match=r"^unknown format safetensor; formats: original, safetensors, pytorch, gguf, llmc, onnx$"):
         gpt2hub.mirror(NAME, "s3://bucket/p", formats=["safetensor"], dry_run=True)
 
 

@@ -139,7 +139,7 @@ def test_missing_tensor_is_named(tiny_converted, tmp_path):
 
 
 def test_folder_of_no_known_format_is_an_error(tmp_path):
-    with pytest.raises(ConversionError, match="not a TF checkpoint folder, an HF model folder or a .gguf file"):
+    with pytest.raises(ConversionError, match="not a TF checkpoint folder, an HF model folder, a .gguf file, an llm.c folder or an ONNX model folder"):
         M.load(tmp_path)
 
 

@@ -16,6 +16,7 @@ import gpt2hub
 from gpt2hub import registry, store
 from gpt2hub.download import RetryPolicy, record_path
 from gpt2hub.errors import DownloadError
+from gpt2hub.integrity import Check
 from gpt2hub.pulling import pull
 from gpt2hub.sources import CHUNK
 from gpt2hub.tfcheckpoint import read_index
@@ -101,8 +102,9 @@ def test_pull_fetches_every_file_and_records_them_verified(server, tiny_manifest
     r = _pull(server, tiny_manifest)
     assert r.path == store.release_dir("tiny") and _same_files(r.path, tiny_release)
     record = store.read_verified("tiny")
-    assert set(record["files"]) == set(registry.OPENAI_FILES)
-    assert record["files"][DATA]["sha256"] == registry.sha256_file(tiny_release / DATA)
+    assert set(record.files) == set(registry.OPENAI_FILES)
+    assert record.files[DATA].sha256 == registry.sha256_file(tiny_release / DATA)
+    assert record.verified and {f.check for f in record.files.values()} == {Check.PUBLISHED_SHA256}
     assert store.original_state("tiny") == "verified"
     assert not list(r.path.glob("*.part*"))
 
@@ -251,9 +253,9 @@ def test_unreachable_first_source_falls_over_to_the_next(server, tiny_manifest, 
 def test_legacy_folder_name_is_tried_after_the_current_one(tiny_manifest, tiny_release, tmp_path):
     root = tmp_path / "mirror"
     shutil.copytree(tiny_release, root / "117M")
-    manifest = _manifest_variant(tiny_manifest, tmp_path, name="124M", folders=["124M", "117M"])
+    manifest = _manifest_variant(tiny_manifest, tmp_path, name="tiny124", folders=["tiny124", "117M"])
     with FaultyServer(root) as srv:
-        r = pull("124M", manifest=manifest, sources=[srv.url], retry=FAST)
+        r = pull("tiny124", manifest=manifest, sources=[srv.url], retry=FAST)
     assert _same_files(r.path, tiny_release)
     assert any(s.status == 404 for s in srv.log)
 
@@ -283,7 +285,7 @@ def test_expected_sha256_mismatch_warns_and_rests_on_the_crcs(server, tiny_manif
     manifest = _manifest_variant(tiny_manifest, tmp_path, files={DATA: {"sha256": "0" * 64, "status": "expected"}})
     r = _pull(server, manifest)
     data = next(f for f in r.files if f.name == DATA)
-    assert (data.sha256_status, data.verified_by) == ("seen", "crc32c")
+    assert data.check == Check.ORIGIN_CRC32C and "verified index" in data.against  # the index matched its sha256
     assert data.sha256 == registry.sha256_file(tiny_release / DATA)
     assert any("differs from the expected" in w for w in r.warnings)
 
@@ -292,9 +294,8 @@ def test_without_a_published_sha256_the_seen_one_is_recorded(server, tiny_manife
     manifest = _manifest_variant(tiny_manifest, tmp_path,
                                  files={DATA: {"sha256": None, "size": None, "status": "expected"}})
     _pull(server, manifest)
-    info = store.read_verified("tiny")["files"][DATA]
-    assert info == {**info, "sha256": registry.sha256_file(tiny_release / DATA), "sha256_status": "seen",
-                    "verified_by": "crc32c"}
+    info = store.read_verified("tiny").files[DATA]
+    assert (info.sha256, info.check) == (registry.sha256_file(tiny_release / DATA), Check.ORIGIN_CRC32C)
 
 
 def test_not_enough_free_space_fails_before_downloading(server, tiny_manifest, tmp_path):

@@ -14,7 +14,7 @@ import pytest
 
 import gpt2hub
 from gpt2hub import registry, store
-from gpt2hub.download import RangeRecord, RetryPolicy, record_path
+from gpt2hub.download import RangeRecord, RetryPolicy
 from gpt2hub.errors import DownloadError
 from gpt2hub.offline import OfflineError
 from gpt2hub.pulling import pull
@@ -73,15 +73,15 @@ def test_only_tokenizer_fetches_two_files_and_leaves_the_release_partial(server,
     folder = store.release_dir("tiny")
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == TOKENIZER
     assert all((folder / n).read_bytes() == (tiny_release / n).read_bytes() for n in TOKENIZER)
-    assert store.original_state("tiny") == "partial" and store.read_verified("tiny")["partial"] is True
+    assert store.original_state("tiny") == "partial" and store.read_verified("tiny").partial is True
     with pytest.raises(gpt2hub.Gpt2hubError, match="only partly pulled"):
         gpt2hub.convert("tiny", to="safetensors", manifest=tiny_manifest)
 
     server.log.clear()
     r = _pull(server, tiny_manifest, only=["model"])  # the rest; the tokenizer is not fetched again
     assert TOKENIZER[0] not in _got(server) and DATA in _got(server)
-    assert store.original_state("tiny") == "verified" and not store.read_verified("tiny")["partial"]
-    assert set(store.read_verified("tiny")["files"]) == set(registry.OPENAI_FILES)
+    assert store.original_state("tiny") == "verified" and not store.read_verified("tiny").partial
+    assert set(store.read_verified("tiny").files) == set(registry.OPENAI_FILES)
     server.log.clear()
     assert _pull(server, tiny_manifest).already and _got(server) == set()
 
@@ -118,7 +118,10 @@ def test_dry_run_counts_what_is_here(server, tiny_manifest, tiny_release):
     shutil.copy(tiny_release / "hparams.json", folder)  # there, not yet checked
     size = (tiny_release / DATA).stat().st_size
     shutil.copy(tiny_release / DATA, folder / (DATA + ".part"))
-    RangeRecord(record_path(folder / (DATA + ".part")), size).add(0, 4096)  # a pull stopped after 4 KiB
+    record = RangeRecord(folder / (DATA + ".part"), size)  # a pull stopped after 4 KiB of this very part
+    with open(folder / (DATA + ".part"), "rb") as fh:
+        record.bind(fh.fileno())
+    record.add(0, 4096)
     before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     plan = {f.name: f for f in _pull(server, tiny_manifest, dry_run=True).files}
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before

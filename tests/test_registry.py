@@ -176,13 +176,14 @@ def test_manifest_in_home_manifests_is_known(tmp_path):
     assert "tiny-ft" in [m.name for m in releases()]
 
 
-def test_user_manifest_replaces_shipped_one_of_same_name(tmp_path):
+def test_user_manifest_cannot_replace_a_shipped_one(tmp_path, capsys):
     folder = tmp_path / "home" / "manifests"
     folder.mkdir(parents=True)
     data = user_manifest("124M", aliases=("mirror-small",))
     (folder / "124M.json").write_text(json.dumps(data))
-    assert resolve("124M").aliases == ("mirror-small",)
+    assert resolve("124M").aliases == ("117M", "small", "gpt2")  # the shipped registry is the root of trust
     assert [m.name for m in releases()].count("124M") == 1
+    assert "124M.json: 124M already names another release" in capsys.readouterr().err
 
 
 def test_manifest_file_argument_is_used_directly(tmp_path):
@@ -256,14 +257,16 @@ def test_missing_manifest_file_is_a_manifest_error(tmp_path):
     one_line(e)
 
 
-def test_broken_user_manifest_is_named_when_listing(tmp_path, monkeypatch):
+def test_broken_user_manifest_is_one_warning_not_a_broken_tool(tmp_path, monkeypatch, capsys):
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "oops.json").write_text("{")
+    (folder / "tiny-ft.json").write_text(json.dumps(user_manifest()))
     monkeypatch.setenv("GPT2HUB_MANIFESTS", str(folder))
-    with pytest.raises(ManifestError, match="oops.json") as e:
-        releases()
-    one_line(e)
+    assert {"124M", "355M", "774M", "1558M", "tiny-ft"} == {m.name for m in releases()}
+    assert resolve("124M").name == "124M"
+    err = [line for line in capsys.readouterr().err.splitlines() if "oops.json" in line]
+    assert len(err) == 1 and err[0].startswith("gpt2hub: warning: skipping a manifest:")
 
 
 # --- create_manifest ---------------------------------------------------------------------------
@@ -324,7 +327,7 @@ def test_unknown_format_in_the_api_is_a_one_line_error():
     import gpt2hub
     from gpt2hub.errors import Gpt2hubError
 
-    with pytest.raises(Gpt2hubError, match="unknown format 'onnx'") as e:
-        gpt2hub.path("124M", "onnx")
+    with pytest.raises(Gpt2hubError, match="unknown format 'onyx'") as e:
+        gpt2hub.path("124M", "onyx")
     one_line(e)
 

@@ -252,8 +252,8 @@ def test_a_pulled_release_checks_sizes_and_sha256_from_its_manifest(pulled):
     original, manifest = pulled
     report = V.verify("tinytest", manifest=manifest, formats=["original"])
     files = {c.name: c for c in report.integrity}
-    assert files["model.ckpt.data-00000-of-00001"].detail == "sha256 matches manifest"
-    assert len([c for c in report.integrity if c.detail == "sha256 matches manifest"]) == 7
+    assert files["model.ckpt.data-00000-of-00001"].detail.startswith("sha256 matches manifest (verified")
+    assert len([c for c in report.integrity if c.detail.startswith("sha256 matches manifest (verified")]) == 7
     assert report.passed
 
 
@@ -276,7 +276,7 @@ def test_a_file_that_differs_from_its_manifest_fails(pulled):
 
 
 def test_damage_since_the_pull_is_caught_by_the_sha256_pull_recorded(pulled):
-    from gpt2hub import store
+    from gpt2hub.integrity import Check, FileCheck, Record, write_record
     from gpt2hub.registry import sha256_file
 
     original, manifest = pulled
@@ -284,15 +284,16 @@ def test_damage_since_the_pull_is_caught_by_the_sha256_pull_recorded(pulled):
     for f in data["files"]:
         f["sha256"] = None  # as the 355M+ manifests: sizes only
     manifest.write_text(json.dumps(data))
-    store.write_verified("tinytest", {"files": {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
-                                                for p in original.iterdir() if p.is_file() and not p.name.startswith(".")}})
+    write_record(original, Record("tinytest", {
+        p.name: FileCheck(p.stat().st_size, sha256_file(p), Check.MIRROR_CRC32C)
+        for p in original.iterdir() if p.is_file() and not p.name.startswith(".")}))
     meta = original / "model.ckpt.meta"
     raw = bytearray(meta.read_bytes())
     raw[100] ^= 0x01  # same size, other bytes
     meta.write_bytes(bytes(raw))
     report = V.verify("tinytest", manifest=manifest, formats=["original"])
     checks = {c.name: c for c in report.integrity}
-    assert checks["model.ckpt.index"].detail == "sha256 matches pull's record"
+    assert checks["model.ckpt.index"].detail.startswith("sha256 matches pull's record (pull checked it: not verified")
     assert not checks["model.ckpt.meta"].passed and "!= pull's record" in checks["model.ckpt.meta"].detail
     assert not report.passed
 
@@ -315,9 +316,10 @@ def test_a_release_not_pulled_is_a_one_line_error(tmp_path, monkeypatch):
 
 
 def test_an_unknown_format_name_is_a_one_line_error(tiny_release):
-    result = run_cli("verify", str(tiny_release), "--formats", "original,onnx")
+    result = run_cli("verify", str(tiny_release), "--formats", "original,onyx")
     assert result.exit_code == 1
-    assert result.output.strip() == "gpt2hub: error: unknown format 'onnx'; formats: original, safetensors, pytorch, gguf"
+    assert result.output.strip() == ("gpt2hub: error: unknown format 'onyx'; "
+                                     "formats: original, safetensors, pytorch, gguf, llmc, onnx")
 
 
 def test_a_folder_without_a_checkpoint_is_a_one_line_error(tmp_path):

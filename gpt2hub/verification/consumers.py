@@ -19,7 +19,8 @@ from ..errors import CheckpointError, ConversionError, Gpt2hubError, Verificatio
 from ..layout import HParams
 from .report import Row
 
-CONSUMER_MODULES = {"transformers": "transformers", "llama.cpp": "llama_cpp", "tensorflow": "tensorflow", "gpt2hub": "torch"}
+CONSUMER_MODULES = {"transformers": "transformers", "llama.cpp": "llama_cpp", "tensorflow": "tensorflow", "gpt2hub": "torch",
+                    "onnxruntime": "onnxruntime"}
 TORCH_DTYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "float64": "f64"}
 
 
@@ -48,6 +49,11 @@ def consumer_run(fmt: str, consumer: str, path: Path, dtype: str, tokens: Sequen
     if consumer == "llama.cpp":
         return Row(fmt, dtype, consumer, str(path), note="cpu,f32-KV-cache"), \
             lambda: isolation.run(llama_logits, (path, tokens), name="llama.cpp")
+    if consumer == "onnxruntime":
+        from ..consumers import onnxruntime_logits
+
+        return Row(fmt, dtype, consumer, str(path), note="cpu"), \
+            lambda: isolation.run(onnxruntime_logits, (path, tokens), name=consumer)
     return Row(fmt, dtype, consumer, str(path), note=device), \
         lambda: isolation.run(transformers_logits, (path, tokens, device), name=consumer)[0]
 

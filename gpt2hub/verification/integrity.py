@@ -19,7 +19,13 @@ def check_integrity(release: Release) -> list[Check]:
     if release.manifest is None:
         checks.append(Check("manifest", True, "none for a folder: sizes and sha256 not checked (use --manifest)"))
     else:
-        pulled = (store.read_verified(release.name) or {}).get("files", {}) if release.in_store else {}
+        record = store.read_verified(release.name) if release.in_store else None
+        pulled = record.files if record is not None else {}
+        whose_sha = {"published": "manifest (verified: published sha256)",
+                     "measured": "manifest (verified: the sha256 measured from your own files)",
+                     "shared": "manifest (verified: sha256 of 124M's identical published file)",
+                     "mirror": "manifest (not verified: the mirror's own sha256 only)",
+                     "expected": "manifest (not verified: an expected sha256)"}
         for rec in release.manifest.files:
             path = folder / rec.name
             if not path.is_file():
@@ -30,17 +36,20 @@ def check_integrity(release: Release) -> list[Check]:
                 checks.append(Check(rec.name, False, f"size {size:,}, manifest says {rec.size:,}"
                                     + (" (an expected size, not yet confirmed by anyone)" if rec.status == "expected" else "")))
                 continue
-            # sha256: the manifest's, else the one pull measured (catches damage since the pull).
-            known, whose = rec.sha256, "manifest"
-            record = pulled.get(rec.name) or {}
-            if known is None and record.get("sha256") and record.get("size") == size:
-                known, whose = record["sha256"], "pull's record"
+            # sha256: the manifest's, else the one pull measured (catches damage since the pull), saying what
+            # pull checked that one against.
+            info = pulled.get(rec.name)
+            known, whose = rec.sha256, whose_sha.get(rec.status, rec.status)
+            if (known is None or rec.status in ("expected", "mirror")) and info is not None and info.sha256 \
+                    and info.size == size:
+                known, whose = info.sha256, f"pull's record (pull checked it: {info.check.label})"
             if known:
                 digest = sha256_file(path)
                 ok = digest == known
                 checks.append(Check(rec.name, ok, f"sha256 matches {whose}" if ok else f"sha256 {digest} != {whose} {known}"))
             else:
-                checks.append(Check(rec.name, True, f"size {size:,}" + (" matches" if rec.size is not None else "; no sha256 known")))
+                checks.append(Check(rec.name, True, f"size {size:,}" + (" matches (size only: not verified)"
+                                                                        if rec.size is not None else "; no sha256 known")))
     try:
         hparams = HParams.from_file(folder / "hparams.json")
         ckpt = Checkpoint(folder)

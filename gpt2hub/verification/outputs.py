@@ -50,7 +50,7 @@ def read_back(fmt: str, path: Path, hparams: HParams, original: Path) -> Output:
     """An output's stored tensors and what they must be, and its metadata compared with the release."""
     form = converters.get(fmt)
     if form.read_stored is None:
-        raise ValueError(f"the {fmt} format declares no exact read-back (Format.read_stored): its weights cannot be proven")
+        raise NotImplementedError(f"not proven: the {fmt} format declares no exact read-back (Format.read_stored)")
     stored = form.read_stored(path, hparams, original)
     want = {"n_vocab": hparams.n_vocab, "n_ctx": hparams.n_ctx, "n_embd": hparams.n_embd, "n_head": hparams.n_head,
             "n_layer": hparams.n_layer, "eps": EPS}

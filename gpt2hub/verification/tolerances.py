@@ -25,6 +25,8 @@ ARITHMETIC: dict[tuple[str, str], Arithmetic] = {
     ("tensorflow", "f64"): F64,
     ("tensorflow", "f32"): F32,
     ("transformers", "f32"): F32,
+    ("onnxruntime", "f32"): F32,
+    ("onnxruntime", "f16"): Arithmetic("f16 activations", activations="f16"),
     ("transformers", "f16"): Arithmetic("f16 activations", activations="f16"),
     ("transformers", "bf16"): Arithmetic("bf16 activations", activations="bf16"),
     ("llama.cpp", "f32"): Arithmetic("f32, GELU table f16", gelu=GELU_F16),
@@ -38,6 +40,8 @@ def arithmetic_of(consumer: str, dtype: str) -> Arithmetic | None:
     """The arithmetic a consumer computes in on weights of `dtype`; None if unknown (the row FAILs)."""
     if consumer.startswith("gpt2hub"):
         return F32
+    if consumer == "llama.cpp" and (consumer, dtype) not in ARITHMETIC:  # the ladder below q8_0: 8-bit matmul inputs
+        return ARITHMETIC[(consumer, "q8_0")]
     return ARITHMETIC.get((consumer, dtype))
 
 
