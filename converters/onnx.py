@@ -196,6 +196,6 @@ def read_weights(folder: Path) -> Weights:
 
 
 FORMAT = Format(name="onnx", rank=50, dtypes=tuple(DTYPES), default_dtype="f32", write=write,
-                **{**hf.FOLDER_FIELDS, "consumer": "onnxruntime", "is_output": is_output, "read_weights": read_weights,
+                **{**hf.FOLDER_FIELDS, "consumer": "onnxruntime", "read_stored": None, "is_output": is_output, "read_weights": read_weights,
                    "looks_like": "an ONNX model folder"},
                 requires="onnx", extra="onnx", demo_dtypes=("f32",), hub_prefix="onnx/", tags=("onnx",))
