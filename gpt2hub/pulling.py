@@ -14,7 +14,6 @@ published sha256, 124M's identical published file, or CRC32C from a verified ind
 
 from __future__ import annotations
 
-import mmap
 import os
 import shutil
 import time
@@ -28,7 +27,7 @@ from .errors import CheckpointError, ChecksumError, DownloadError, ManifestError
 from .integrity import Check, FileCheck, Record, read_record, write_record
 from .registry import FileRecord, ReleaseManifest, sha256_file
 from .sources import (Source, TransferError, default_sources, open_source, origin_url, redact, user_sources)
-from .tfcheckpoint import MAX_INDEX_BYTES, crc32c, read_index, unmask_crc
+from .tfcheckpoint import MAX_INDEX_BYTES, range_crc32c, read_index, unmask_crc
 
 LOCK_NAME = ".pull.lock"  # in <home>/<name>/, beside the format folders
 TO_LOCK_NAME = ".gpt2hub-pull.lock"  # in a `pull --to DIR` folder, beside the files and the verified record
@@ -519,16 +518,9 @@ class _Pull:
         if entries is None:
             return []
         self._check_layout(entries, size, f.name)
-        bad = []
-        with open(data, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            view = memoryview(mm)
-            try:
-                for e in entries.values():
-                    if crc32c(view[e.offset:e.offset + e.size]) != unmask_crc(e.crc32c):
-                        bad.append((e.name, e.offset, e.offset + e.size))
-            finally:
-                view.release()
-        return bad
+        # Chunked reads, not a map: mapped pages count in the resident set (6 GB at 1558M).
+        return [(e.name, e.offset, e.offset + e.size) for e in entries.values()
+                if range_crc32c(data, e.offset, e.size, e.name) != unmask_crc(e.crc32c)]
 
     def _check_layout(self, entries: dict, size: int, data_name: str) -> None:
         """The index must describe exactly this data file, and the manifest's tensors where it lists them."""
