@@ -74,7 +74,7 @@ def gguf_source(release: Path) -> dict[str, np.ndarray]:
 
 
 def logits(path: Path) -> np.ndarray:
-    from gpt2hub.consumers import llama_logits
+    from gpt2hub.verification.consumers import llama_logits
 
     return llama_logits(path, TOKENS)
 
@@ -100,7 +100,7 @@ def kl_and_top1(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
 
 @pytest.mark.parametrize("dtype", STREAMED + MIXES)
 def test_every_quantized_block_is_ggml_s_own_quantization_of_the_checkpoint(ladder, dtype):
-    from gpt2hub.consumers import ggml_quantize
+    from gpt2hub.verification.consumers import ggml_quantize
 
     release, path, _ = ladder[dtype]
     source = gguf_source(release)

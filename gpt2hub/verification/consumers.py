@@ -50,8 +50,6 @@ def consumer_run(fmt: str, consumer: str, path: Path, dtype: str, tokens: Sequen
         return Row(fmt, dtype, consumer, str(path), note="cpu,f32-KV-cache"), \
             lambda: isolation.run(llama_logits, (path, tokens), name="llama.cpp")
     if consumer == "onnxruntime":
-        from ..consumers import onnxruntime_logits
-
         return Row(fmt, dtype, consumer, str(path), note="cpu"), \
             lambda: isolation.run(onnxruntime_logits, (path, tokens), name=consumer)
     return Row(fmt, dtype, consumer, str(path), note=device), \
@@ -100,6 +98,49 @@ def transformers_logits(folder: Path, tokens: Sequence[int], device: str) -> tup
     with torch.inference_mode():
         logits = model(torch.tensor([list(tokens)], device=device)).logits
     return _numpy(logits), dtype
+
+
+# --- ggml's quantizer and onnxruntime -----------------------------------------------------------
+
+def ggml_quantize(rows: np.ndarray, qtype: int) -> np.ndarray:
+    """ggml's own quantizer (`ggml_quantize_chunk` in llama-cpp-python's libggml-base, no imatrix): float32
+    rows (n, k) -> the type's block bytes (n, bytes per row), the reference a GGUF's blocks are checked against."""
+    import gguf
+
+    try:
+        import llama_cpp
+    except ImportError:
+        raise VerificationError("ggml's quantizer comes with llama-cpp-python: pip install 'gpt2hub[llama]'") from None
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-base.so"))
+    quantize = lib.ggml_quantize_chunk
+    quantize.restype = ctypes.c_size_t
+    quantize.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                         ctypes.c_int64, ctypes.c_void_p]
+    src = np.ascontiguousarray(rows, dtype=np.float32).reshape(-1, rows.shape[-1])
+    out = np.empty(gguf.quants.quant_shape_to_byte_shape(src.shape, gguf.GGMLQuantizationType(qtype)), np.uint8)
+    n = quantize(int(qtype), src.ctypes.data, out.ctypes.data, 0, src.shape[0], src.shape[1], None)
+    if n != out.nbytes:
+        raise VerificationError(f"ggml_quantize_chunk wrote {n} bytes for {out.nbytes} expected")
+    return out
+
+
+def onnxruntime_logits(folder: Path | str, tokens: Sequence[int]) -> np.ndarray:
+    """onnxruntime's logits (len(tokens), n_vocab) for a folder's model.onnx, fed as optimum feeds a first step."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise VerificationError("running ONNX needs onnxruntime: pip install 'gpt2hub[onnx]'") from None
+    path = Path(folder) / "model.onnx"
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for a bad model
+        raise VerificationError(f"{path}: onnxruntime cannot load it ({one_line(e)})") from None
+    ids = np.array([list(tokens)], np.int64)
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(ids.shape[1])[None]}
+    for i in session.get_inputs():
+        if i.name.startswith("past_key_values."):  # the first step: a past of length 0
+            feed[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
+    return session.run(["logits"], feed)[0][0]
 
 
 # --- llama.cpp ------------------------------------------------------------------------------------
