@@ -31,8 +31,19 @@ class FileCheck:
         return "PASS" if self.passed else "FAIL"
 
 
+class Judged:
+    """PASS, FAIL, or ERROR when the consumer's process died: for rows with `passed` and `crashed`."""
+
+    passed: bool
+    crashed: bool
+
+    @property
+    def status(self) -> str:
+        return "ERROR" if self.crashed else "PASS" if self.passed else "FAIL"
+
+
 @dataclass
-class Row:
+class Row(Judged):
     """One consumer's logits compared with the float64 reference on the weights that output holds."""
 
     format: str
@@ -50,13 +61,9 @@ class Row:
     note: str = ""
     crashed: bool = False  # the consumer's process died (note says how): status ERROR
 
-    @property
-    def status(self) -> str:
-        return "ERROR" if self.crashed else "PASS" if self.passed else "FAIL"
-
 
 @dataclass
-class TokenizerRow:
+class TokenizerRow(Judged):
     """One tokenizer's ids for the parity text, compared with tiktoken's."""
 
     tokenizer: str
@@ -65,10 +72,6 @@ class TokenizerRow:
     passed: bool
     detail: str = ""
     crashed: bool = False  # the tokenizer's process died (detail says how): status ERROR
-
-    @property
-    def status(self) -> str:
-        return "ERROR" if self.crashed else "PASS" if self.passed else "FAIL"
 
 
 @dataclass
