@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 import re
 import sys
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
@@ -285,15 +285,23 @@ def _check_tensor(t: object, where: str) -> None:
             raise ManifestError(f"{where} ({t['name']}): {key!r} must be a byte count")
 
 
+def _shipped_files() -> list[Path]:
+    """The manifests shipped in the wheel (gpt2hub/manifests/*.json), by name. Found through the package's
+    import spec, not importlib.resources (whose import, with tempfile and zipfile, costs every command ~10 ms)."""
+    spec = importlib.util.find_spec("gpt2hub.manifests")
+    folder = Path(next(iter(spec.submodule_search_locations or ()))) if spec else None
+    if folder is None or not folder.is_dir():
+        raise ManifestError("gpt2hub/manifests: the shipped manifests are missing (a broken install?)")
+    return sorted(p for p in folder.glob("*.json") if not p.name.endswith(SCHEMA_SUFFIX))
+
+
 @functools.lru_cache(maxsize=1)
 def _builtin_manifests() -> tuple[ReleaseManifest, ...]:
     """The releases shipped in the wheel: the root of trust."""
-    folder = resources.files("gpt2hub.manifests")
     out = []
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".json") and not entry.name.endswith(SCHEMA_SUFFIX):
-            m = ReleaseManifest.from_bytes(entry.read_bytes(), f"gpt2hub/manifests/{entry.name}")
-            out.append(ReleaseManifest(**{**m.__dict__, "path": Path(str(entry))}))
+    for path in _shipped_files():
+        m = ReleaseManifest.from_bytes(path.read_bytes(), f"gpt2hub/manifests/{path.name}")
+        out.append(ReleaseManifest(**{**m.__dict__, "path": path}))
     return tuple(out)
 
 
@@ -301,12 +309,10 @@ def _builtin_manifests() -> tuple[ReleaseManifest, ...]:
 def _shipped_names() -> frozenset[str]:
     """The shipped releases' names and aliases, lower-cased: read from their JSON without validating every
     file and tensor record as _builtin_manifests does (5x faster), for a manifest that claims none of them."""
-    folder = resources.files("gpt2hub.manifests")
     names: set[str] = set()
-    for entry in folder.iterdir():
-        if entry.name.endswith(".json") and not entry.name.endswith(SCHEMA_SUFFIX):
-            data = json.loads(entry.read_bytes())  # the wheel's own files: parse_json's limits are for others'
-            names |= {str(n).lower() for n in (data["name"], *data.get("aliases", ()))}
+    for path in _shipped_files():
+        data = json.loads(path.read_bytes())  # the wheel's own files: parse_json's limits are for others'
+        names |= {str(n).lower() for n in (data["name"], *data.get("aliases", ()))}
     return frozenset(names)
 
 
