@@ -13,19 +13,22 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import struct
-import zipfile
 from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+from gpt2hub import lazy
 from gpt2hub.errors import CheckpointError, ConversionError
 
 from . import (CASTS, CHUNK_BYTES, Format, Planned, Progress, Source, cast_for, copy_range, numel, pipelined, plan,
                row_chunks)
 from . import hf
+
+# The registry imports every format at start-up; these load when a zip is written or read.
+pickle = lazy.module("pickle")
+zipfile = lazy.module("zipfile")
 
 WEIGHTS = "pytorch_model.bin"
 INDEX = "pytorch_model.bin.index.json"
@@ -248,21 +251,24 @@ def _rebuild_tensor(storage, offset, shape, stride, *_):
     return _TensorRef(key, ENCODINGS[storage_type], offset, tuple(shape), tuple(stride))
 
 
-class _StateDictUnpickler(pickle.Unpickler):
+def _state_dict_unpickler(stream) -> pickle.Unpickler:
     """data.pkl read to (storage key, type, shape) without torch: torch.load(mmap=True) would keep every page it
     reads resident (6 GB at 1558M). Anything but a plain state dict of tensors is refused."""
 
-    def find_class(self, module: str, name: str):
-        if (module, name) == ("collections", "OrderedDict"):
-            return dict
-        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-            return _rebuild_tensor
-        if module == "torch" and name in ENCODINGS:
-            return name
-        raise pickle.UnpicklingError(f"{module}.{name} is not part of a plain state dict")
+    class StateDictUnpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            if (module, name) == ("collections", "OrderedDict"):
+                return dict
+            if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+                return _rebuild_tensor
+            if module == "torch" and name in ENCODINGS:
+                return name
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a plain state dict")
 
-    def persistent_load(self, pid):
-        return tuple(pid)
+        def persistent_load(self, pid):
+            return tuple(pid)
+
+    return StateDictUnpickler(stream)
 
 
 def stored_tensors(path: Path) -> list:
@@ -278,7 +284,7 @@ def stored_tensors(path: Path) -> list:
                 raise ConversionError(f"{path}: no data.pkl (not a torch.save zip)")
             stem = pkl[: -len("data.pkl")]
             tensors = []
-            for name, ref in _StateDictUnpickler(zf.open(pkl)).load().items():
+            for name, ref in _state_dict_unpickler(zf.open(pkl)).load().items():
                 info = zf.getinfo(f"{stem}data/{ref.key}")
                 n, item = math.prod(ref.shape), ITEM_BYTES[ref.encoding]
                 contiguous = tuple(math.prod(ref.shape[i + 1:]) for i in range(len(ref.shape)))

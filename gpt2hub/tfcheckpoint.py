@@ -7,10 +7,12 @@ numpy views of a memory map; their masked CRC32C is checked on request.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -63,9 +65,32 @@ CRC_CHUNK_BYTES = 8 << 20  # read size of the CRC pass: bounds its resident memo
 
 # --- checksums ------------------------------------------------------------------------------
 
+SMALL_CRC_BYTES = 32 << 10  # up to this, CRC32C in Python (a few ms) beats importing the crc32c package (~40 ms)
+
+
 def crc32c(data, value: int = 0) -> int:
     """CRC32C (Castagnoli) of a buffer, continuing from `value`."""
+    if len(data) <= SMALL_CRC_BYTES and "crc32c._crc32c" not in sys.modules:
+        return _small_crc32c(bytes(data), value)
     return _crc32c.crc32c(data, value)
+
+
+@functools.cache
+def _crc32c_table() -> tuple[int, ...]:
+    table = []
+    for n in range(256):
+        for _ in range(8):
+            n = (n >> 1) ^ 0x82F63B78 if n & 1 else n >> 1
+        table.append(n)
+    return tuple(table)
+
+
+def _small_crc32c(data: bytes, value: int) -> int:
+    """CRC32C byte by byte (index blocks and headers: kilobytes), as the crc32c package computes it."""
+    table, crc = _crc32c_table(), value ^ 0xFFFFFFFF
+    for b in data:
+        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
 
 
 def range_crc32c(path: Path, offset: int, size: int, what: str = "data") -> int:

@@ -201,6 +201,20 @@ def test_manifest_file_for_another_name_is_refused(tmp_path):
     one_line(e)
 
 
+def test_manifest_file_claiming_a_shipped_alias_is_refused(tmp_path):
+    path = tmp_path / "elsewhere.json"
+    path.write_text(json.dumps(user_manifest(aliases=("GPT2",))))  # 124M's alias, in other case
+    with pytest.raises(ManifestError, match="GPT2 already names a shipped release") as e:
+        resolve(None, manifest=path)
+    one_line(e)
+
+
+def test_the_shipped_manifest_itself_may_be_given_as_a_file(tmp_path):
+    path = tmp_path / "124M.json"
+    path.write_text(json.dumps(shipped("124M.json")))
+    assert resolve("gpt2", manifest=path).name == "124M"
+
+
 # --- malformed manifests -----------------------------------------------------------------------
 
 def write_broken(tmp_path: Path, change) -> Path:

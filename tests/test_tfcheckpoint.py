@@ -521,3 +521,14 @@ def test_range_crc32c_reads_in_chunks_and_equals_the_whole_buffers_crc(tmp_path,
     assert tfcheckpoint.range_crc32c(path, 77, 20_000) == tfcheckpoint.crc32c(data[77:20_077])
     with pytest.raises(ChecksumError, match="ends early"):
         tfcheckpoint.range_crc32c(path, 25_000, 1_000)
+
+
+@settings(max_examples=50, deadline=None)
+@given(data=st.binary(max_size=3000), start=st.integers(0, 0xFFFFFFFF))
+def test_small_buffers_crc32c_in_python_as_the_crc32c_package_does(data, start):
+    import crc32c as package
+
+    from gpt2hub.tfcheckpoint import _small_crc32c
+
+    assert _small_crc32c(b"123456789", 0) == 0xE3069283  # the CRC-32C check value
+    assert _small_crc32c(data, start) == package.crc32c(data, start)
