@@ -208,8 +208,12 @@ class _Abort(Exception):
 
 def fetch(remote: Remote, part: Path, size: int, *, connections: int = 8, etag: str | None = None,
           retry: RetryPolicy = RetryPolicy(), span: int | None = None,
-          progress: Callable[[int], None] | None = None) -> FetchStats:
-    """Make `part` hold all `size` bytes of `remote`, fetching only what its range record lacks."""
+          progress: Callable[[int], None] | None = None,
+          observe: Callable[[int, memoryview], None] | None = None) -> FetchStats:
+    """Make `part` hold all `size` bytes of `remote`, fetching only what its range record lacks.
+
+    `observe(offset, block)` sees every byte of the file once, in order, as the sha256 does (the block is
+    only valid during the call); only when `stats.sha256` is set did it see them all."""
     record = RangeRecord(part, size)
     if not record.done:
         record.delete()  # the record goes before the part: a record never outlives the file it describes
@@ -218,7 +222,7 @@ def fetch(remote: Remote, part: Path, size: int, *, connections: int = 8, etag: 
     fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
     record.bind(fd)
     written = _Written(record)
-    hasher = _PrefixHasher(fd, written)
+    hasher = _PrefixHasher(fd, written, observe)
     try:
         if os.fstat(fd).st_size != size:
             try:
@@ -277,9 +281,9 @@ def _pread_into(fd: int, buf: memoryview, offset: int) -> int:
 class _PrefixHasher(threading.Thread):
     """sha256 of the file's written prefix, read back (from the page cache) while later ranges still arrive."""
 
-    def __init__(self, fd: int, written: _Written):
+    def __init__(self, fd: int, written: _Written, observe: Callable[[int, memoryview], None] | None = None):
         super().__init__(daemon=True)
-        self.fd, self.written = fd, written
+        self.fd, self.written, self.observe = fd, written, observe
         self.sha = hashlib.sha256()
         self.pos = 0
         self._halt = False
@@ -287,7 +291,7 @@ class _PrefixHasher(threading.Thread):
     def run(self) -> None:
         try:
             self._hash()
-        except OSError:  # the caller hashes the finished file instead (result() is None)
+        except Exception:  # noqa: BLE001 - the caller hashes the finished file instead (result() is None)
             self._halt = True
 
     def _hash(self) -> None:
@@ -305,6 +309,8 @@ class _PrefixHasher(threading.Thread):
                 if not n:
                     return
                 self.sha.update(view[:n])
+                if self.observe is not None:
+                    self.observe(self.pos, view[:n])
                 self.pos += n
 
     def result(self) -> str | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import gpt2hub
-from gpt2hub import registry, store
+from gpt2hub import pulling, registry, store
 from gpt2hub.download import MAX_RANGE, MIN_RANGE, RetryPolicy, plan_ranges, record_path
 from gpt2hub.errors import DownloadError
 from gpt2hub.integrity import Check
@@ -237,6 +237,13 @@ def test_a_cut_single_stream_is_read_again_without_rewriting_what_it_wrote(serve
     size = (tiny_release / DATA).stat().st_size
     assert [s.sent for s in server.log if s.file == DATA and s.status == 200][-2:] == [300_000, size]
     assert sum(e.done for e in events if e.kind == "advance" and e.task == DATA) == size  # each byte written once
+
+
+def test_tensor_crcs_are_computed_while_downloading_not_read_back(server, tiny_manifest, tiny_release, monkeypatch):
+    calls = []
+    monkeypatch.setattr(pulling, "range_crc32c", lambda *a, **k: calls.append(a) or 0)
+    r = _pull(server, tiny_manifest)
+    assert _same_files(r.path, tiny_release) and all(f.verified for f in r.files) and not calls
 
 
 def test_default_ranges_tile_the_gaps_in_order_and_shrink_toward_the_end():
