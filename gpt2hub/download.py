@@ -118,7 +118,6 @@ class RangeRecord:
         self.done: list[list[int]] = []
         self.identity: list[int] | None = None
         self._lock = threading.Lock()
-        self.changed = threading.Condition(self._lock)
         try:
             if self.path.stat().st_size > MAX_RECORD_BYTES:
                 raise ValueError("oversized")
@@ -160,7 +159,6 @@ class RangeRecord:
         with self._lock:
             self.done = _merge(self.done + [[start, end]])
             self._save()
-            self.changed.notify_all()
 
     def remove(self, start: int, end: int) -> None:
         with self._lock:
