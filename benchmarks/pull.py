@@ -6,6 +6,11 @@ a CDN would), then uncapped. Every client must produce a file whose sha256 match
 hashed after it finishes, aria2c checks its own (--checksum), gpt2hub checks against its manifest.
 
     python benchmarks/pull.py [--size-mb 500 | --shape 124M] [--rate-mb 40] [--repeat 3] [--append benchmarks/RESULTS.md]
+    python benchmarks/pull.py --shape 124M --before DIR [--capped-only]
+
+--before DIR adds a "gpt2hub (before)" row: an older gpt2hub source tree (`git archive main | tar -x -C DIR`, with
+DIR/gpt2hub/converters and DIR/gpt2hub/manifests linked to DIR/converters and DIR/manifests), run with
+PYTHONPATH=DIR in the same rounds, so both see the same load.
 """
 
 from __future__ import annotations
@@ -83,10 +88,14 @@ def run_aria2c(url: str, out: Path, sha: str, connections: int, own_check: bool 
         assert sha256_of(out / FILE) == sha, "aria2c: sha256 mismatch"
 
 
-def run_gpt2hub(base: str, out: Path, sha: str, connections: int, manifest: Path) -> None:
-    env = {**os.environ, "GPT2HUB_HOME": str(out)}
+def run_gpt2hub(base: str, out: Path, sha: str, connections: int, manifest: Path, code: Path | None = None) -> None:
+    # Bytecode written and used, as in an installed package (main() compiles both trees first).
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
+    env["GPT2HUB_HOME"] = str(out)
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
     subprocess.run([sys.executable, "-m", "gpt2hub.cli", "pull", RELEASE, "--manifest", str(manifest), "--source", base,
-                    "--connections", str(connections), "--quiet"], check=True, env=env, cwd=ROOT)
+                    "--connections", str(connections), "--quiet"], check=True, env=env, cwd=ROOT if code is None else "/")
     assert (out / RELEASE / "original" / FILE).is_file()
 
 
@@ -113,6 +122,8 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--append", type=Path, default=None, help="append the results as markdown to this file")
+    p.add_argument("--before", type=Path, default=None, help="an older gpt2hub source tree to time alongside")
+    p.add_argument("--capped-only", action="store_true", help="skip the uncapped server")
     a = p.parse_args()
     size = SHAPE_BYTES[a.shape] if a.shape else int(a.size_mb * 1e6)
     have_aria2c = shutil.which("aria2c") is not None
@@ -120,19 +131,24 @@ def main() -> None:
              f"Machine: {os.cpu_count()}-core {platform.machine()}, 24 GB; the loopback server (tests/httpserver.py, "
              "sendfile when uncapped) and the client share the cores. "
              f"File: {size / 1e6:.0f} MB of random bytes; every client's time includes its sha256 check; "
+             "gpt2hub runs from compiled bytecode, as installed; "
              f"median of {a.repeat} rounds (the tools take turns). gpt2hub --connections {a.connections} "
              "(hashes while downloading); curl one stream, then Python's hashlib; "
              + ("aria2c -x8 -s8, then hashlib (the ratio's anchor), and with its own --checksum=sha-256 (slower)."
                 if have_aria2c else "aria2c not installed: skipped."), "",
              "| server | tool | seconds | MB/s |", "|---|---|---|---|"]
     ratios = []
+    for code in [ROOT, *([a.before.resolve()] if a.before else [])]:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(code / "gpt2hub"), str(code / "converters")],
+                       check=True)
     with tempfile.TemporaryDirectory(prefix="gpt2hub-bench-") as tmp:
         tmp = Path(tmp)
         root = tmp / "root"
         sha = write_random(root / RELEASE / FILE, size)
         manifest = tmp / "bench.json"
         write_manifest(manifest, size, sha)
-        for label, rate in ((f"capped {a.rate_mb:g} MB/s per connection", a.rate_mb * 1e6), ("uncapped", None)):
+        servers = ((f"capped {a.rate_mb:g} MB/s per connection", a.rate_mb * 1e6), ("uncapped", None))
+        for label, rate in servers[:1] if a.capped_only else servers:
             server = Server(root, rate)
             try:
                 url = f"{server.url}/{RELEASE}/{FILE}"
@@ -140,6 +156,9 @@ def main() -> None:
                 if have_aria2c:
                     tools["aria2c"] = lambda out: run_aria2c(url, out, sha, a.connections)
                     tools["aria2c --checksum"] = lambda out: run_aria2c(url, out, sha, a.connections, own_check=True)
+                if a.before is not None:
+                    tools["gpt2hub (before)"] = lambda out: run_gpt2hub(server.url, out, sha, a.connections, manifest,
+                                                                        a.before.resolve())
                 tools["gpt2hub"] = lambda out: run_gpt2hub(server.url, out, sha, a.connections, manifest)
                 t = timed(tools, tmp, a.repeat)
             finally:
@@ -147,8 +166,9 @@ def main() -> None:
             for name, secs in t.items():
                 lines.append(f"| {label} | {name} | {secs:.2f} | {size / secs / 1e6:.0f} |")
                 print(lines[-1], flush=True)
-            ratios.append(f"{label}: gpt2hub is {t['curl'] / t['gpt2hub']:.2f}x curl"
-                          + (f", {t['aria2c'] / t['gpt2hub']:.2f}x aria2c" if "aria2c" in t else ""))
+            for name in [n for n in t if n.startswith("gpt2hub")]:
+                ratios.append(f"{label}: {name} is {t['curl'] / t[name]:.2f}x curl"
+                              + (f", {t['aria2c'] / t[name]:.2f}x aria2c" if "aria2c" in t else ""))
     load = os.getloadavg()
     lines += [""] + [f"- {r}" for r in ratios]
     lines += [f"- load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min; "

@@ -3,7 +3,10 @@
 Resume state is `<name>.part.ranges.json`: the file's size and the byte spans already on disk.
 A span is recorded only after its bytes are written and flushed (fdatasync), so an interruption
 of any kind (Ctrl-C, kill -9, a reboot) never costs a finished span; only the spans in flight are
-fetched again. Verification and the rename to the final name belong to the caller.
+fetched again. The file's sha256 is computed meanwhile, over the written prefix (flushed or not):
+ranges are handed out in file order and shrink toward the end, so the connections work side by
+side and little is left to hash, or to flush, when the last byte arrives. Verification and the
+rename to the final name belong to the caller.
 """
 
 from __future__ import annotations
@@ -27,9 +30,13 @@ from .sources import (CHUNK, MAX_RETRY_AFTER, SPEED_LIMIT, SPEED_LIMIT_ENV, SPEE
                       Remote, TransferError)
 
 RECORD_SUFFIX = ".ranges.json"
-MIN_RANGE = 1 << 20
+MIN_RANGE = 2 << 20  # the last ranges: the connections end together, and this much per connection is left to hash
 MAX_RANGE = 64 << 20
-RANGES_PER_CONNECTION = 4  # several per connection, so a slow one leaves only a short tail
+# A range is the bytes not yet handed out / (GUIDED x connections) (guided self-scheduling): long requests
+# first, short ones at the end, so a slow connection leaves only a short tail.
+GUIDED = 2
+HASH_BLOCK = 8 << 20
+FLUSH_BYTES, FLUSH_EVERY = 8 << 20, 0.05  # the committer flushes this much new data, looking this often (s)
 STEAL_MIN = 1 << 20  # an idle connection takes half of a running range that has twice this left...
 STEAL_AFTER = 0.5  # ...and this many seconds to go at its pace (a new request costs a round trip or two)
 
@@ -66,9 +73,20 @@ class RetryPolicy:
         return min(self.cap, self.base * 2 ** (failures - 1)) * random.uniform(0.75, 1.25)
 
 
-def range_size(size: int, connections: int) -> int:
-    """Bytes per range: a few ranges per connection, between 1 MiB and 64 MiB."""
-    return max(MIN_RANGE, min(MAX_RANGE, -(-size // max(1, connections * RANGES_PER_CONNECTION))))
+def plan_ranges(gaps: list[tuple[int, int]], connections: int, span: int | None = None) -> list[tuple[int, int]]:
+    """The gaps cut into ranges, in file order: `span` bytes each, or shrinking from MAX_RANGE to MIN_RANGE."""
+    left = sum(b - a for a, b in gaps)
+    connections = max(1, connections)
+    floor = min(MIN_RANGE, max(1 << 20, -(-left // connections)))  # a small file still spreads over the connections
+    out = []
+    for a, b in gaps:
+        while a < b:
+            step = span or max(floor, min(MAX_RANGE, left // (GUIDED * connections)))
+            end = min(b, a + step)
+            out.append((a, end))
+            left -= end - a
+            a = end
+    return out
 
 
 def _merge(spans: list[list[int]]) -> list[list[int]]:
@@ -100,7 +118,6 @@ class RangeRecord:
         self.done: list[list[int]] = []
         self.identity: list[int] | None = None
         self._lock = threading.Lock()
-        self.changed = threading.Condition(self._lock)
         try:
             if self.path.stat().st_size > MAX_RECORD_BYTES:
                 raise ValueError("oversized")
@@ -142,7 +159,6 @@ class RangeRecord:
         with self._lock:
             self.done = _merge(self.done + [[start, end]])
             self._save()
-            self.changed.notify_all()
 
     def remove(self, start: int, end: int) -> None:
         with self._lock:
@@ -153,7 +169,10 @@ class RangeRecord:
             self._save()
 
     def _save(self) -> None:
-        atomic_write_json(self.path, {"size": self.size, "part": self.identity, "done": self.done}, indent=None)
+        # No fsync: the record names only bytes already flushed, so a power cut that loses its latest version
+        # (or empties it) costs a refetch of those bytes, never a wrong byte; the fsync cost a disk flush per save.
+        atomic_write_json(self.path, {"size": self.size, "part": self.identity, "done": self.done}, indent=None,
+                          durable=False)
 
     def delete(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -187,8 +206,12 @@ class _Abort(Exception):
 
 def fetch(remote: Remote, part: Path, size: int, *, connections: int = 8, etag: str | None = None,
           retry: RetryPolicy = RetryPolicy(), span: int | None = None,
-          progress: Callable[[int], None] | None = None) -> FetchStats:
-    """Make `part` hold all `size` bytes of `remote`, fetching only what its range record lacks."""
+          progress: Callable[[int], None] | None = None,
+          observe: Callable[[int, memoryview], None] | None = None) -> FetchStats:
+    """Make `part` hold all `size` bytes of `remote`, fetching only what its range record lacks.
+
+    `observe(offset, block)` sees every byte of the file once, in order, as the sha256 does (the block is
+    only valid during the call); only when `stats.sha256` is set did it see them all."""
     record = RangeRecord(part, size)
     if not record.done:
         record.delete()  # the record goes before the part: a record never outlives the file it describes
@@ -196,7 +219,8 @@ def fetch(remote: Remote, part: Path, size: int, *, connections: int = 8, etag: 
     stats = FetchStats()
     fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
     record.bind(fd)
-    hasher = _PrefixHasher(fd, record)
+    written = _Written(record)
+    hasher = _PrefixHasher(fd, written, observe)
     try:
         if os.fstat(fd).st_size != size:
             try:
@@ -204,16 +228,14 @@ def fetch(remote: Remote, part: Path, size: int, *, connections: int = 8, etag: 
             except OSError as e:
                 raise DownloadError(f"{part.name}: cannot make room for {size:,} bytes ({e.strerror})") from None
         hasher.start()
-        gaps = record.missing()
-        step = span or range_size(size, connections)
-        work = [(a, min(a + step, b)) for g0, b in gaps for a in range(g0, b, step)]
+        work = plan_ranges(record.missing(), connections, span)
         try:
             if work:
-                _parallel(remote, fd, work, record, connections, etag, retry, progress, stats)
+                _parallel(remote, fd, work, record, written, connections, etag, retry, progress, stats)
         except RangeIgnored:
             stats.single_stream = True
             stats.notes.append(f"{remote.url}: server ignores Range; fetched as one stream")
-            _single_stream(remote, fd, record, retry, progress, stats)
+            _single_stream(remote, fd, record, written, retry, progress, stats)
         if record.missing():  # never wait for a hasher whose prefix cannot complete
             raise DownloadError(f"{part.name}: {size - record.done_bytes:,} bytes still missing after the transfer")
         stats.sha256 = hasher.result()
@@ -223,12 +245,43 @@ def fetch(remote: Remote, part: Path, size: int, *, connections: int = 8, etag: 
         os.close(fd)
 
 
-class _PrefixHasher(threading.Thread):
-    """sha256 of the file's done prefix, read back (from the page cache) while later ranges still arrive."""
+class _Written:
+    """The spans of the part file that hold their final bytes: the record's, and every block written since,
+    flushed or not. Bytes are never written twice in one fetch, so what the hasher read stays true."""
 
-    def __init__(self, fd: int, record: RangeRecord):
+    def __init__(self, record: RangeRecord):
+        self.size = record.size
+        self.spans = [list(s) for s in record.done]
+        self.total = 0  # bytes added
+        self.changed = threading.Condition()
+
+    @property
+    def prefix(self) -> int:
+        return self.spans[0][1] if self.spans and self.spans[0][0] == 0 else 0
+
+    def add(self, start: int, end: int) -> None:
+        with self.changed:
+            before = self.prefix
+            self.spans = _merge(self.spans + [[start, end]])
+            self.total += end - start
+            if self.prefix > before:
+                self.changed.notify_all()
+
+
+def _pread_into(fd: int, buf: memoryview, offset: int) -> int:
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [buf], offset)
+    block = os.pread(fd, len(buf), offset)  # macOS before 11
+    buf[:len(block)] = block
+    return len(block)
+
+
+class _PrefixHasher(threading.Thread):
+    """sha256 of the file's written prefix, read back (from the page cache) while later ranges still arrive."""
+
+    def __init__(self, fd: int, written: _Written, observe: Callable[[int, memoryview], None] | None = None):
         super().__init__(daemon=True)
-        self.fd, self.record = fd, record
+        self.fd, self.written, self.observe = fd, written, observe
         self.sha = hashlib.sha256()
         self.pos = 0
         self._halt = False
@@ -236,33 +289,36 @@ class _PrefixHasher(threading.Thread):
     def run(self) -> None:
         try:
             self._hash()
-        except OSError:  # the caller hashes the finished file instead (result() is None)
+        except Exception:  # noqa: BLE001 - the caller hashes the finished file instead (result() is None)
             self._halt = True
 
     def _hash(self) -> None:
-        size = self.record.size
+        size = self.written.size
+        view = memoryview(bytearray(HASH_BLOCK))  # one buffer, reused: a fresh 8 MiB each read costs page faults
         while self.pos < size:
-            with self.record.changed:
-                while not self._halt and self.record.prefix <= self.pos:
-                    self.record.changed.wait(0.5)
+            with self.written.changed:
+                while not self._halt and self.written.prefix <= self.pos:
+                    self.written.changed.wait(0.5)
                 if self._halt:
                     return
-                end = self.record.prefix
+                end = self.written.prefix
             while self.pos < end and not self._halt:
-                block = os.pread(self.fd, min(8 << 20, end - self.pos), self.pos)
-                if not block:
+                n = _pread_into(self.fd, view[:min(len(view), end - self.pos)], self.pos)
+                if not n:
                     return
-                self.sha.update(block)
-                self.pos += len(block)
+                self.sha.update(view[:n])
+                if self.observe is not None:
+                    self.observe(self.pos, view[:n])
+                self.pos += n
 
     def result(self) -> str | None:
         self.join()
-        return self.sha.hexdigest() if self.pos == self.record.size else None
+        return self.sha.hexdigest() if self.pos == self.written.size else None
 
     def stop(self) -> None:
-        with self.record.changed:
+        with self.written.changed:
             self._halt = True
-            self.record.changed.notify_all()
+            self.written.changed.notify_all()
         if self.is_alive():
             self.join()
 
@@ -283,13 +339,15 @@ def _write(fd: int, block: bytes, offset: int, part_name: str) -> None:
 class _Committer(threading.Thread):
     """Flushes written spans to disk and then records them, off the workers' path (a sync takes a while).
 
+    Between finished spans it also flushes whatever FLUSH_BYTES or more were written since its last sync,
+    so the disk writes while bytes arrive and the last sync, which the pull waits for, has little left.
     If it fails (EIO on the sync, no space for the record) it keeps the error and sets `stop`: the pull ends
     with that error instead of waiting for spans that will never be recorded.
     """
 
-    def __init__(self, fd: int, record: RangeRecord, stop: threading.Event):
+    def __init__(self, fd: int, record: RangeRecord, written: _Written, stop: threading.Event):
         super().__init__(daemon=True)
-        self.fd, self.record, self.stop = fd, record, stop
+        self.fd, self.record, self.written, self.stop = fd, record, written, stop
         self.spans: queue.SimpleQueue = queue.SimpleQueue()
         self.error: DownloadError | None = None
 
@@ -297,13 +355,18 @@ class _Committer(threading.Thread):
         self.spans.put((start, end))
 
     def run(self) -> None:
+        synced = 0  # self.written.total when the last sync began
         while True:
-            batch = [self.spans.get()]
+            try:
+                batch = [self.spans.get(timeout=FLUSH_EVERY)]
+            except queue.Empty:
+                batch = []
             while not self.spans.empty():
                 batch.append(self.spans.get())
             spans = [s for s in batch if s is not None]
-            if spans and self.error is None:
+            if self.error is None and (spans or self.written.total - synced >= FLUSH_BYTES):
                 try:
+                    synced = self.written.total
                     os.fdatasync(self.fd)
                     for a, b in spans:
                         self.record.add(a, b)
@@ -361,8 +424,8 @@ class _Slot:
 
 
 def _fetch_range(remote: Remote, fd: int, slot: _Slot, lock: threading.Lock, commit: Callable[[int, int], None],
-                 etag: str | None, retry: RetryPolicy, progress, stats: FetchStats, stop: threading.Event,
-                 part_name: str) -> None:
+                 written: _Written, etag: str | None, retry: RetryPolicy, progress, stats: FetchStats,
+                 stop: threading.Event, part_name: str) -> None:
     """One range, retried with backoff; progress within it is recorded before each retry."""
     failures = 0
     while slot.pos < slot.end:
@@ -381,6 +444,7 @@ def _fetch_range(remote: Remote, fd: int, slot: _Slot, lock: threading.Lock, com
                 if len(block) > room:
                     block = block[:room]  # the rest of the reply now belongs to another connection
                 _write(fd, block, slot.pos, part_name)
+                written.add(slot.pos, slot.pos + len(block))
                 with lock:
                     slot.pos += len(block)
                 stats.count(len(block))
@@ -428,7 +492,7 @@ def _steal(active: list[_Slot], lock: threading.Lock) -> _Slot | None:
         return slot
 
 
-def _parallel(remote, fd, work, record, connections, etag, retry, progress, stats) -> None:
+def _parallel(remote, fd, work, record, written, connections, etag, retry, progress, stats) -> None:
     todo: queue.SimpleQueue = queue.SimpleQueue()
     for item in work:
         todo.put(item)
@@ -450,7 +514,7 @@ def _parallel(remote, fd, work, record, connections, etag, retry, progress, stat
                 if slot is None:
                     return
             try:
-                _fetch_range(remote, fd, slot, lock, committer, etag, retry, progress, stats, stop, part_name)
+                _fetch_range(remote, fd, slot, lock, committer, written, etag, retry, progress, stats, stop, part_name)
             except _Abort:
                 return
             except BaseException as e:  # noqa: BLE001 - handed to the main thread
@@ -462,7 +526,7 @@ def _parallel(remote, fd, work, record, connections, etag, retry, progress, stat
                     active.remove(slot)
 
     # Daemon threads: a Ctrl-C in the main thread must not wait for a slow read to time out.
-    committer = _Committer(fd, record, stop)
+    committer = _Committer(fd, record, written, stop)
     committer.start()
     total = sum(b - a for a, b in work)
     threads = [threading.Thread(target=worker, daemon=True)
@@ -492,21 +556,28 @@ def _one_line(e: BaseException, part_name: str) -> BaseException:
     return DownloadError(f"{part_name}: a download worker failed ({why})")
 
 
-def _single_stream(remote, fd, record: RangeRecord, retry: RetryPolicy, progress, stats: FetchStats) -> None:
-    """The whole file in one unranged request, for servers that ignore Range; retried from the start."""
+def _single_stream(remote, fd, record: RangeRecord, written: _Written, retry: RetryPolicy, progress,
+                   stats: FetchStats) -> None:
+    """The whole file in one unranged request, for servers that ignore Range; retried from the start, and
+    the bytes a failed try already wrote are skipped, not written again (the hasher may have read them)."""
     failures = 0
     part_name = Path(record.path.name.removesuffix(RECORD_SUFFIX)).name
+    have = 0  # bytes from the start already written by an earlier try
     while True:
         pos, mark = 0, 0
         speed = _SpeedCheck(remote.url, retry)
         try:
             for block in remote.read(0, record.size, whole=True):
                 speed.add(len(block))
-                _write(fd, block, pos, part_name)
-                pos += len(block)
                 stats.count(len(block))
-                if progress:
-                    progress(len(block))
+                skip = min(len(block), max(0, have - pos))
+                if skip < len(block):
+                    _write(fd, block[skip:], pos + skip, part_name)
+                    written.add(pos + skip, pos + len(block))
+                    if progress:
+                        progress(len(block) - skip)
+                pos += len(block)
+                have = max(have, pos)
                 if pos - mark >= MAX_RANGE:
                     os.fdatasync(fd)
                     record.add(mark, pos)

@@ -17,15 +17,18 @@ RECORD_NAME = ".gpt2hub-verified.json"  # in <home>/<name>/original/, written on
 MAX_RECORD_BYTES = 4 << 20
 
 
-def atomic_write_json(path: Path | str, obj: object, *, indent: int | None = 1, sort_keys: bool = False) -> Path:
-    """Write `obj` as JSON to `path` so that a reader sees the old file or the new one, never a torn one."""
+def atomic_write_json(path: Path | str, obj: object, *, indent: int | None = 1, sort_keys: bool = False,
+                      durable: bool = True) -> Path:
+    """Write `obj` as JSON to `path` so that a reader sees the old file or the new one, never a torn one.
+    `durable=False` skips the fsync: after a power cut the file may be the old one, or empty."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -27,7 +27,7 @@ from .errors import CheckpointError, ChecksumError, DownloadError, ManifestError
 from .integrity import Check, FileCheck, Record, read_record, write_record
 from .registry import FileRecord, ReleaseManifest, sha256_file
 from .sources import (Source, TransferError, default_sources, open_source, origin_url, redact, user_sources)
-from .tfcheckpoint import MAX_INDEX_BYTES, range_crc32c, read_index, unmask_crc
+from .tfcheckpoint import MAX_INDEX_BYTES, crc32c, range_crc32c, read_index, unmask_crc
 
 LOCK_NAME = ".pull.lock"  # in <home>/<name>/, beside the format folders
 TO_LOCK_NAME = ".gpt2hub-pull.lock"  # in a `pull --to DIR` folder, beside the files and the verified record
@@ -469,14 +469,16 @@ class _Pull:
         fetched = 0
         emit(self.progress, ProgressEvent.begin(f.name, size, RangeRecord(part, size).done_bytes, TOTAL_TASK))
         seen = None
+        entries = self._index() if ".data-" in f.name else None
         for attempt in range(CRC_REPAIR_ROUNDS + 1):
+            crcs = _TensorCrcs.of(entries)
             stats = fetch(remote, part, size, connections=self.connections, etag=st.etag, retry=self.retry,
-                          span=self.span, progress=bytes_counter(self.progress, f.name))
+                          span=self.span, progress=bytes_counter(self.progress, f.name), observe=crcs)
             fetched += stats.fetched
             seen = stats.sha256
             for note in stats.notes:
                 self.warn(note)
-            bad = self._bad_tensors(f, part, size)
+            bad = self._bad_tensors(f, part, size, crcs.values if crcs is not None and seen else None)
             if not bad:
                 break
             if attempt == CRC_REPAIR_ROUNDS:
@@ -490,7 +492,7 @@ class _Pull:
                       f"({', '.join(n for n, _, _ in bad[:3])}); fetching those bytes again")
         emit(self.progress, ProgressEvent.end(f.name))
         try:
-            result = self._check(f, part, spec, fetched, seen=seen)
+            result = self._check(f, part, spec, fetched, seen=seen, crc_checked=True)
         except _Bad:
             record_path(part).unlink(missing_ok=True)  # the record first: it must never outlive its part
             part.unlink(missing_ok=True)  # complete, and not the release's bytes: nothing to keep
@@ -510,8 +512,10 @@ class _Pull:
         index = store.inside(self.dest, f.name) if f is not None else None
         return read_index(index)[1] if index is not None and index.is_file() else None
 
-    def _bad_tensors(self, f: FileRecord, data: Path, size: int) -> list[tuple[str, int, int]]:
-        """Tensors of the data file whose bytes fail the index's CRC32C: (name, start, end)."""
+    def _bad_tensors(self, f: FileRecord, data: Path, size: int,
+                     seen: dict[str, int] | None = None) -> list[tuple[str, int, int]]:
+        """Tensors of the data file whose bytes fail the index's CRC32C: (name, start, end). `seen`: every
+        tensor's CRC32C, computed while the file downloaded; else the file is read again."""
         if ".data-" not in f.name:
             return []
         entries = self._index()
@@ -520,7 +524,8 @@ class _Pull:
         self._check_layout(entries, size, f.name)
         # Chunked reads, not a map: mapped pages count in the resident set (6 GB at 1558M).
         return [(e.name, e.offset, e.offset + e.size) for e in entries.values()
-                if range_crc32c(data, e.offset, e.size, e.name) != unmask_crc(e.crc32c)]
+                if (seen.get(e.name, 0) if seen is not None else range_crc32c(data, e.offset, e.size, e.name))
+                != unmask_crc(e.crc32c)]
 
     def _check_layout(self, entries: dict, size: int, data_name: str) -> None:
         """The index must describe exactly this data file, and the manifest's tensors where it lists them."""
@@ -533,15 +538,16 @@ class _Pull:
                 raise _Bad(f"model.ckpt.index: tensor {t['name']} differs from the manifest")
 
     def _check(self, f: FileRecord, path: Path, spec: str | None, fetched: int, reuse: bool = False,
-               seen: str | None = None, recorded: FileCheck | None = None) -> FileResult:
-        """Size, sha256 and (data file) CRC32C of a complete file, against the manifest; says what vouched."""
+               seen: str | None = None, recorded: FileCheck | None = None, crc_checked: bool = False) -> FileResult:
+        """Size, sha256 and (data file) CRC32C of a complete file, against the manifest; says what vouched.
+        `crc_checked`: the caller has just checked every tensor's CRC32C (a second pass would read it all again)."""
         size = path.stat().st_size
         source = redact(spec) if spec is not None else None
         if f.size is not None and size != f.size and (f.status != "expected" or reuse):
             raise _Bad(f"{size:,} bytes, the manifest says {f.size:,}")
         crc: Check | None = None
         if ".data-" in f.name and self._index() is not None:
-            if self._bad_tensors(f, path, size):
+            if not crc_checked and self._bad_tensors(f, path, size):
                 raise _Bad(f"{f.name}: tensors fail their CRC32C")
             crc = Check.ORIGIN_CRC32C if self.index_check is not None and self.index_check.verified else Check.MIRROR_CRC32C
         seen = seen or sha256_file(path)
@@ -583,6 +589,38 @@ class _Pull:
         if f.name.endswith(INDEX_SUFFIX):
             self.index_check, self._index_source = check, source
         return FileResult(f.name, size, sha, check, against, source, fetched)
+
+
+class _TensorCrcs:
+    """Every tensor's CRC32C, from the blocks of the data file the download hands over in file order."""
+
+    def __init__(self, entries: dict):
+        self.spans = sorted((e.offset, e.offset + e.size, e.name) for e in entries.values())
+        self.values: dict[str, int] = {}
+        self._next = 0  # the first span not yet complete
+
+    @classmethod
+    def of(cls, entries: dict | None) -> "_TensorCrcs | None":
+        """None where the index gives no tensors or they overlap (the layout check then refuses the file)."""
+        if not entries or any(e.sliced for e in entries.values()):
+            return None
+        crcs = cls(entries)
+        if any(b0 > a for (_, b0, _), (a, _, _) in zip(crcs.spans, crcs.spans[1:])):
+            return None
+        return crcs
+
+    def __call__(self, offset: int, block: memoryview) -> None:
+        end = offset + len(block)
+        while self._next < len(self.spans):
+            a, b, name = self.spans[self._next]
+            if a >= end:
+                return
+            lo, hi = max(a, offset), min(b, end)
+            if lo < hi:
+                self.values[name] = crc32c(block[lo - offset:hi - offset], self.values.get(name, 0))
+            if b > end:
+                return
+            self._next += 1
 
 
 _WHOSE = {"published": "published", "measured": "manifest's measured", "shared": f"{registry.SHARED_FROM}'s published",

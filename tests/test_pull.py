@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import gpt2hub
-from gpt2hub import registry, store
-from gpt2hub.download import RetryPolicy, record_path
+from gpt2hub import pulling, registry, store
+from gpt2hub.download import MAX_RANGE, MIN_RANGE, RetryPolicy, plan_ranges, record_path
 from gpt2hub.errors import DownloadError
 from gpt2hub.integrity import Check
 from gpt2hub.pulling import pull
@@ -227,6 +227,36 @@ def test_server_ignoring_range_is_read_as_one_stream(server, tiny_manifest, tiny
     assert _same_files(r.path, tiny_release)
     whole = [s for s in server.log if s.file == DATA and s.status == 200 and s.sent == s.end]
     assert whole and whole[-1].sent == (tiny_release / DATA).stat().st_size
+
+
+def test_a_cut_single_stream_is_read_again_without_rewriting_what_it_wrote(server, tiny_manifest, tiny_release):
+    server.faults = Faults(only=DATA, ignore_range=True, cut_after=300_000, cut_times=2)
+    events = []
+    r = _pull(server, tiny_manifest, connections=1, progress=events.append)  # one ranged GET, then the stream
+    assert _same_files(r.path, tiny_release) and all(f.verified for f in r.files)
+    size = (tiny_release / DATA).stat().st_size
+    assert [s.sent for s in server.log if s.file == DATA and s.status == 200][-2:] == [300_000, size]
+    assert sum(e.done for e in events if e.kind == "advance" and e.task == DATA) == size  # each byte written once
+
+
+def test_tensor_crcs_are_computed_while_downloading_not_read_back(server, tiny_manifest, tiny_release, monkeypatch):
+    calls = []
+    monkeypatch.setattr(pulling, "range_crc32c", lambda *a, **k: calls.append(a) or 0)
+    r = _pull(server, tiny_manifest)
+    assert _same_files(r.path, tiny_release) and all(f.verified for f in r.files) and not calls
+
+
+def test_default_ranges_tile_the_gaps_in_order_and_shrink_toward_the_end():
+    gaps = [(0, 100 << 20), (300 << 20, 700 << 20)]
+    ranges = plan_ranges(gaps, 8)
+    assert [r for r in ranges if r[0] < 100 << 20][-1][1] == 100 << 20 and ranges[-1][1] == 700 << 20
+    assert sum(b - a for a, b in ranges) == 500 << 20 and ranges == sorted(ranges)
+    sizes = [b - a for a, b in ranges]
+    assert sizes[0] > 8 * MIN_RANGE and all(0 < n <= MAX_RANGE for n in sizes)
+    assert sizes[-8:-1] == [MIN_RANGE] * 7  # the connections' last ranges: short, so they end together
+    assert plan_ranges([(0, 5 << 20)], 8) == [(0, 1 << 20), (1 << 20, 2 << 20), (2 << 20, 3 << 20),
+                                              (3 << 20, 4 << 20), (4 << 20, 5 << 20)]
+    assert plan_ranges(gaps, 8, span=SPAN) == [(a, a + SPAN) for g0, b in gaps for a in range(g0, b, SPAN)]
 
 
 @pytest.mark.parametrize("status", [200, 404])
