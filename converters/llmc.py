@@ -129,7 +129,10 @@ def is_output(path: Path) -> bool:
 
 
 def read_header(path: Path) -> tuple[int, ...]:
-    raw = path.read_bytes()[:HEADER_INTS * 4] if path.is_file() else b""
+    raw = b""
+    if path.is_file():
+        with open(path, "rb") as f:  # the header only, not the model
+            raw = f.read(HEADER_INTS * 4)
     if len(raw) < HEADER_INTS * 4:
         raise ConversionError(f"{path}: shorter than llm.c's 1024-byte header")
     header = struct.unpack(f"<{HEADER_INTS}i", raw)
