@@ -11,7 +11,8 @@ Weights keep the checkpoint's Conv1D (in, out) layout, which is exactly what Mat
 are streamed into model.onnx_data (each tensor 4096-aligned, as onnx's own external-data writer does),
 so memory stays bounded and 774M/1558M pass protobuf's 2 GB limit. f16 stores the weights as float16
 and casts them to float32 in the graph: onnxruntime's CPU kernels compute in float32, and the cache and
-logits stay float32.
+logits stay float32. verify reads the weights back exactly (`read_stored`): each initializer's dims, element
+type and byte range in model.onnx_data from the graph parsed without its external data, nothing loaded.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ GRAPH, DATA = "model.onnx", "model.onnx_data"
 OPSET = 17  # LayerNormalization
 ALIGN = 4096
 DTYPES = {"f32": "FLOAT", "f16": "FLOAT16"}  # onnx.TensorProto element type of the stored weights
-ENCODINGS = {1: "F32", 10: "F16", 16: "BF16"}  # TensorProto.FLOAT, FLOAT16, BFLOAT16 as gguf-py's type names
+ENCODINGS = {"FLOAT": "F32", "FLOAT16": "F16", "BFLOAT16": "BF16"}  # TensorProto element types as gguf-py names them
 MASKED = -1e9  # added to the scores of keys a query may not see (finite: a fully padded row stays NaN-free)
 # optimum's dynamic axis names
 BATCH, SEQ, PAST, TOTAL = "batch_size", "sequence_length", "past_sequence_length", "past_sequence_length + sequence_length"
@@ -210,7 +211,8 @@ def stored_tensors(folder: Path, graph, names: set[str]) -> list:
         if not path.is_relative_to(root) or not path.is_file():
             raise ConversionError(f"{folder / GRAPH}: {t.name}'s external data {info.get('location')!r} is not a file "
                                   "in the folder")
-        encoding = ENCODINGS.get(t.data_type, TensorProto.DataType.Name(t.data_type))
+        element = TensorProto.DataType.Name(t.data_type)
+        encoding = ENCODINGS.get(element, element)
         shape = tuple(int(d) for d in t.dims)
         size = math.prod(shape) * RAW_DTYPES[encoding].itemsize if encoding in RAW_DTYPES else 0
         tensors.append(Stored(t.name, encoding, shape, path, int(info.get("offset", 0)), int(info.get("length", size))))
