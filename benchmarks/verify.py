@@ -6,8 +6,9 @@ Writes a release of the shape (gpt2hub/testing/regimes.py, TF-free writer, real 
 model.ckpt.meta, so TensorFlow runs OpenAI's own graph), converts it with
 `gpt2hub convert` to safetensors, pytorch, gguf f16 and gguf q8_0, then runs `gpt2hub verify DIR --json` in a
 fresh subprocess and reports its wall time, peak RSS (wait4's ru_maxrss), exit code and every row (max|Δ|,
-measured noise, bound). With --sabotage it also breaks one tensor of the q8_0 file (a block's scale doubled)
-and one config (n_head) and checks verify exits 1 on each. The release is deleted afterwards unless --keep.
+measured noise, bound). With --sabotage it then breaks the outputs in place, one sabotage at a time (SABOTAGES: a perturbed element,
+a transposed matrix, swapped layers, wrong eps, wrong n_head, wrong tokenizer, a q8_0 scale), runs
+`verify --formats F` on each (it must exit 1), and puts the files back. The release is deleted afterwards unless --keep.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -62,6 +64,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/verify-bench"))
     p.add_argument("--keep", action="store_true")
     p.add_argument("--sabotage", action="store_true")
+    p.add_argument("--no-timing", action="store_true", help="skip the timed verify of the correct outputs (with --sabotage)")
     a = p.parse_args()
     work = a.work / f"{a.shape}-{a.regime}"
     original = work / "original"
@@ -78,11 +81,21 @@ def main() -> None:
         if not done.exists():
             wall, rss, rc, _ = run_isolated(GPT2HUB + ["convert", str(original), "--to", fmt, "--dtype", dtype, "--quiet"])
             print(f"convert {fmt} {dtype}: {wall:.0f} s, {rss:.2f} GB, exit {rc}", flush=True)
+    if not a.no_timing:
+        timed(original, a.shape, a.regime)
+    if a.sabotage:
+        sabotage(work, original)
+    if not a.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def timed(original: Path, shape: str, regime: str) -> None:
+    """`verify` over every output in a fresh process: each step's time and memory, then every check and row."""
     wall, rss, rc, out = run_isolated([sys.executable, "-c", STAGES, str(original)])
     stages, _, out = out.rpartition("\n{")
     print(stages)
     report = json.loads("{" + out)
-    print(f"\n## verify {a.shape} {a.regime}: {wall:.0f} s wall, peak RSS {rss:.2f} GB, exit {rc} "
+    print(f"\n## verify {shape} {regime}: {wall:.0f} s wall, peak RSS {rss:.2f} GB, exit {rc} "
           f"({report['seconds']:.0f} s inside verify, {len(report['tokens'])} tokens)")
     print("| output | check | status | detail |\n|---|---|---|---|")
     for f in report["files"]:
@@ -93,32 +106,123 @@ def main() -> None:
         fmt = lambda x, f=".2e": "-" if x is None else format(x, f)  # noqa: E731
         print(f"| {name} | {r['dtype']} | {r['consumer']} | {fmt(r['max_abs'])} | {fmt(r['noise'])} | {fmt(r['bound'])} "
               f"| {fmt(r['top1'], '.3f')} | {fmt(r['kl'])} | {r['status']} |")
-    if a.sabotage:
-        sabotage(work, original)
-    if not a.keep:
-        shutil.rmtree(work, ignore_errors=True)
+
+
+def _safetensors_tensor(path: Path, name: str):
+    """A writable memory map of one tensor in a safetensors file (its header read by hand: the offsets are all we need)."""
+    import numpy as np
+
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        info = json.loads(f.read(n))[name]
+    a, b = info["data_offsets"]
+    return np.memmap(path, np.float32, "r+", offset=8 + n + a, shape=tuple(info["shape"]))
+
+
+def _gguf_tensor(path: Path, name: str):
+    """A writable memory map of one tensor's bytes in a GGUF file: rows of (out, in) as ggml stores them."""
+    import numpy as np
+
+    from gpt2hub.converters.gguf import read_header
+
+    t = next(t for t in read_header(path).tensors if t.name == name)
+    return np.memmap(path, np.uint8, "r+", offset=t.offset, shape=(t.dims[-1], t.nbytes // t.dims[-1]))
+
+
+def _kept(m) -> Callable[[], None]:
+    """Undo for an in-place edit of a memory-mapped tensor: its bytes as they were, written back and flushed."""
+    old = m.copy()
+
+    def undo() -> None:
+        m[...] = old
+        m.flush()
+    return undo
+
+
+def _perturb(work: Path) -> Callable[[], None]:
+    import numpy as np
+
+    w = _safetensors_tensor(work / "original-safetensors" / "model.safetensors", "h.1.mlp.c_proj.weight")
+    undo = _kept(w)
+    w[17, 5] = np.nextafter(w[17, 5], np.float32(1))
+    w.flush()
+    return undo
+
+
+def _transpose(work: Path) -> Callable[[], None]:
+    import numpy as np
+
+    w = _gguf_tensor(work / "original-f16.gguf", "blk.1.attn_output.weight")  # square (n_embd, n_embd) f16
+    undo = _kept(w)
+    m = w.view(np.float16)
+    m[...] = m.T.copy()
+    w.flush()
+    return undo
+
+
+def _swap_layers(work: Path) -> Callable[[], None]:
+    path = work / "original-safetensors" / "model.safetensors"
+    a, b = (_safetensors_tensor(path, f"h.{i}.attn.c_attn.weight") for i in (0, 1))
+    undo_a, undo_b = _kept(a), _kept(b)
+    a[...], b[...] = b.copy(), a.copy()
+    a.flush(), b.flush()
+    return lambda: (undo_a(), undo_b())
+
+
+def _edit_json(path: Path, edit: Callable[[dict], None]) -> Callable[[], None]:
+    text = path.read_text(encoding="utf-8")
+    data = json.loads(text)
+    edit(data)
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return lambda: path.write_text(text, encoding="utf-8")
+
+
+def _config(key: str, value: Callable) -> Callable[[Path], Callable[[], None]]:
+    return lambda work: _edit_json(work / "original-safetensors" / "config.json", lambda d: d.update({key: value(d[key])}))
+
+
+def _tokenizer(work: Path) -> Callable[[], None]:
+    return _edit_json(work / "original-pytorch" / "tokenizer.json", lambda t: t["model"].update(merges=t["model"]["merges"][1:]))
+
+
+def _q8_0_scale(work: Path) -> Callable[[], None]:
+    import numpy as np
+
+    w = _gguf_tensor(work / "original-q8_0.gguf", "blk.0.ffn_down.weight")
+    undo = _kept(w)
+    scale = w[3, 2 * 34:2 * 34 + 2].view(np.float16)  # row 3, block 2: the f16 scale leads each 34-byte block
+    scale *= np.float16(2)
+    w.flush()
+    return undo
+
+
+# name -> (the format verify is run on, the sabotage: it edits the output in place and returns its undo)
+SABOTAGES: dict[str, tuple[str, Callable[[Path], Callable[[], None]]]] = {
+    "one element off by 1 ulp (safetensors h.1.mlp.c_proj.weight[17, 5])": ("safetensors", _perturb),
+    "a transposed matrix (gguf f16 blk.1.attn_output.weight)": ("gguf", _transpose),
+    "swapped layers (safetensors h.0/h.1 attn.c_attn.weight)": ("safetensors", _swap_layers),
+    "wrong eps 1e-6 (safetensors config.json)": ("safetensors", _config("layer_norm_epsilon", lambda v: 1e-6)),
+    "wrong n_head (safetensors config.json)": ("safetensors", _config("n_head", lambda v: v // 5 if v % 5 == 0 else v // 2)),
+    "wrong tokenizer: first merge dropped (pytorch tokenizer.json)": ("pytorch", _tokenizer),
+    "one q8_0 block's scale doubled (gguf blk.0.ffn_down.weight)": ("gguf", _q8_0_scale),
+}
 
 
 def sabotage(work: Path, original: Path) -> None:
-    """Break the q8_0 file (one block's scale doubled) and the safetensors config (n_head); verify must exit 1."""
-    import gguf
-    import numpy as np
-
-    q8 = work / "original-q8_0.gguf"
-    reader = gguf.GGUFReader(q8, "r+")
-    t = next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight")
-    scale = t.data[0, 0:2].view(np.float16)
-    scale *= 2
-    reader.data.flush()
-    del reader
-    wall, rss, rc, _ = run_isolated(GPT2HUB + ["verify", str(original), "--formats", "gguf"])
-    print(f"\nsabotage q8_0 scale doubled in one block: exit {rc}, {wall:.0f} s, {rss:.2f} GB")
-    config = work / "original-safetensors" / "config.json"
-    data = json.loads(config.read_text())
-    data["n_head"] = data["n_head"] // 5 if data["n_head"] % 5 == 0 else data["n_head"] // 2
-    config.write_text(json.dumps(data))
-    wall, rss, rc, _ = run_isolated(GPT2HUB + ["verify", str(original), "--formats", "safetensors"])
-    print(f"sabotage n_head {data['n_head']} in config.json: exit {rc}, {wall:.0f} s, {rss:.2f} GB")
+    """Each sabotage in turn on the outputs in place: `verify --formats F` must exit 1; each is undone after."""
+    print("\n| sabotage | verify | exit | wall (s) | peak RSS (GB) | what failed |\n|---|---|---|---|---|---|")
+    for what, (fmt, edit) in SABOTAGES.items():
+        undo = edit(work)
+        try:
+            wall, rss, rc, out = run_isolated(GPT2HUB + ["verify", str(original), "--formats", fmt, "--json"])
+        finally:
+            undo()
+        report = json.loads(out) if out.strip().startswith("{") else {}
+        failed = [f"{c['what']}: {c['detail'][:90]}" for c in report.get("files", []) if c["status"] != "PASS"] + \
+                 [f"{r['consumer']} {r['dtype']} max abs Δ {r['max_abs']:.3g} > {r['bound']:.3g}" if r["max_abs"] is not None
+                  else f"{r['consumer']} {r['dtype']}: {(r['note'] or '')[:60]}" for r in report.get("rows", []) if r["status"] != "PASS"] + \
+                 [f"tokenizer {t['tokenizer']}" for t in report.get("tokenization", []) if t["status"] != "PASS"]
+        print(f"| {what} | --formats {fmt} | {rc} | {wall:.0f} | {rss:.2f} | {'; '.join(failed)} |", flush=True)
 
 
 if __name__ == "__main__":

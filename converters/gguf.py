@@ -16,10 +16,13 @@ after, so the per-tensor policy is exactly llama.cpp's; which tensor got which t
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gpt2hub import lazy
 from gpt2hub.errors import ConversionError
@@ -198,16 +201,14 @@ def _write_llama_mix(source: Source, out: Path, dtype: str, progress: Progress) 
 
 def tensor_types(path: Path) -> list[str]:
     """One line per kind of 2-D tensor (layers folded to `blk.*`): the ggml types it holds, and why not a K-quant."""
-    import gguf
-
     kinds: dict[str, Counter] = {}
     rows: dict[str, int] = {}
-    for t in gguf.GGUFReader(path).tensors:
-        if len(t.shape) < 2:
+    for t in read_header(path).tensors:
+        if len(t.dims) < 2:
             continue  # norms and biases: always F32
         kind = re.sub(r"^blk\.\d+\.", "blk.*.", t.name)
-        kinds.setdefault(kind, Counter())[t.tensor_type.name] += 1
-        rows[kind] = int(t.shape[0])
+        kinds.setdefault(kind, Counter())[t.type.name] += 1
+        rows[kind] = t.dims[0]
     lines = []
     for kind, types in kinds.items():
         line = f"{kind}: " + ", ".join(f"{n} {name}" for name, n in types.most_common())
@@ -219,30 +220,130 @@ def tensor_types(path: Path) -> list[str]:
 
 # --- reading a file back ----------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor info of a GGUF header: dims as stored (ne0 first), ggml type, absolute byte range."""
+
+    name: str
+    dims: tuple[int, ...]
+    type: Any  # gguf.GGMLQuantizationType
+    offset: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Header:
+    """A GGUF file's metadata (key -> value; arrays as lists) and tensor infos."""
+
+    fields: dict[str, Any]
+    tensors: list[TensorInfo]
+
+
+MAX_ARRAY = 1 << 22  # entries of one metadata array (GPT-2's vocabulary: 50,257): more is not a GPT-2 file
+
+
+def read_header(path: Path) -> Header:
+    """The header of a GGUF file, parsed with struct in one pass over a memory map.
+
+    Written here rather than gguf-py's GGUFReader, which builds numpy views per string and takes ~5 s on
+    GPT-2's vocabulary and merges (150,000 strings); this takes ~0.1 s. Every count and length is checked
+    against the bytes left, so a crafted header fails in one line instead of reading past the file.
+    """
+    import mmap
+    import struct
+
+    import gguf
+
+    vt = gguf.GGUFValueType
+    scalars = {vt.UINT8: "B", vt.INT8: "b", vt.UINT16: "H", vt.INT16: "h", vt.UINT32: "I", vt.INT32: "i",
+               vt.FLOAT32: "f", vt.BOOL: "?", vt.UINT64: "Q", vt.INT64: "q", vt.FLOAT64: "d"}
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            pos = 0
+
+            def many(fmt: str) -> tuple:
+                nonlocal pos
+                size = struct.calcsize("<" + fmt)
+                if pos + size > len(m):
+                    raise ValueError("the header runs past the end of the file")
+                pos += size
+                return struct.unpack_from("<" + fmt, m, pos - size)
+
+            def take(fmt: str):
+                return many(fmt)[0]
+
+            def string() -> str:
+                nonlocal pos
+                n = take("Q")
+                if n > len(m) - pos:
+                    raise ValueError("a string runs past the end of the file")
+                pos += n
+                return m[pos - n:pos].decode("utf-8", errors="surrogateescape")
+
+            def value(t: int):
+                if t == vt.STRING:
+                    return string()
+                if t == vt.ARRAY:
+                    et, n = vt(take("I")), take("Q")
+                    if n > MAX_ARRAY:
+                        raise ValueError(f"an array of {n:,} entries (at most {MAX_ARRAY:,})")
+                    if et in scalars:
+                        return list(many(f"{n}{scalars[et]}"))
+                    return [value(et) for _ in range(n)]
+                return take(scalars[vt(t)])
+
+            magic, version, n_tensors, n_kv = many("IIQQ")
+            if magic != gguf.GGUF_MAGIC or version not in gguf.READER_SUPPORTED_VERSIONS:
+                raise ValueError(f"magic {magic:#x}, version {version}")
+            if max(n_tensors, n_kv) > len(m):
+                raise ValueError(f"{n_tensors:,} tensors, {n_kv:,} keys in a {len(m):,}-byte file")
+            fields = {}
+            for _ in range(n_kv):
+                key = string()
+                fields[key] = value(take("I"))
+            raw = []
+            for _ in range(n_tensors):
+                name = string()
+                dims = many(f"{take('I')}Q")
+                raw.append((name, dims, gguf.GGMLQuantizationType(take("I")), take("Q")))
+            align = int(fields.get(gguf.Keys.General.ALIGNMENT, gguf.GGUF_DEFAULT_ALIGNMENT))
+            start = -(-pos // align) * align
+            tensors = []
+            for name, dims, typ, offset in raw:
+                block, type_size = gguf.GGML_QUANT_SIZES[typ]
+                nbytes = math.prod(dims) // block * type_size
+                if start + offset + nbytes > len(m):
+                    raise ValueError(f"tensor {name} runs past the end of the file")
+                tensors.append(TensorInfo(name, dims, typ, start + offset, nbytes))
+            return Header(fields, tensors)
+    except (OSError, ValueError, struct.error) as e:
+        raise ConversionError(f"{path}: not a GGUF file ({e})") from None
+
+
 def is_output(path: Path) -> bool:
     return path.suffix == SUFFIX and path.is_file()
 
 
-def read_config(reader, source: str) -> dict:
+def read_config(header: Header, source: str) -> dict:
     """GPTConfig's fields from a GGUF file's gpt2.* metadata (n_vocab from token_embd's shape)."""
     import gguf
 
     keys = gguf.Keys
-    arch = reader.get_field(keys.General.ARCHITECTURE)
-    if arch is None or arch.contents() != ARCH:
-        raise ConversionError(f"{source}: general.architecture is {arch.contents() if arch else None!r}, not {ARCH!r}")
+    arch = header.fields.get(keys.General.ARCHITECTURE)
+    if arch != ARCH:
+        raise ConversionError(f"{source}: general.architecture is {arch!r}, not {ARCH!r}")
     fields = {"n_ctx": keys.LLM.CONTEXT_LENGTH, "n_embd": keys.LLM.EMBEDDING_LENGTH, "n_head": keys.Attention.HEAD_COUNT,
               "n_layer": keys.LLM.BLOCK_COUNT, "eps": keys.Attention.LAYERNORM_EPS}
     values = {}
     for field, key in fields.items():
-        f = reader.get_field(key.format(arch=ARCH))
-        if f is None:
+        v = header.fields.get(key.format(arch=ARCH))
+        if not isinstance(v, (int, float)):
             raise ConversionError(f"{source}: no {key.format(arch=ARCH)} in the metadata")
-        values[field] = float(f.contents()) if field == "eps" else int(f.contents())
-    embd = next((t for t in reader.tensors if t.name == GLOBAL_RULES["wte"].name), None)
-    if embd is None:
-        raise ConversionError(f"{source}: no {GLOBAL_RULES['wte'].name} tensor")
-    values["n_vocab"] = int(embd.shape[1])  # GGUF dims are (ne0=n_embd, ne1=n_vocab)
+        values[field] = float(v) if field == "eps" else int(v)
+    embd = next((t for t in header.tensors if t.name == GLOBAL_RULES["wte"].name), None)
+    if embd is None or len(embd.dims) != 2:
+        raise ConversionError(f"{source}: no 2-D {GLOBAL_RULES['wte'].name} tensor")
+    values["n_vocab"] = embd.dims[1]  # GGUF dims are (ne0=n_embd, ne1=n_vocab)
     return values
 
 
@@ -250,35 +351,38 @@ def read_weights(path: Path) -> Weights:
     """The file's config and tensors (dequantized to float32 unless F32/F16), in gpt2hub's names and layout."""
     import gguf
 
-    try:
-        reader = gguf.GGUFReader(path)
-    except (OSError, ValueError) as e:
-        raise ConversionError(f"{path}: not a GGUF file ({e})") from None
-    config = read_config(reader, str(path))
-    by_name = {t.name: t for t in reader.tensors}
+    header = read_header(path)
+    config = read_config(header, str(path))
+    by_name = {t.name: t for t in header.tensors}
     names = hf.reference_names(config["n_layer"])
-    kept = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
+    kept = {gguf.GGMLQuantizationType.F32: np.float32, gguf.GGMLQuantizationType.F16: np.float16}
+    data = np.memmap(path, np.uint8, mode="r")
     tensors = {}
     for tf, rule in expand(GLOBAL_RULES, BLOCK_RULES, config["n_layer"]).items():
         t = by_name.get(rule.name)
         if t is None:
             raise ConversionError(f"{path}: no tensor {rule.name}")
-        a = np.asarray(t.data if t.tensor_type in kept else gguf.quants.dequantize(t.data, t.tensor_type))
+        raw = data[t.offset:t.offset + t.nbytes]
+        shape = tuple(reversed(t.dims))
+        if t.type in kept:
+            a = raw.view(kept[t.type]).reshape(shape)
+        else:
+            a = gguf.quants.dequantize(raw.reshape(math.prod(shape[:-1]), -1), t.type).reshape(shape)
         tensors[names[tf]] = a.T if rule.transpose else a  # GGUF stores Conv1D weights (out, in)
     return Weights(config, tensors)
 
 
-def read_dtype(path: Path, reader=None) -> str:
+def read_dtype(path: Path, header: Header | None = None) -> str:
     """The file's dtype from general.file_type, else the commonest type among its 2-D tensors."""
     import gguf
 
-    reader = reader or gguf.GGUFReader(path)
-    f = reader.get_field(gguf.Keys.General.FILE_TYPE)
+    header = header or read_header(path)
+    file_type = header.fields.get(gguf.Keys.General.FILE_TYPE)
     by_file_type = {int(gguf.LlamaFileType[file_type]): dtype for dtype, (_, file_type) in DTYPES.items()}
     by_file_type.update({int(gguf.LlamaFileType[f"MOSTLY_{mix.upper()}"]): mix for mix in LLAMA_MIXES})
-    if f is not None and int(f.contents()) in by_file_type:
-        return by_file_type[int(f.contents())]
-    types = [t.tensor_type.name.lower() for t in reader.tensors if len(t.shape) == 2]
+    if isinstance(file_type, int) and file_type in by_file_type:
+        return by_file_type[file_type]
+    types = [t.type.name.lower() for t in header.tensors if len(t.dims) == 2]
     return max(set(types), key=types.count) if types else "unknown"
 
 
@@ -298,33 +402,29 @@ def read_stored(path: Path, hparams, original: Path):
 
     from . import Vocab
 
-    try:
-        reader = gguf.GGUFReader(path)
-    except (OSError, ValueError) as e:
-        raise ConversionError(f"{path}: not a GGUF file ({e})") from None
-    dtype = read_dtype(path, reader)
+    header = read_header(path)
+    dtype = read_dtype(path, header)
     weight_type = DTYPES[dtype][0] if dtype in DTYPES else None  # a llama-quantize mix: types vary per tensor
     expected = {r.name: Expected(tf, "F32" if r.keep_f32 else weight_type, r.transpose)
                 for tf, r in expand(GLOBAL_RULES, BLOCK_RULES, hparams.n_layer).items()}
-    tensors = {t.name: Stored(t.name, t.tensor_type.name, tuple(int(d) for d in reversed(t.shape)), path,  # dims: ne0 first
-                              int(t.data_offset), int(t.n_bytes)) for t in reader.tensors}
+    tensors = {t.name: Stored(t.name, t.type.name, tuple(reversed(t.dims)), path, t.offset, t.nbytes)  # dims: ne0 first
+               for t in header.tensors}
     if UNTIED_OUTPUT.name in tensors:  # --untie: a copy of wte
         expected[UNTIED_OUTPUT.name] = Expected(SCOPE + "wte", weight_type, False)
     problems = []
     vocab = Vocab.from_folder(original)
     keys = gguf.Keys.Tokenizer
     for key, want in ((keys.LIST, vocab.tokens), (keys.MERGES, vocab.merges)):
-        f = reader.get_field(key)
-        got = f.contents() if f is not None else None
+        got = header.fields.get(key)
         if got != want:
-            where = "missing" if got is None else f"{len(got)} entries" if len(got) != len(want) else \
+            where = "missing" if not isinstance(got, list) else f"{len(got)} entries" if len(got) != len(want) else \
                 f"entry {next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)} differs"
             problems.append(f"{key}: {where}; encoder.json/vocab.bpe have {len(want)}")
     for key in (keys.BOS_ID, keys.EOS_ID):
-        f = reader.get_field(key)
-        if f is None or int(f.contents()) != vocab.eot_id:
-            problems.append(f"{key} is {f.contents() if f else None}, <|endoftext|> is {vocab.eot_id}")
-    return StoredOutput(dtype, read_config(reader, str(path)), tensors, expected, problems)
+        got = header.fields.get(key)
+        if got != vocab.eot_id:
+            problems.append(f"{key} is {got}, <|endoftext|> is {vocab.eot_id}")
+    return StoredOutput(dtype, read_config(header, str(path)), tensors, expected, problems)
 
 
 FORMAT = Format(name="gguf", rank=30, dtypes=(*DTYPES, *LLAMA_MIXES), default_dtype="f32", write=write, consumer="llama.cpp",

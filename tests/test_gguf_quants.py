@@ -196,3 +196,40 @@ def test_verify_names_each_type_and_passes_it_through_llama_cpp(ladder, k_releas
     rows = {r.dtype: r for r in report.rows if r.format == "gguf"}
     assert set(rows) == {"q4_k_m", "q2_k"}
     assert all(r.consumer == "llama.cpp" and r.passed for r in rows.values()), rows
+
+
+@pytest.mark.parametrize("dtype", ["q8_0", "q4_k_m"])
+def test_the_header_reader_reads_what_gguf_py_reads(ladder, tiny_release, tmp_path, dtype):
+    """gpt2hub's one-pass header parser against gguf-py's GGUFReader, on gguf-py's and on llama.cpp's files."""
+    from gpt2hub.converters.gguf import read_header
+
+    path = ladder[dtype][1] if dtype in ladder else convert(tiny_release, to="gguf", dtype=dtype, out=tmp_path / "x.gguf").path
+    header, reader = read_header(path), gguf.GGUFReader(path)
+    fields = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    assert header.fields == fields
+    assert [(t.name, t.dims, t.type, t.offset, t.nbytes) for t in header.tensors] == \
+        [(t.name, tuple(int(d) for d in t.shape), t.tensor_type, int(t.data_offset), int(t.n_bytes)) for t in reader.tensors]
+
+
+def test_a_broken_or_crafted_header_is_a_one_line_error(tiny_release, tmp_path):
+    import struct
+
+    from gpt2hub.converters.gguf import read_header
+
+    good = convert(tiny_release, to="gguf", dtype="f16", out=tmp_path / "good.gguf").path
+    data = good.read_bytes()
+    n_kv_end = 24
+    key = b"general.architecture"
+    crafted = {
+        "magic": b"GGUX" + data[4:],
+        "header cut": data[:n_kv_end + 40],
+        "tensor data cut": data[:len(data) - 64],
+        # the first key's value turned into an array claiming 2^40 strings: refused, not looped over
+        "huge array": data[:n_kv_end] + struct.pack("<Q", len(key)) + key + struct.pack("<IIQ", 9, 8, 1 << 40) + data[n_kv_end + 12 + len(key):],
+    }
+    for what, blob in crafted.items():
+        bad = tmp_path / f"{what.replace(' ', '-')}.gguf"
+        bad.write_bytes(blob)
+        with pytest.raises(ConversionError) as e:
+            read_header(bad)
+        assert one_line(e).startswith(f"{bad}: not a GGUF file"), what
