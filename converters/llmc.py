@@ -7,7 +7,8 @@ per-layer kind written for all layers before the next kind. Matrices are nn.Line
 transpose of the checkpoint's Conv1D; wte is padded with zero rows to a multiple of 128 (50257 ->
 50304); the head is tied to wte. Version 3 is all fp32, version 5 all bf16 (norms included).
 Tokenizer file: a 256-int32 header (magic, version 2, token count, EOT id), then per token id one
-length byte and the token's raw bytes.
+length byte and the token's raw bytes. verify reads both back exactly (`read_stored`): every tensor's
+byte range, the padding rows included, and the tokenizer file against the release's encoder.json.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from gpt2hub.errors import ConversionError
 from gpt2hub.layout import BLOCK_TENSORS
 from gpt2hub.tokenizer import byte_decoder
 
-from . import CASTS, Format, Planned, Progress, Rule, Source, Weights, expand, pipelined, plan, row_chunks
+from . import CASTS, Format, Planned, Progress, Rule, Source, Vocab, Weights, expand, pipelined, plan, row_chunks
 from . import hf
 
 np = lazy.module("numpy")  # loaded when a tensor is touched, not when the registry is read
@@ -30,6 +31,8 @@ MODEL_MAGIC, TOKENIZER_MAGIC, TOKENIZER_VERSION = 20240326, 20240328, 2
 HEADER_INTS = 256
 VERSIONS = {"f32": 3, "bf16": 5}  # train_gpt2.py write_model: 3 = all fp32, 5 = all bf16 (padded vocab)
 VOCAB_MULTIPLE = 128  # train_gpt2.py pad_vocab
+PADDED = "wte"  # the kind padded with zero rows to VOCAB_MULTIPLE
+ENCODINGS = {"f32": "F32", "bf16": "BF16"}  # dtype -> encoding of every tensor (gguf-py's type names)
 TOKENIZER_FILE = "gpt2_tokenizer.bin"
 
 # llm.c's ParameterTensors, in file order; "{i}" names a per-layer slice of a kind.
@@ -80,9 +83,8 @@ def file_order(planned: list[Planned]) -> list[Planned]:
     return sorted(planned, key=key)
 
 
-def tokenizer_bytes(source: Source) -> bytes:
+def tokenizer_bytes(v: Vocab) -> bytes:
     """gpt2_tokenizer.bin: every token's raw bytes by id (`enc.decode_bytes([i])`), after the header."""
-    v = source.vocab
     decode = byte_decoder()
     out = [struct.pack(f"<{HEADER_INTS}i", TOKENIZER_MAGIC, TOKENIZER_VERSION, len(v.tokens), v.eot_id,
                        *[0] * (HEADER_INTS - 4))]
@@ -103,7 +105,7 @@ def write(source: Source, out: Path, dtype: str, progress: Progress) -> None:
     if len(source.vocab.tokens) != h.n_vocab:
         raise ConversionError(f"{source.vocab.encoder_json}: {len(source.vocab.tokens)} tokens, but wte has "
                               f"{h.n_vocab} rows (llm.c decodes ids through the tokenizer file)")
-    (out / TOKENIZER_FILE).write_bytes(tokenizer_bytes(source))
+    (out / TOKENIZER_FILE).write_bytes(tokenizer_bytes(source.vocab))
     size, cast = CASTS[dtype]
     with open(out / model_filename(source.release, dtype), "wb") as f:
         f.write(model_header(source, dtype))
@@ -111,7 +113,7 @@ def write(source: Source, out: Path, dtype: str, progress: Progress) -> None:
             for data, n in pipelined(lambda b: (cast(b), b.nbytes), row_chunks(source, p)):
                 f.write(memoryview(data).cast("B"))
                 progress(n)
-            if p.name == "wte":  # zero rows up to the padded vocabulary: a run of zero bytes in either dtype
+            if p.name == PADDED:  # zero rows up to the padded vocabulary: a run of zero bytes in either dtype
                 f.write(bytes((padded_vocab(h.n_vocab) - h.n_vocab) * h.n_embd * size))
 
 
@@ -127,7 +129,10 @@ def is_output(path: Path) -> bool:
 
 
 def read_header(path: Path) -> tuple[int, ...]:
-    raw = path.read_bytes()[:HEADER_INTS * 4] if path.is_file() else b""
+    raw = b""
+    if path.is_file():
+        with open(path, "rb") as f:  # the header only, not the model
+            raw = f.read(HEADER_INTS * 4)
     if len(raw) < HEADER_INTS * 4:
         raise ConversionError(f"{path}: shorter than llm.c's 1024-byte header")
     header = struct.unpack(f"<{HEADER_INTS}i", raw)
@@ -143,38 +148,104 @@ def read_dtype(folder: Path) -> str:
     return {v: k for k, v in VERSIONS.items()}.get(version, "unknown")
 
 
-def read_weights(folder: Path) -> Weights:
-    """The folder's model file, unpadded and in gpt2hub's reference names and Conv1D (in, out) layout (float32)."""
+def _checked_model(folder: Path) -> tuple[Path, tuple[int, ...], str, dict[str, tuple[int, tuple[int, ...]]]]:
+    """(model file, header, dtype, kind -> (byte offset, shape as stored)); a one-line error where the size is not
+    the header's."""
     model = _model_file(folder)
     if model is None:
         raise ConversionError(f"{folder}: no single gpt2_<release>.bin llm.c checkpoint")
-    _, version, n_ctx, n_vocab, n_layer, n_head, n_embd, vp = read_header(model)[:8]
+    header = read_header(model)
+    _, version, n_ctx, n_vocab, n_layer, n_head, n_embd, vp = header[:8]
     dtype = {v: k for k, v in VERSIONS.items()}[version]
     shapes = {"wte": (vp, n_embd), "wpe": (n_ctx, n_embd), "lnfw": (n_embd,), "lnfb": (n_embd,)}
     for key, rule in BLOCK_RULES.items():  # every layer's slice of a kind has the same shape
         shapes[rule.name.split("[")[0]] = (n_layer, *_layer_shape(key, n_embd))
-    sizes = [math.prod(shapes[kind]) for kind in ORDER]
+    kinds, at = {}, HEADER_INTS * 4
+    for kind in ORDER:
+        kinds[kind] = (at, shapes[kind])
+        at += math.prod(shapes[kind]) * CASTS[dtype][0]
+    if model.stat().st_size != at:
+        raise ConversionError(f"{model}: {model.stat().st_size:,} bytes, the header implies {at:,}")
+    return model, header, dtype, kinds
+
+
+def _tensor_of(rule: Rule, kinds: dict[str, tuple[int, tuple[int, ...]]], item: int) -> tuple[int, tuple[int, ...]]:
+    """(byte offset, shape) of the tensor a rule names: a kind, or layer i's slice of it."""
+    kind, _, layer = rule.name.partition("[")
+    offset, shape = kinds[kind]
+    if not layer:
+        return offset, shape
+    return offset + int(layer[:-1]) * math.prod(shape[1:]) * item, shape[1:]
+
+
+def read_weights(folder: Path) -> Weights:
+    """The folder's model file, unpadded and in gpt2hub's reference names and Conv1D (in, out) layout (float32)."""
+    model, header, dtype, kinds = _checked_model(folder)
+    n_vocab = header[3]
     item = CASTS[dtype][0]
-    expected = HEADER_INTS * 4 + sum(sizes) * item
-    if model.stat().st_size != expected:
-        raise ConversionError(f"{model}: {model.stat().st_size:,} bytes, the header implies {expected:,}")
-    raw = np.memmap(model, np.uint8, "r", offset=HEADER_INTS * 4)
-    kinds, at = {}, 0
-    for kind, n in zip(ORDER, sizes):
-        chunk = raw[at * item:(at + n) * item]
-        a = chunk.view("<f4") if dtype == "f32" else (chunk.view("<u2").astype(np.uint32) << 16).view(np.float32)
-        kinds[kind] = a.reshape(shapes[kind])
-        at += n
-    names = hf.reference_names(n_layer)
+    raw = np.memmap(model, np.uint8, "r")
+    names = hf.reference_names(header[4])
     tensors = {}
-    for tf, rule in expand(GLOBAL_RULES, BLOCK_RULES, n_layer).items():
-        kind, _, layer = rule.name.partition("[")
-        a = kinds[kind][int(layer[:-1])] if layer else kinds[kind]
-        a = a[:n_vocab] if kind == "wte" else a
+    for tf, rule in expand(GLOBAL_RULES, BLOCK_RULES, header[4]).items():
+        offset, shape = _tensor_of(rule, kinds, item)
+        chunk = raw[offset:offset + math.prod(shape) * item]
+        a = chunk.view("<f4") if dtype == "f32" else (chunk.view("<u2").astype(np.uint32) << 16).view(np.float32)
+        a = a.reshape(shape)
+        a = a[:n_vocab] if rule.name == PADDED else a
         tensors[names[tf]] = np.ascontiguousarray(a.T) if rule.transpose else a
-    config = dict(n_vocab=n_vocab, n_ctx=n_ctx, n_embd=n_embd, n_head=n_head, n_layer=n_layer, eps=1e-5,
-                  activation="gelu_new")
-    return Weights(config, tensors)
+    return Weights(_config(header), tensors)
+
+
+def _config(header: tuple[int, ...]) -> dict:
+    """GPTConfig's fields from the header; eps and the activation are train_gpt2.c's constants."""
+    _, _, n_ctx, n_vocab, n_layer, n_head, n_embd = header[:7]
+    return dict(n_vocab=n_vocab, n_ctx=n_ctx, n_embd=n_embd, n_head=n_head, n_layer=n_layer, eps=1e-5,
+                activation="gelu_new")
+
+
+def read_stored(folder: Path, hparams, original: Path):
+    """Every tensor's byte range in the model file and what it must be: the source in the header's dtype,
+    Conv1D weights transposed, wte followed by zero rows up to the padded vocabulary; the tokenizer file
+    as train_gpt2.py writes it from the release's encoder.json."""
+    from gpt2hub.verification.weights import Expected, Stored, StoredOutput
+
+    model, header, dtype, kinds = _checked_model(folder)
+    item, encoding = CASTS[dtype][0], ENCODINGS[dtype]
+    tensors, expected = {}, {}
+    for rule in expand(GLOBAL_RULES, BLOCK_RULES, header[4]).values():  # as the file's header lays them out
+        offset, shape = _tensor_of(rule, kinds, item)
+        tensors[rule.name] = Stored(rule.name, encoding, shape, model, offset, math.prod(shape) * item)
+    for tf, rule in expand(GLOBAL_RULES, BLOCK_RULES, hparams.n_layer).items():  # as the release implies them
+        pad = padded_vocab(hparams.n_vocab) - hparams.n_vocab if rule.name == PADDED else 0
+        expected[rule.name] = Expected(tf, encoding, rule.transpose, pad)
+    problems = _tokenizer_problems(folder / TOKENIZER_FILE, Vocab.from_folder(original))
+    unused = [i for i, v in enumerate(header) if i >= 8 and v]
+    if unused:
+        problems.append(f"{model.name}: header int {unused[0]} is {header[unused[0]]} ({len(unused)} of ints 8-255 "
+                        "nonzero), train_gpt2.py writes 0")
+    return StoredOutput(dtype, _config(header), tensors, expected, problems)
+
+
+def _tokenizer_problems(path: Path, vocab: Vocab) -> list[str]:
+    """Where gpt2_tokenizer.bin differs from what train_gpt2.py writes for the vocabulary (empty if nowhere)."""
+    got, want = path.read_bytes(), tokenizer_bytes(vocab)
+    if got == want:
+        return []
+    head = HEADER_INTS * 4
+    if got[:head] != want[:head]:
+        names = ("magic", "version", "token count", "EOT id")
+        a, b = (struct.unpack(f"<{HEADER_INTS}i", x[:head]) if len(x) >= head else None for x in (got, want))
+        if a is None:
+            return [f"{path.name}: shorter than its {head}-byte header"]
+        i = next(i for i in range(HEADER_INTS) if a[i] != b[i])
+        return [f"{path.name}: header {names[i] if i < len(names) else f'int {i}'} is {a[i]}, train_gpt2.py writes {b[i]}"]
+    at = head
+    for i in range(len(vocab.tokens)):
+        n = want[at] + 1
+        if got[at:at + n] != want[at:at + n]:
+            return [f"{path.name}: token {i} is not encoder.json's bytes for it"]
+        at += n
+    return [f"{path.name}: {len(got) - len(want)} bytes after the last token"]
 
 
 def _layer_shape(key: str, c: int) -> tuple[int, ...]:
@@ -185,5 +256,6 @@ def _layer_shape(key: str, c: int) -> tuple[int, ...]:
 
 
 FORMAT = Format(name="llmc", rank=40, dtypes=tuple(VERSIONS), default_dtype="f32", write=write, consumer="gpt2hub",
-                is_output=is_output, read_weights=read_weights, read_dtype=read_dtype, looks_like="an llm.c folder",
+                is_output=is_output, read_weights=read_weights, read_dtype=read_dtype, read_stored=read_stored,
+                looks_like="an llm.c folder",
                 demo_dtypes=("f32",), hub_prefix="llmc/", tags=("llm.c",))

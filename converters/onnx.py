@@ -11,7 +11,8 @@ Weights keep the checkpoint's Conv1D (in, out) layout, which is exactly what Mat
 are streamed into model.onnx_data (each tensor 4096-aligned, as onnx's own external-data writer does),
 so memory stays bounded and 774M/1558M pass protobuf's 2 GB limit. f16 stores the weights as float16
 and casts them to float32 in the graph: onnxruntime's CPU kernels compute in float32, and the cache and
-logits stay float32.
+logits stay float32. verify reads the weights back exactly (`read_stored`): each initializer's dims, element
+type and byte range in model.onnx_data from the graph parsed without its external data, nothing loaded.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from gpt2hub import lazy
 from gpt2hub.errors import ConversionError
 
-from . import CASTS, Format, Planned, Progress, Source, Weights, pipelined, plan, row_chunks
+from . import CASTS, Format, Planned, Progress, Source, Weights, expand, pipelined, plan, row_chunks
 from . import hf
 
 np = lazy.module("numpy")  # loaded when a tensor is touched, not when the registry is read
@@ -31,6 +32,7 @@ GRAPH, DATA = "model.onnx", "model.onnx_data"
 OPSET = 17  # LayerNormalization
 ALIGN = 4096
 DTYPES = {"f32": "FLOAT", "f16": "FLOAT16"}  # onnx.TensorProto element type of the stored weights
+ENCODINGS = {"FLOAT": "F32", "FLOAT16": "F16", "BFLOAT16": "BF16"}  # TensorProto element types as gguf-py names them
 MASKED = -1e9  # added to the scores of keys a query may not see (finite: a fully padded row stays NaN-free)
 # optimum's dynamic axis names
 BATCH, SEQ, PAST, TOTAL = "batch_size", "sequence_length", "past_sequence_length", "past_sequence_length + sequence_length"
@@ -180,22 +182,80 @@ def is_output(path: Path) -> bool:
     return (path / GRAPH).is_file() and (path / "config.json").is_file()
 
 
-def read_weights(folder: Path) -> Weights:
-    """config.json and the graph's stored weights (named as gpt2hub's reference, Conv1D layout), as numpy."""
+def _graph(folder: Path):
+    """model.onnx parsed without its external data (the weights stay on disk)."""
     import onnx
-    from onnx import numpy_helper
 
     try:
-        model = onnx.load(str(folder / GRAPH))  # external data from model.onnx_data
+        return onnx.load(str(folder / GRAPH), load_external_data=False)
     except Exception as e:  # protobuf and onnx raise many types for a damaged file
         raise ConversionError(f"{folder / GRAPH}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+
+
+def stored_tensors(folder: Path, graph, names: set[str]) -> list:
+    """The initializers named in `names`: encoding, shape and byte range in their external data file (none read)."""
+    from onnx import TensorProto
+
+    from gpt2hub.verification.weights import RAW_DTYPES, Stored
+
+    root = folder.resolve()
+    tensors = []
+    for t in graph.graph.initializer:
+        if t.name not in names:
+            continue
+        if t.data_location != TensorProto.EXTERNAL:
+            raise ConversionError(f"{folder / GRAPH}: {t.name} is stored inside the graph, not as external data "
+                                  f"(gpt2hub writes every weight to {DATA})")
+        info = {e.key: e.value for e in t.external_data}
+        path = (folder / info.get("location", "")).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            raise ConversionError(f"{folder / GRAPH}: {t.name}'s external data {info.get('location')!r} is not a file "
+                                  "in the folder")
+        element = TensorProto.DataType.Name(t.data_type)
+        encoding = ENCODINGS.get(element, element)
+        shape = tuple(int(d) for d in t.dims)
+        size = math.prod(shape) * RAW_DTYPES[encoding].itemsize if encoding in RAW_DTYPES else 0
+        tensors.append(Stored(t.name, encoding, shape, path, int(info.get("offset", 0)), int(info.get("length", size))))
+    return tensors
+
+
+def read_weights(folder: Path) -> Weights:
+    """config.json and the graph's stored weights (named as gpt2hub's reference, Conv1D layout), memory-mapped
+    from the external data file."""
+    from gpt2hub.verification.weights import RAW_DTYPES
+
     config = hf.read_config(folder)
-    names = set(hf.reference_names(config["n_layer"]).values())
-    tensors = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in names}
+    tensors = {}
+    for s in stored_tensors(folder, _graph(folder), set(hf.reference_names(config["n_layer"]).values())):
+        if s.encoding not in ("F32", "F16"):
+            raise ConversionError(f"{folder / GRAPH}: {s.name} is {s.encoding}, not float32 or float16")
+        if s.nbytes != math.prod(s.shape) * RAW_DTYPES[s.encoding].itemsize or s.offset + s.nbytes > s.path.stat().st_size:
+            raise ConversionError(f"{s.path}: {s.name} ({s.nbytes:,} bytes at {s.offset:,}) does not fit its shape or the file")
+        tensors[s.name] = np.memmap(s.path, RAW_DTYPES[s.encoding], "r", s.offset, s.shape)
     return Weights(config, tensors)
 
 
+def read_stored(folder: Path, hparams, original: Path):
+    """Every weight's byte range in model.onnx_data and what it must be: the source tensor in config.json's dtype,
+    in the checkpoint's Conv1D layout (what MatMul(x, W) needs); eps as the graph's LayerNormalization nodes."""
+    from gpt2hub.verification.weights import Expected, StoredOutput
+
+    graph = _graph(folder)
+    dtype = hf.read_dtype(folder)
+    encoding = hf.ENCODINGS.get(dtype, dtype)
+    expected = {rule.name: Expected(tf, encoding, rule.transpose)
+                for tf, rule in expand(hf.GLOBAL_RULES, hf.BLOCK_RULES, hparams.n_layer).items()}
+    tensors = {s.name: s for s in stored_tensors(folder, graph, set(expected))}
+    config, problems = hf.read_config(folder), []
+    eps = {a.f for n in graph.graph.node if n.op_type == "LayerNormalization" for a in n.attribute if a.name == "epsilon"}
+    if len(eps) == 1:
+        config["eps"] = eps.pop()  # what onnxruntime computes with, not what config.json says
+    else:
+        problems.append(f"{GRAPH}: LayerNormalization epsilons {sorted(eps)}, GPT-2 has one (1e-5)")
+    return StoredOutput(dtype, config, tensors, expected, problems)
+
+
 FORMAT = Format(name="onnx", rank=50, dtypes=tuple(DTYPES), default_dtype="f32", write=write,
-                **{**hf.FOLDER_FIELDS, "consumer": "onnxruntime", "read_stored": None, "is_output": is_output, "read_weights": read_weights,
+                **{**hf.FOLDER_FIELDS, "consumer": "onnxruntime", "read_stored": read_stored, "is_output": is_output, "read_weights": read_weights,
                    "looks_like": "an ONNX model folder"},
                 requires="onnx", extra="onnx", demo_dtypes=("f32",), hub_prefix="onnx/", tags=("onnx",))

@@ -37,9 +37,9 @@ def test_a_format_declares_every_field(fmt: Format):
     assert fmt.default_dtype in fmt.dtypes and set(fmt.dtypes) <= set(CASTS) | set(GGUF_TYPES) | set(LLAMA_MIXES)
     assert set(fmt.demo_dtypes) <= set(fmt.dtypes) and fmt.demo_dtypes
     for f in fields(Format):
-        if f.name not in ("file_suffix", "tokenizer", "requires", "extra", "hub_prefix", "read_stored"):
+        if f.name not in ("file_suffix", "tokenizer", "requires", "extra", "hub_prefix"):
             assert getattr(fmt, f.name) not in (None, "", ()), f.name
-    for fn in (fmt.write, fmt.is_output, fmt.read_weights, fmt.read_dtype):
+    for fn in (fmt.write, fmt.is_output, fmt.read_weights, fmt.read_dtype, fmt.read_stored):  # read_stored: verify's exact proof
         assert callable(fn)
     assert fmt.consumer in CONSUMER_MODULES  # verify knows how to run it
     assert fmt.file_suffix is None or fmt.file_suffix.startswith(".")

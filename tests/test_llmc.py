@@ -223,3 +223,89 @@ def test_a_truncated_model_file_is_a_one_line_error(llmc, tmp_path):
     with pytest.raises(ConversionError) as e:
         converters.get("llmc").read_weights(folder)
     assert "bytes, the header implies" in one_line(e)
+
+
+# --- verify proves the model file exactly ---------------------------------------------------------
+
+
+def verify_copy(llmc: dict, tiny_release: Path, tmp_path: Path, dtype: str = "f32", edit=None):
+    """verify's report on a release root holding the original and a copy of the llm.c folder, edited first."""
+    import shutil
+
+    (tmp_path / "original").symlink_to(tiny_release, target_is_directory=True)
+    shutil.copytree(llmc[dtype], tmp_path / "llmc")
+    if edit is not None:
+        edit(next(p for p in (tmp_path / "llmc").iterdir() if p.name != "gpt2_tokenizer.bin"))
+    return gpt2hub.verify(tmp_path, formats="llmc")
+
+
+def file_check(report, what: str):
+    check, = [f for f in report.files if f.format == "llmc" and f.what == what]
+    return check
+
+
+def poke(path: Path, offset: int, fmt: str, change) -> None:
+    """One little-endian value of `fmt` at `offset` of a file, replaced by change(value)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        value, = struct.unpack(fmt, f.read(struct.calcsize(fmt)))
+        f.seek(offset)
+        f.write(struct.pack(fmt, change(value)))
+
+
+@pytest.mark.parametrize("dtype, kind", [("f32", "28 f32 bit-identical"), ("bf16", "28 bf16 = source rounded to nearest even")])
+def test_verify_proves_every_tensor_and_the_zero_padding(llmc, tiny_release, tmp_path, dtype, kind):
+    report = verify_copy(llmc, tiny_release, tmp_path, dtype)
+    weights, meta = file_check(report, "weights"), file_check(report, "metadata")
+    assert (weights.passed, weights.detail) == (True, f"all 28 tensors: {kind}")
+    assert meta.passed and report.passed, meta.detail
+
+
+def test_one_element_one_ulp_off_fails_the_weight_proof(llmc, tiny_release, hparams, tmp_path):
+    C, Vp = hparams["n_embd"], -(-hparams["n_vocab"] // 128) * 128
+    wpe_3_5 = 1024 + (Vp * C + 3 * C + 5) * 4  # train_gpt2.c: wpe follows the padded wte
+    report = verify_copy(llmc, tiny_release, tmp_path,
+                         edit=lambda p: poke(p, wpe_3_5, "<I", lambda bits: bits + 1))
+    weights = file_check(report, "weights")
+    assert not weights.passed and weights.detail.startswith("wpe[3, 5] is ") and not report.passed
+
+
+def test_nonzero_padding_rows_fail_the_weight_proof(llmc, tiny_release, hparams, tmp_path):
+    C, V = hparams["n_embd"], hparams["n_vocab"]
+    row = V + 2  # the third padding row, first element
+    report = verify_copy(llmc, tiny_release, tmp_path, edit=lambda p: poke(p, 1024 + row * C * 4, "<f", lambda x: 1.0))
+    weights = file_check(report, "weights")
+    assert not weights.passed and weights.detail.startswith(f"wte: padding row {row} is not zero"), weights.detail
+
+
+def test_a_transposed_square_matrix_fails(llmc, tiny_release, hparams, tmp_path):
+    C, L, Vp, T = hparams["n_embd"], hparams["n_layer"], -(-hparams["n_vocab"] // 128) * 128, hparams["n_ctx"]
+    # train_gpt2.c order: wte, wpe, ln1w, ln1b, qkvw, qkvb, then attprojw (L, C, C); layer 1's slice
+    at = 1024 + 4 * (Vp * C + T * C + 2 * L * C + L * 3 * C * C + L * 3 * C + C * C)
+
+    def transpose(path: Path) -> None:
+        with open(path, "r+b") as f:
+            f.seek(at)
+            w = np.frombuffer(f.read(C * C * 4), "<f4").reshape(C, C)
+            f.seek(at)
+            f.write(w.T.tobytes())
+
+    weights = file_check(verify_copy(llmc, tiny_release, tmp_path, edit=transpose), "weights")
+    assert not weights.passed and weights.detail.startswith("attprojw[1][")
+
+
+def test_a_tokenizer_file_with_one_token_changed_fails_the_metadata(llmc, tiny_release, tmp_path):
+    def edit(model: Path) -> None:
+        tok = model.parent / "gpt2_tokenizer.bin"
+        raw = bytearray(tok.read_bytes())
+        raw[1024 + 1] ^= 1  # token 0's byte
+        tok.write_bytes(bytes(raw))
+
+    meta = file_check(verify_copy(llmc, tiny_release, tmp_path, edit=edit), "metadata")
+    assert not meta.passed and meta.detail == "gpt2_tokenizer.bin: token 0 is not encoder.json's bytes for it"
+
+
+def test_a_header_at_odds_with_the_file_size_fails_the_weight_row(llmc, tiny_release, tmp_path):
+    report = verify_copy(llmc, tiny_release, tmp_path, edit=lambda p: poke(p, 4 * 7, "<i", lambda vp: vp + 128))
+    weights = file_check(report, "weights")
+    assert not weights.passed and "bytes, the header implies" in weights.detail and not report.passed

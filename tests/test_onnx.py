@@ -205,3 +205,88 @@ def test_verify_runs_the_folder_in_onnxruntime(onnx_out, tiny_release, tmp_path)
     report = gpt2hub.verify(root, formats="onnx")
     row = next(r for r in report.rows if r.format == "onnx")
     assert (row.consumer, row.dtype, row.passed) == ("onnxruntime", "f16", True), row
+
+
+# --- verify proves the initializers exactly ---------------------------------------------------------
+
+
+def verify_copy(onnx_out: dict, tiny_release: Path, tmp_path: Path, dtype: str = "f32", edit=None):
+    """verify's report on a release root holding the original and a copy of the ONNX folder, edited first."""
+    import shutil
+
+    (tmp_path / "original").symlink_to(tiny_release, target_is_directory=True)
+    shutil.copytree(onnx_out[dtype], tmp_path / "onnx")
+    if edit is not None:
+        edit(tmp_path / "onnx")
+    return gpt2hub.verify(tmp_path, formats="onnx")
+
+
+def file_check(report, what: str):
+    check, = [f for f in report.files if f.format == "onnx" and f.what == what]
+    return check
+
+
+def initializer_range(folder: Path, name: str) -> tuple[tuple[int, ...], int, int]:
+    """(dims, offset, length) of an initializer in model.onnx_data, as the graph's external_data says."""
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    t = next(t for t in graph.graph.initializer if t.name == name)
+    info = {e.key: e.value for e in t.external_data}
+    return tuple(t.dims), int(info["offset"]), int(info["length"])
+
+
+@pytest.mark.parametrize("dtype, kind", [("f32", "28 f32 bit-identical"), ("f16", "28 f16 = source rounded to nearest even")])
+def test_verify_proves_every_initializer(onnx_out, tiny_release, tmp_path, dtype, kind):
+    report = verify_copy(onnx_out, tiny_release, tmp_path, dtype)
+    weights, meta = file_check(report, "weights"), file_check(report, "metadata")
+    assert (weights.passed, weights.detail) == (True, f"all 28 tensors: {kind}")
+    assert meta.passed and report.passed, meta.detail
+
+
+def test_a_perturbed_initializer_fails_the_weight_proof(onnx_out, tiny_release, tmp_path):
+    def nudge(folder: Path) -> None:
+        dims, offset, _ = initializer_range(folder, "h.1.mlp.c_fc.bias")
+        with open(folder / "model.onnx_data", "r+b") as f:
+            f.seek(offset + 7 * 2)
+            f.write(np.float16(0.125).tobytes())
+
+    weights = file_check(verify_copy(onnx_out, tiny_release, tmp_path, "f16", nudge), "weights")
+    assert not weights.passed and weights.detail.startswith("h.1.mlp.c_fc.bias[0, 7] is 0.125, the source implies ")
+
+
+def transposed(name: str):
+    """An edit that stores one initializer transposed: its data in model.onnx_data and its dims in the graph."""
+    def edit(folder: Path) -> None:
+        graph = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+        t = next(t for t in graph.graph.initializer if t.name == name)
+        dims, offset, length = initializer_range(folder, name)
+        with open(folder / "model.onnx_data", "r+b") as f:
+            f.seek(offset)
+            w = np.frombuffer(f.read(length), "<f4").reshape(dims)
+            f.seek(offset)
+            f.write(w.T.tobytes())
+        del t.dims[:]
+        t.dims.extend(dims[::-1])
+        onnx.save_model(graph, str(folder / "model.onnx"))
+    return edit
+
+
+def test_a_transposed_matrix_fails_by_its_shape(onnx_out, tiny_release, tmp_path):
+    C = json.loads((tiny_release / "hparams.json").read_text())["n_embd"]
+    weights = file_check(verify_copy(onnx_out, tiny_release, tmp_path, edit=transposed("h.0.attn.c_attn.weight")), "weights")
+    assert not weights.passed
+    assert weights.detail == f"h.0.attn.c_attn.weight: shape [{3 * C}, {C}], the source implies [{C}, {3 * C}] (transposed?)"
+
+
+def test_a_transposed_square_matrix_fails_by_its_values(onnx_out, tiny_release, tmp_path):
+    report = verify_copy(onnx_out, tiny_release, tmp_path, edit=transposed("h.1.attn.c_proj.weight"))
+    weights = file_check(report, "weights")
+    assert not weights.passed and weights.detail.startswith("h.1.attn.c_proj.weight[") and not report.passed
+
+
+def test_weights_inside_the_graph_are_a_one_line_failure(onnx_out, tiny_release, tmp_path):
+    def inline(folder: Path) -> None:
+        model = onnx.load(str(folder / "model.onnx"))  # external data read into the graph
+        onnx.save_model(model, str(folder / "model.onnx"), save_as_external_data=False)
+
+    weights = file_check(verify_copy(onnx_out, tiny_release, tmp_path, edit=inline), "weights")
+    assert not weights.passed and "is stored inside the graph, not as external data" in weights.detail

@@ -245,6 +245,17 @@ def test_f16_must_be_rounded_to_nearest_even_not_truncated(tmp_path):
         assert proof.passed is ok, proof.failures
 
 
+def test_padding_rows_after_the_source_must_be_zero_bits(tmp_path):
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for pad, ok in ((np.zeros((2, 3), np.float32), True), (np.array([[0, 0, 0], [0, -0.0, 0]], np.float32), False)):
+        proof = weights.Proof()
+        stored = _stored(tmp_path, np.concatenate([x, pad]), "F32", (4, 3))
+        weights.check_tensor(stored, weights.Expected("x", "F32", zero_rows=2), x, proof)
+        assert proof.passed is ok, proof.failures
+    assert proof.failures == ["t: padding row 3 is not zero (rows 2..3 pad past the source's 2)"]
+    assert np.array_equal(weights.stored_weights(stored, weights.Expected("x", "F32", zero_rows=2)), x)
+
+
 def test_the_float64_reference_matches_gpt2hub_model_and_streams_the_checkpoint(tiny_release):
     from gpt2hub.layout import HParams
     from gpt2hub.model import from_checkpoint

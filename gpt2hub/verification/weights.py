@@ -1,11 +1,12 @@
 """Exact weight proofs: every tensor of an output equals the transform its source implies, no tolerance.
 
 A format describes each tensor it stores (`Stored`: name, encoding, shape, where its bytes are) and what
-it should be (`Expected`: the TF variable, the encoding, whether the layout is transposed). The checks
-are then generic, per encoding: F32 bit-identical to the source; F16/BF16 equal to the source rounded to
-nearest even; block types (Q8_0, ...) byte-identical to gguf-py's reference quantizer, or else every
-dequantized value within that type's proven error bound. Tensors stream one row-chunk at a time through
-read(2), so memory stays at a few chunks whatever the model size.
+it should be (`Expected`: the TF variable, the encoding, whether the layout is transposed, how many zero
+rows pad it). The checks are then generic, per encoding: F32 bit-identical to the source; F16/BF16 equal
+to the source rounded to nearest even; block types (Q8_0, ...) byte-identical to gguf-py's reference
+quantizer, or else every dequantized value within that type's proven error bound; padding rows all zero
+bits. Tensors stream one row-chunk at a time through read(2), so memory stays at a few chunks whatever
+the model size.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Expected:
     source: str
     encoding: str
     transpose: bool = False
+    zero_rows: int = 0  # rows stored after the source's, every bit zero (llm.c pads wte to a multiple of 128)
 
 
 @dataclass
@@ -174,7 +176,7 @@ def _first_difference(raw: np.ndarray, want: np.ndarray, encoding: str, r0: int)
 def check_tensor(s: Stored, exp: Expected, src: np.ndarray, proof: Proof) -> None:
     """One stored tensor against its source (float32, checkpoint layout squeezed)."""
     mat = src.T if exp.transpose else src
-    shape = tuple(mat.shape)
+    shape = (mat.shape[0] + exp.zero_rows, *mat.shape[1:]) if exp.zero_rows else tuple(mat.shape)
     if exp.encoding is not None and s.encoding != exp.encoding:  # None: a mix, each tensor's type its writer's choice
         return proof.fail(f"{s.name}: stored as {s.encoding}, expected {exp.encoding}")
     if tuple(s.shape) != shape:
@@ -184,6 +186,9 @@ def check_tensor(s: Stored, exp: Expected, src: np.ndarray, proof: Proof) -> Non
     rb = row_bytes(s.encoding, cols)
     if s.nbytes != rows * rb:
         return proof.fail(f"{s.name}: {s.nbytes} bytes stored, {rows * rb} expected")
+    rows -= exp.zero_rows
+    if exp.zero_rows and not _zero_rows_hold(s, rows, rows + exp.zero_rows, proof):
+        return None
     mat = mat.reshape(rows, cols)
     step = max(1, CHUNK_BYTES // max(1, cols * 4))
     bound = BLOCK_BOUNDS.get(s.encoding)
@@ -219,6 +224,24 @@ def check_tensor(s: Stored, exp: Expected, src: np.ndarray, proof: Proof) -> Non
     if within:
         kind = f"{s.encoding} within its error bound (not gguf-py's bytes)"
     proof.kinds[kind] = proof.kinds.get(kind, 0) + 1
+
+
+def _zero_rows_hold(s: Stored, r0: int, r1: int, proof: Proof) -> bool:
+    """Whether rows r0:r1 of a stored tensor are all zero bits; else the first nonzero one is the proof's failure."""
+    _, cols = rows_cols(s.shape)
+    step = max(1, CHUNK_BYTES // max(1, row_bytes(s.encoding, cols)))
+    with open(s.path, "rb") as f:
+        for a in range(r0, r1, step):
+            try:
+                raw = read_rows(s, a, min(r1, a + step), f).view(np.uint8)
+            except ValueError as e:
+                proof.fail(str(e))
+                return False
+            if raw.any():
+                r = a + int(np.argmax(raw.any(axis=1)))
+                proof.fail(f"{s.name}: padding row {r} is not zero (rows {r0}..{r1 - 1} pad past the source's {r0})")
+                return False
+    return True
 
 
 def _qtype_block_size(encoding: str) -> int:
@@ -257,8 +280,8 @@ def prove(ckpt, outputs: Iterable[tuple[dict[str, Stored], dict[str, Expected]]]
 
 def stored_weights(s: Stored, exp: Expected) -> np.ndarray:
     """A stored tensor decoded to float32 in the checkpoint's layout (the weights the file holds)."""
-    rows, _ = rows_cols(s.shape)
-    a = decode(read_rows(s, 0, rows), s.encoding).reshape(s.shape)
+    shape = (s.shape[0] - exp.zero_rows, *s.shape[1:])  # the padding left out
+    a = decode(read_rows(s, 0, rows_cols(shape)[0]), s.encoding).reshape(shape)
     return a.T if exp.transpose else a
 
 
