@@ -100,7 +100,7 @@ def kl_and_top1(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
 
 @pytest.mark.parametrize("dtype", STREAMED + MIXES)
 def test_every_quantized_block_is_ggml_s_own_quantization_of_the_checkpoint(ladder, dtype):
-    from gpt2hub.verification.consumers import ggml_quantize
+    from gpt2hub.converters.gguf import ggml_quantize
 
     release, path, _ = ladder[dtype]
     source = gguf_source(release)
@@ -114,6 +114,8 @@ def test_every_quantized_block_is_ggml_s_own_quantization_of_the_checkpoint(ladd
             continue
         kinds.add(kind.name)
         assert np.array_equal(np.asarray(t.data), ggml_quantize(a, kind)), f"{t.name} ({kind.name})"
+        if dtype in STREAMED:  # gguf-py's numpy quantizer, an implementation independent of the C one the writer uses
+            assert np.array_equal(np.asarray(t.data), gguf.quants.quantize(a, kind)), f"{t.name} ({kind.name})"
         deq = gguf.quants.dequantize(np.asarray(t.data), kind).reshape(a.shape)
         assert np.abs(deq - a).max() <= DEQUANT_BOUND[kind.name] * np.abs(a).max(), f"{t.name} ({kind.name})"
     if dtype in STREAMED:
@@ -233,3 +235,24 @@ def test_a_broken_or_crafted_header_is_a_one_line_error(tiny_release, tmp_path):
         with pytest.raises(ConversionError) as e:
             read_header(bad)
         assert one_line(e).startswith(f"{bad}: not a GGUF file"), what
+
+
+def test_without_llama_cpp_gguf_py_writes_the_same_bytes(ladder, tiny_release, tmp_path, monkeypatch):
+    """The writer quantizes with ggml's C code when llama-cpp-python is there, else with gguf-py: same file."""
+    from gpt2hub.converters import gguf as fmt
+
+    assert fmt._ggml_quantize_chunk() is not None
+    with_ggml = {"q8_0": convert(tiny_release, to="gguf", dtype="q8_0", out=tmp_path / "ggml-q8_0.gguf").path,
+                 "q4_1": ladder["q4_1"][1]}
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp now raises ImportError
+    fmt._ggml_quantize_chunk.cache_clear()
+    try:
+        assert fmt._ggml_quantize_chunk() is None
+        for dtype, expected in with_ggml.items():
+            out = convert(tiny_release, to="gguf", dtype=dtype, out=tmp_path / f"numpy-{dtype}.gguf").path
+            assert out.read_bytes() == expected.read_bytes(), dtype
+        with pytest.raises(ConversionError) as e:
+            fmt.ggml_quantize(np.zeros((1, 32), np.float32), gguf.GGMLQuantizationType.Q8_0)
+        assert "pip install 'gpt2hub[llama]'" in one_line(e)
+    finally:
+        fmt._ggml_quantize_chunk.cache_clear()

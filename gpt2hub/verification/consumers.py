@@ -100,29 +100,7 @@ def transformers_logits(folder: Path, tokens: Sequence[int], device: str) -> tup
     return _numpy(logits), dtype
 
 
-# --- ggml's quantizer and onnxruntime -----------------------------------------------------------
-
-def ggml_quantize(rows: np.ndarray, qtype: int) -> np.ndarray:
-    """ggml's own quantizer (`ggml_quantize_chunk` in llama-cpp-python's libggml-base, no imatrix): float32
-    rows (n, k) -> the type's block bytes (n, bytes per row), the reference a GGUF's blocks are checked against."""
-    import gguf
-
-    try:
-        import llama_cpp
-    except ImportError:
-        raise VerificationError("ggml's quantizer comes with llama-cpp-python: pip install 'gpt2hub[llama]'") from None
-    lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-base.so"))
-    quantize = lib.ggml_quantize_chunk
-    quantize.restype = ctypes.c_size_t
-    quantize.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                         ctypes.c_int64, ctypes.c_void_p]
-    src = np.ascontiguousarray(rows, dtype=np.float32).reshape(-1, rows.shape[-1])
-    out = np.empty(gguf.quants.quant_shape_to_byte_shape(src.shape, gguf.GGMLQuantizationType(qtype)), np.uint8)
-    n = quantize(int(qtype), src.ctypes.data, out.ctypes.data, 0, src.shape[0], src.shape[1], None)
-    if n != out.nbytes:
-        raise VerificationError(f"ggml_quantize_chunk wrote {n} bytes for {out.nbytes} expected")
-    return out
-
+# --- onnxruntime -----------------------------------------------------------
 
 def onnxruntime_logits(folder: Path | str, tokens: Sequence[int]) -> np.ndarray:
     """onnxruntime's logits (len(tokens), n_vocab) for a folder's model.onnx, fed as optimum feeds a first step."""
