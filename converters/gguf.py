@@ -6,9 +6,9 @@ row-chunk at a time, instead of a whole array: GGUFWriter keeps every added arra
 written. Norms, biases and position_embd stay F32 whatever the dtype, as llama.cpp's converter and
 llama-quantize keep them.
 
-Two kinds of quantized dtypes: the block types gguf-py quantizes in numpy (q8_0, q4_0, q4_1, q5_0,
-q5_1; bit-identical to ggml's reference quantizer) are streamed like the float types, every 2-D
-weight in the one type. llama.cpp's K-quant mixes (q4_k_m, ...) are made by llama.cpp itself
+Two kinds of quantized dtypes: the block types (q8_0, q4_0, q4_1, q5_0, q5_1) are streamed like the
+float types, every 2-D weight in the one type, quantized by ggml's own C code where llama-cpp-python is
+installed and else by gguf-py's numpy quantizer (bit-identical to it). llama.cpp's K-quant mixes (q4_k_m, ...) are made by llama.cpp itself
 (`llama_model_quantize`, as llama-quantize) from an F32 GGUF written beside the output and deleted
 after, so the per-tensor policy is exactly llama.cpp's; which tensor got which type is reported.
 """
