@@ -218,7 +218,7 @@ def sabotage(work: Path, original: Path) -> None:
         finally:
             undo()
         report = json.loads(out) if out.strip().startswith("{") else {}
-        failed = [f"{c['what']}: {c['detail'][:90]}" for c in report.get("files", []) if c["status"] != "PASS"] + \
+        failed = [f"{c['what']}: {c['detail']}" for c in report.get("files", []) if c["status"] != "PASS"] + \
                  [f"{r['consumer']} {r['dtype']} max abs Δ {r['max_abs']:.3g} > {r['bound']:.3g}" if r["max_abs"] is not None
                   else f"{r['consumer']} {r['dtype']}: {(r['note'] or '')[:60]}" for r in report.get("rows", []) if r["status"] != "PASS"] + \
                  [f"tokenizer {t['tokenizer']}" for t in report.get("tokenization", []) if t["status"] != "PASS"]
