@@ -97,6 +97,9 @@ class Format:
     hub_prefix: str = ""  # folder in a Hub repo
     hub_default: bool = False  # mirrored to hf:// when --formats is not given
     tags: tuple[str, ...] = ()  # model-card tags
+    # Files beside the weights that are a function of the release alone: (source, folder, dtype) writes them
+    side_files: Callable[[Source, Path, str], None] | None = None
+    proof_reads: tuple[str, ...] = ()  # other files of an output that the exact weight proof parses and checks
 
     @property
     def writes_folder(self) -> bool:

@@ -108,12 +108,19 @@ def _ggml_quantize_chunk():
         import llama_cpp
     except ImportError:
         return None
-    lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-base.so"))
-    quantize = lib.ggml_quantize_chunk
+    try:  # a build or platform whose library is elsewhere, or will not load: gguf-py's quantizer instead
+        quantize = ctypes.CDLL(_ggml_base_library(llama_cpp)).ggml_quantize_chunk
+    except (OSError, AttributeError):
+        return None
     quantize.restype = ctypes.c_size_t
     quantize.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                          ctypes.c_int64, ctypes.c_void_p]
     return quantize
+
+
+def _ggml_base_library(llama_cpp) -> str:
+    """Where llama-cpp-python's wheel puts ggml's base library."""
+    return os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-base.so")
 
 
 def ggml_quantize(rows, qtype) -> "np.ndarray":
@@ -278,6 +285,12 @@ class Header:
 
 
 MAX_ARRAY = 1 << 22  # entries of one metadata array (GPT-2's vocabulary: 50,257): more is not a GPT-2 file
+MAX_NESTING = 3  # arrays within arrays: GPT-2 GGUFs nest one deep (lists of strings); a little room for others'
+MAX_ALIGNMENT = 1 << 16  # general.alignment: a power of two, a multiple of 8 (GGUF's rule), at most a large page
+MAX_DIMS = 4  # ggml tensors have at most four dimensions
+# The fewest bytes a key-value (key length, type, a 1-byte value) and a tensor info (name length, n_dims, type,
+# offset) can take: their counts are checked against the bytes left before any is read.
+MIN_KV_BYTES, MIN_TENSOR_INFO_BYTES = 8 + 4 + 1, 8 + 4 + 4 + 8
 
 
 def read_header(path: Path) -> Header:
@@ -318,22 +331,27 @@ def read_header(path: Path) -> Header:
                 pos += n
                 return m[pos - n:pos].decode("utf-8", errors="surrogateescape")
 
-            def value(t: int):
+            def value(t: int, depth: int = 0):
                 if t == vt.STRING:
                     return string()
                 if t == vt.ARRAY:
+                    if depth >= MAX_NESTING:
+                        raise ValueError(f"metadata arrays nested more than {MAX_NESTING} deep")
                     et, n = vt(take("I")), take("Q")
                     if n > MAX_ARRAY:
                         raise ValueError(f"an array of {n:,} entries (at most {MAX_ARRAY:,})")
+                    least = struct.calcsize("<" + scalars[et]) if et in scalars else 8 if et == vt.STRING else 12
+                    if n * least > len(m) - pos:
+                        raise ValueError(f"an array of {n:,} entries runs past the end of the file")
                     if et in scalars:
                         return list(many(f"{n}{scalars[et]}"))
-                    return [value(et) for _ in range(n)]
+                    return [value(et, depth + 1) for _ in range(n)]
                 return take(scalars[vt(t)])
 
             magic, version, n_tensors, n_kv = many("IIQQ")
             if magic != gguf.GGUF_MAGIC or version not in gguf.READER_SUPPORTED_VERSIONS:
                 raise ValueError(f"magic {magic:#x}, version {version}")
-            if max(n_tensors, n_kv) > len(m):
+            if n_kv * MIN_KV_BYTES + n_tensors * MIN_TENSOR_INFO_BYTES > len(m) - pos:
                 raise ValueError(f"{n_tensors:,} tensors, {n_kv:,} keys in a {len(m):,}-byte file")
             fields = {}
             for _ in range(n_kv):
@@ -342,19 +360,28 @@ def read_header(path: Path) -> Header:
             raw = []
             for _ in range(n_tensors):
                 name = string()
-                dims = many(f"{take('I')}Q")
+                n_dims = take("I")
+                if n_dims > MAX_DIMS:
+                    raise ValueError(f"tensor {name} has {n_dims:,} dimensions (ggml has at most {MAX_DIMS})")
+                dims = many(f"{n_dims}Q")
                 raw.append((name, dims, gguf.GGMLQuantizationType(take("I")), take("Q")))
-            align = int(fields.get(gguf.Keys.General.ALIGNMENT, gguf.GGUF_DEFAULT_ALIGNMENT))
+            align = fields.get(gguf.Keys.General.ALIGNMENT, gguf.GGUF_DEFAULT_ALIGNMENT)
+            if (not isinstance(align, int) or isinstance(align, bool) or not 8 <= align <= MAX_ALIGNMENT
+                    or align & (align - 1)):
+                raise ValueError(f"{gguf.Keys.General.ALIGNMENT} is {align!r}, not a power of two from 8 to "
+                                 f"{MAX_ALIGNMENT:,}")
             start = -(-pos // align) * align
             tensors = []
             for name, dims, typ, offset in raw:
+                if typ not in gguf.GGML_QUANT_SIZES:
+                    raise ValueError(f"tensor {name} has type {typ.name}, whose size gguf does not know")
                 block, type_size = gguf.GGML_QUANT_SIZES[typ]
                 nbytes = math.prod(dims) // block * type_size
                 if start + offset + nbytes > len(m):
                     raise ValueError(f"tensor {name} runs past the end of the file")
                 tensors.append(TensorInfo(name, dims, typ, start + offset, nbytes))
             return Header(fields, tensors)
-    except (OSError, ValueError, struct.error) as e:
+    except (OSError, ValueError, KeyError, OverflowError, struct.error) as e:
         raise ConversionError(f"{path}: not a GGUF file ({e})") from None
 
 

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from gpt2hub.errors import ConversionError, load_json
+from gpt2hub.layout import HPARAM_KEYS, HParams
 from gpt2hub.tokenizer import ENDOFTEXT
 
 from . import Rule, Source, TokenizerReader, Weights, expand
@@ -139,9 +140,12 @@ def is_output(path: Path) -> bool:
 
 
 def read_config(folder: Path) -> dict:
-    """GPTConfig's fields from config.json; HF's own defaults where a key is absent."""
+    """GPTConfig's fields from config.json; HF's own defaults where a key is absent. The hyperparameters are
+    bounded as a manifest's are (HParams' caps), so no reader builds a model of a hostile size from them."""
     path = folder / "config.json"
     data = load_json(path, ConversionError)
+    if not isinstance(data, dict):
+        raise ConversionError(f"{path}: expected a JSON object")
     defaults = {"eps": 1e-5, "activation": "gelu_new"}
     values = {}
     for field, key in CONFIG_KEYS.items():
@@ -151,6 +155,12 @@ def read_config(folder: Path) -> dict:
             values[field] = defaults[field]
         else:
             raise ConversionError(f"{path}: missing {key}")
+    try:
+        HParams(**{k: values[k] for k in HPARAM_KEYS})
+    except ConversionError as e:  # named by config.json's key: "n_positions 2,000,000 is beyond ..."
+        why = str(e).removeprefix("hparams: ")
+        field = why.split()[0]
+        raise ConversionError(f"{path}: {CONFIG_KEYS.get(field, field)}{why[len(field):]}") from None
     return values
 
 

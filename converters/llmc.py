@@ -19,7 +19,7 @@ from pathlib import Path
 
 from gpt2hub import lazy
 from gpt2hub.errors import ConversionError
-from gpt2hub.layout import BLOCK_TENSORS
+from gpt2hub.layout import BLOCK_TENSORS, HPARAM_MAX, HParams
 from gpt2hub.tokenizer import byte_decoder
 
 from . import CASTS, Format, Planned, Progress, Rule, Source, Vocab, Weights, expand, pipelined, plan, row_chunks
@@ -156,6 +156,7 @@ def _checked_model(folder: Path) -> tuple[Path, tuple[int, ...], str, dict[str, 
         raise ConversionError(f"{folder}: no single gpt2_<release>.bin llm.c checkpoint")
     header = read_header(model)
     _, version, n_ctx, n_vocab, n_layer, n_head, n_embd, vp = header[:8]
+    header_hparams(model, header)
     dtype = {v: k for k, v in VERSIONS.items()}[version]
     shapes = {"wte": (vp, n_embd), "wpe": (n_ctx, n_embd), "lnfw": (n_embd,), "lnfb": (n_embd,)}
     for key, rule in BLOCK_RULES.items():  # every layer's slice of a kind has the same shape
@@ -167,6 +168,20 @@ def _checked_model(folder: Path) -> tuple[Path, tuple[int, ...], str, dict[str, 
     if model.stat().st_size != at:
         raise ConversionError(f"{model}: {model.stat().st_size:,} bytes, the header implies {at:,}")
     return model, header, dtype, kinds
+
+
+def header_hparams(path: Path, header: tuple[int, ...]) -> HParams:
+    """The header's hyperparameters, bounded as a manifest's are (HParams' caps) before any shape is computed
+    from them; the padded vocabulary between the vocabulary and the same cap."""
+    _, _, n_ctx, n_vocab, n_layer, n_head, n_embd, vp = header[:8]
+    try:
+        hp = HParams(n_vocab=n_vocab, n_ctx=n_ctx, n_embd=n_embd, n_head=n_head, n_layer=n_layer)
+    except ConversionError as e:
+        raise ConversionError(f"{path}: header {str(e).removeprefix('hparams: ')}") from None
+    if not n_vocab <= vp <= HPARAM_MAX["n_vocab"]:
+        raise ConversionError(f"{path}: header padded_vocab_size {vp:,} is not between vocab_size {n_vocab:,} "
+                              f"and gpt2hub's limit of {HPARAM_MAX['n_vocab']:,}")
+    return hp
 
 
 def _tensor_of(rule: Rule, kinds: dict[str, tuple[int, tuple[int, ...]]], item: int) -> tuple[int, tuple[int, ...]]:
@@ -257,5 +272,5 @@ def _layer_shape(key: str, c: int) -> tuple[int, ...]:
 
 FORMAT = Format(name="llmc", rank=40, dtypes=tuple(VERSIONS), default_dtype="f32", write=write, consumer="gpt2hub",
                 is_output=is_output, read_weights=read_weights, read_dtype=read_dtype, read_stored=read_stored,
-                looks_like="an llm.c folder",
+                looks_like="an llm.c folder", proof_reads=("gpt2_tokenizer.bin",),
                 demo_dtypes=("f32",), hub_prefix="llmc/", tags=("llm.c",))

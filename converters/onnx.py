@@ -257,5 +257,5 @@ def read_stored(folder: Path, hparams, original: Path):
 
 FORMAT = Format(name="onnx", rank=50, dtypes=tuple(DTYPES), default_dtype="f32", write=write,
                 **{**hf.FOLDER_FIELDS, "consumer": "onnxruntime", "read_stored": read_stored, "is_output": is_output, "read_weights": read_weights,
-                   "looks_like": "an ONNX model folder"},
+                   "looks_like": "an ONNX model folder", "side_files": hf.write_side_files, "proof_reads": ("model.onnx",)},
                 requires="onnx", extra="onnx", demo_dtypes=("f32",), hub_prefix="onnx/", tags=("onnx",))

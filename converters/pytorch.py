@@ -300,4 +300,5 @@ def stored_tensors(path: Path) -> list:
 
 
 FORMAT = Format(name="pytorch", rank=20, dtypes=tuple(STORAGE_TYPES), default_dtype="f32", write=write, **hf.FOLDER_FIELDS,
+                side_files=hf.write_side_files, proof_reads=("pytorch_model.bin.index.json",),
                 demo_dtypes=("f32",), tags=("pytorch",))

@@ -125,4 +125,5 @@ def stored_tensors(path: Path) -> list:
 
 
 FORMAT = Format(name="safetensors", rank=10, dtypes=tuple(ST_DTYPES), default_dtype="f32", write=write, **hf.FOLDER_FIELDS,
+                side_files=hf.write_side_files, proof_reads=("model.safetensors.index.json",),
                 demo_dtypes=("f32",), hub_default=True, tags=("safetensors",))

@@ -211,14 +211,16 @@ def pull(name: str, sources: tuple[str, ...], connections: int, verify: bool, fo
                        "would need the network", err=True)
         return
     weak = [f for f in r.files if not f.verified]
-    state = "verified" if not weak else f"pulled ({len(r.files) - len(weak)} of {len(r.files)} files verified)"
+    own = [f for f in r.files if f.check.users_own]  # the user's own sha256: said as such, not "verified"
+    state = ("checked against your own sha256" if own else "verified") if not weak \
+        else f"pulled ({len(r.files) - len(weak)} of {len(r.files)} files verified)"
     if r.already:
         click.echo(f"{r.name}: already {state} at {r.path}")
     else:
         rate = r.fetched / r.seconds / 1e6 if r.seconds else 0
         click.echo(f"{r.name}: {len(r.files)} files {state} at {r.path} "
                    f"({_size(r.fetched)} in {r.seconds:.1f} s, {rate:.0f} MB/s, from {', '.join(r.sources) or 'disk'})")
-    if weak:
+    if weak or own:
         click.echo(_checks_table({f.name: f for f in r.files}))
 
 
@@ -299,7 +301,7 @@ def rm(name: str, formats: str | None, dtype: str | None, everything: bool, dry_
         return
     verb = "would remove" if dry_run else "removed"
     for e in r.removed:
-        click.echo(f"{verb} {_in_home(e.path)} ({_size(e.bytes)})")
+        click.echo(f"{verb} {_in_home(e.path)} ({_size(e.bytes)}{', ' + e.note if e.note else ''})")
     for p in r.kept:
         click.echo(f"kept {_in_home(p)} (not gpt2hub's)", err=True)
     click.echo(f"{r.name}: {'would free' if dry_run else 'freed'} {_size(r.freed)}"

@@ -7,6 +7,7 @@ next to the output and rename it into place only when it is complete.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -14,10 +15,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import converters, store
+from . import converters, hashes, store
+from .settings import CONVERT_LOCK
 from .version import __version__
 from .progress import ProgressEvent, Reporter, bytes_counter, emit
-from .release import locate
+from .release import Release, locate
 from .errors import ConversionError
 from .layout import HParams, check_shapes, infer_hparams, is_model_tensor
 from .tfcheckpoint import DTYPES, Checkpoint
@@ -64,6 +66,14 @@ def convert(name_or_dir: str | Path | None = None, to: str | None = None, dtype:
         raise ConversionError(f"--untie applies to {untied} only ({to} ties the head to wte)")
 
     found = locate(name_or_dir, manifest, error=ConversionError)
+    with _holding_lock(found, progress):
+        return _convert(found, converter, dtype, out, force, untie, hparams, progress, max_shard_bytes, started)
+
+
+def _convert(found: Release, converter: converters.Format, dtype: str, out: Path | str | None, force: bool, untie: bool,
+             hparams: Path | str | None, progress: Reporter | None, max_shard_bytes: int | None,
+             started: float) -> ConversionReport:
+    to = converter.name
     folder, release, m = found.original, found.name, found.manifest
     ckpt = Checkpoint(folder)
     model = {n: e.shape for n, e in ckpt.entries.items() if is_model_tensor(n)}
@@ -76,7 +86,7 @@ def convert(name_or_dir: str | Path | None = None, to: str | None = None, dtype:
             raise ConversionError(f"{ckpt.index_path}: {name} is {'sliced' if e.sliced else e.dtype_name}; "
                                   "only whole float32 tensors can be converted")
     source = converters.Source(ckpt=ckpt, hparams=h, vocab=converters.Vocab.from_folder(folder), release=release,
-                               version=__version__, data_sha256=_known_sha256(ckpt, release, m, folder),
+                               version=__version__, data_sha256=_known_sha256(ckpt),
                                untie=untie, max_shard_bytes=max_shard_bytes)
 
     final = _output_path(out, converter, dtype, release, folder)
@@ -120,20 +130,32 @@ def _hparams(folder: Path, given: Path | str | None, m, shapes: dict) -> tuple[H
     return infer_hparams(shapes), "inferred from shapes (n_head = n_embd / 64)"
 
 
-def _known_sha256(ckpt: Checkpoint, release: str, m, folder: Path) -> list[str] | None:
-    """Data-file sha256s vouched for by pull's record or the manifest; None means hash while converting."""
-    record = store.read_verified(release) if m is not None and folder == store.release_dir(release).resolve() else None
-    out = []
-    for path in ckpt.data_paths:
-        info = record.files.get(path.name) if record is not None else None
-        sha = info.sha256 if info is not None and info.size == path.stat().st_size else None
-        if sha is None and m is not None:
-            f = next((f for f in m.files if f.name == path.name), None)
-            sha = f.sha256 if f is not None and f.status != "expected" and f.size == path.stat().st_size else None
-        if sha is None:
-            return None
-        out.append(sha)
-    return out
+def _known_sha256(ckpt: Checkpoint) -> list[str] | None:
+    """Data-file sha256s hashed before (by pull or mirror) with the file's size, mtime and ctime unchanged
+    since; None means hash while converting. A manifest's or record's hash vouches for no bytes on disk now."""
+    known = [hashes.known(path) for path in ckpt.data_paths]
+    return None if None in known else known  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _holding_lock(found: Release, progress: Reporter | None):
+    """Hold the release's convert lock (a release in the store) while converting it: `rm` refuses meanwhile."""
+    if not found.in_store:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(store.release_dir(found.name).parent / CONVERT_LOCK))
+    try:
+        lock.acquire(timeout=0.2)
+    except Timeout:
+        emit(progress, ProgressEvent.message(f"gpt2hub: another convert or rm of {found.name} is running; "
+                                             "waiting for it"))
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _output_path(out: Path | str | None, fmt: converters.Format, dtype: str, release: str, folder: Path) -> Path:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import converters, offline
+from . import converters, offline, settings
 from .errors import Gpt2hubError
 from .progress import ProgressEvent, Reporter, emit
 from .testing.trained import build_demo_release
@@ -50,8 +50,8 @@ def run_demo(workdir: Path | str | None = None, *, device: str = "cpu", progress
     keep = workdir is not None
     work = Path(workdir) if keep else Path(tempfile.mkdtemp(prefix="gpt2hub-demo-"))
     work.mkdir(parents=True, exist_ok=True)
-    saved_home = os.environ.get("GPT2HUB_HOME")
-    os.environ["GPT2HUB_HOME"] = str(work / "home")
+    saved_home = os.environ.get(settings.HOME)
+    os.environ[settings.HOME] = str(work / "home")
 
     def step(name: str, action: Callable[[], str], needs: str | None = None) -> bool:
         if needs and importlib.util.find_spec(needs) is None:
@@ -126,8 +126,8 @@ def run_demo(workdir: Path | str | None = None, *, device: str = "cpu", progress
         return report
     finally:
         if saved_home is None:
-            os.environ.pop("GPT2HUB_HOME", None)
+            os.environ.pop(settings.HOME, None)
         else:
-            os.environ["GPT2HUB_HOME"] = saved_home
+            os.environ[settings.HOME] = saved_home
         if not keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from . import settings
 from .errors import DownloadError
 from .integrity import atomic_write_json
 from .sources import (CHUNK, MAX_RETRY_AFTER, SPEED_LIMIT, SPEED_LIMIT_ENV, SPEED_TIME, SPEED_TIME_ENV, RangeIgnored,
@@ -41,16 +42,6 @@ STEAL_MIN = 1 << 20  # an idle connection takes half of a running range that has
 STEAL_AFTER = 0.5  # ...and this many seconds to go at its pace (a new request costs a round trip or two)
 
 
-def _env_number(name: str, default: float) -> float:
-    try:
-        value = float(os.environ.get(name) or default)
-    except ValueError:
-        raise DownloadError(f"${name}: not a number ({os.environ.get(name)!r})") from None
-    if not value > 0:
-        raise DownloadError(f"${name}: must be positive, not {value}")
-    return value
-
-
 @dataclass(frozen=True)
 class RetryPolicy:
     """Tries per range without progress, the exponential backoff (with jitter) between them, and the slowest
@@ -64,8 +55,8 @@ class RetryPolicy:
 
     def min_speed(self) -> tuple[float, float]:
         """(bytes per second, seconds): read when a transfer starts, so the environment of that moment counts."""
-        return (self.speed_limit or _env_number(SPEED_LIMIT_ENV, SPEED_LIMIT),
-                self.speed_time or _env_number(SPEED_TIME_ENV, SPEED_TIME))
+        return (self.speed_limit or settings.number(SPEED_LIMIT_ENV, SPEED_LIMIT),
+                self.speed_time or settings.number(SPEED_TIME_ENV, SPEED_TIME))
 
     def delay(self, failures: int, retry_after: float | None = None) -> float:
         if retry_after is not None:

@@ -41,6 +41,10 @@ class MirrorError(Gpt2hubError):
     """An upload that failed or a destination that cannot be used."""
 
 
+class S3AddressError(Gpt2hubError, ValueError):
+    """An s3:// URL that is not `s3://bucket/prefix` with a bucket name S3 allows."""
+
+
 class ConsumerCrashed(Gpt2hubError):
     """A consumer run in a child process that died (a signal, a non-zero exit) instead of answering."""
 

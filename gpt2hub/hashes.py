@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from . import store
+from . import atomic, store
 
 MEMO = Path(".cache") / "sha256.json"  # under the home: {absolute path: [size, mtime_ns, ctime_ns, sha256]}
 CHUNK = 16 << 20
@@ -51,10 +51,8 @@ def remember(path: Path, sha256: str, before: os.stat_result | None = None) -> N
         memo = {p: e for p, e in memo.items() if os.path.exists(p)}  # forget files that are gone
         memo[str(path.absolute())] = [*_stamp(st), sha256]
         where.parent.mkdir(parents=True, exist_ok=True)
-        tmp = where.with_name(f".{where.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(memo, sort_keys=True))
-        os.replace(tmp, where)
-    except OSError:
+        atomic.write_json(where, memo, indent=None, sort_keys=True, durable=False)
+    except (OSError, atomic.UnsafeDestination):
         pass  # a memo that cannot be written costs a hash next time, nothing else
 
 

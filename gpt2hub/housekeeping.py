@@ -1,7 +1,9 @@
 """The store's disk use, and removing conversions or whole releases from it (`gpt2hub du`, `gpt2hub rm`).
 
-Only what gpt2hub wrote is ever removed: a release's format outputs, the original's files named by its
-manifest with their pull leftovers (`.part`, range records, the verified record), and the pull lock.
+Only what gpt2hub wrote is ever removed: a release's format outputs (found by name and place; a header is read
+only to pick a --dtype, and one that cannot be read is removed as damaged), the original's files named by its
+manifest with their pull leftovers (`.part`, range records, the verified record), the temp files of writes whose
+process is gone, and the locks.
 Nothing is followed through a symbolic link (gpt2hub makes none in the store): a link where a removal
 would go refuses the whole removal, and anything else found in a release folder is kept and reported.
 """
@@ -9,6 +11,7 @@ would go refuses the whole removal, and anything else found in a release folder 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 from dataclasses import dataclass, field
@@ -16,8 +19,15 @@ from pathlib import Path
 
 from . import registry, store
 from .errors import Gpt2hubError, UnknownRelease
+from .settings import CONVERT_LOCK
 
 LOCK_NAME = ".pull.lock"  # pulling.LOCK_NAME, without importing pulling (and requests) to read it
+LOCKS = (LOCK_NAME, CONVERT_LOCK)
+# A temp file of one of gpt2hub's writes, named for the file it becomes and the writer's pid: convert's
+# `.NAME.tmp-PID` (and its `.f32` side file, its `.NAME.old-PID` swap), atomic.py's `.NAME.tmp-PID-RANDOM`,
+# and the `.NAME.PID.tmp` of older JSON writes.
+TEMP = re.compile(r"\.(?P<name>.+?)\.(?:(?:tmp|old)-(?P<pid>\d+)(?:-[^/]+|\.f32)?|(?P<old_pid>\d+)\.tmp)")
+DAMAGED, LEFTOVER = "damaged", "leftover"  # Entry.note: why a file that is not a readable output is removed
 
 
 class StoreError(Gpt2hubError):
@@ -31,10 +41,12 @@ class Entry:
     path: Path
     bytes: int
     format: str  # one of store.FORMATS, or "" for the release's own files (the pull lock)
-    dtype: str | None = None
+    dtype: str | None = None  # read only to pick a --dtype
+    note: str = ""  # DAMAGED (its dtype could not be read) or LEFTOVER (a temp file of a write that was stopped)
 
     def to_dict(self) -> dict:
-        return {"path": str(self.path), "bytes": self.bytes, "format": self.format, "dtype": self.dtype}
+        return {"path": str(self.path), "bytes": self.bytes, "format": self.format, "dtype": self.dtype,
+                "note": self.note}
 
 
 @dataclass
@@ -105,7 +117,7 @@ def usage(name: str) -> Usage:
         formats[fmt] = sum(e.bytes for e in files if e.format == fmt)
     if folder.is_dir():
         for p in sorted(folder.iterdir()):
-            if p.name not in store.FORMATS and p.name != LOCK_NAME:
+            if p.name not in store.FORMATS and p.name not in LOCKS:
                 other.append(Entry(p, on_disk(p), ""))
     return Usage(folder.name, folder, formats, files, other)
 
@@ -170,13 +182,14 @@ def remove(name: str, formats: list[str] | tuple[str, ...] | None = None, dtype:
 
     from filelock import FileLock, Timeout
 
-    lock = FileLock(str(folder / LOCK_NAME))
-    if not dry_run:
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            raise StoreError(f"{release}: a pull of it is running; try again when it is done") from None
+    locks = [FileLock(str(folder / name)) for name in LOCKS]
     try:
+        if not dry_run:
+            for lock, what in zip(locks, ("pull", "convert")):
+                try:
+                    lock.acquire(timeout=0)
+                except Timeout:
+                    raise StoreError(f"{release}: a {what} of it is running; try again when it is done") from None
         plan, kept = _plan(release, folder, chosen, dtype)
         if not dry_run:
             for e in plan:
@@ -184,17 +197,26 @@ def remove(name: str, formats: list[str] | tuple[str, ...] | None = None, dtype:
             for fmt in chosen:
                 _rmdir_if_empty(folder / fmt)
             if everything:
-                (folder / LOCK_NAME).unlink(missing_ok=True)  # held by us: nobody waits on a release being removed
+                for name in LOCKS:  # held by us: nobody waits on a release being removed
+                    (folder / name).unlink(missing_ok=True)
                 _rmdir_if_empty(folder)
         return Removal(release, plan, kept, dry_run)
     finally:
-        if lock.is_locked:
-            lock.release()
+        for lock in reversed(locks):
+            if lock.is_locked:
+                lock.release()
 
 
 def _plan(release: str, folder: Path, formats: list[str], dtype: str | None) -> tuple[list[Entry], list[Path]]:
+    from . import converters
+
     plan: list[Entry] = []
     kept: list[Path] = []
+    ours: set[Path] = set()  # temp files of gpt2hub's writes: removed when their writer is gone, else left alone
+    top = sorted(folder.iterdir())
+    for fmt in formats:  # a folder format's temp output is a sibling of its folder: `.safetensors.tmp-PID`
+        if fmt != "original" and converters.get(fmt).writes_folder:
+            plan += _leftovers(top, fmt, ours, {fmt})
     for fmt in formats:
         d = folder / fmt
         if not d.exists() and not d.is_symlink():
@@ -202,24 +224,62 @@ def _plan(release: str, folder: Path, formats: list[str], dtype: str | None) -> 
         _refuse_link(d, f"the {fmt} folder")
         if fmt == "original":
             owned = _original_files(release)
-            for p in sorted(d.iterdir()):
+            inside = sorted(d.iterdir())
+            plan += _leftovers(inside, fmt, ours, owned | {store.VERIFIED_RECORD})
+            for p in inside:
                 if _ours_in_original(p.name, owned):
                     _refuse_links_below(p)
                     plan.append(Entry(p, on_disk(p), fmt))
-                else:
+                elif p not in ours:
                     kept.append(p)
             continue
         outputs = _outputs(release, fmt)
         for out in outputs:
             _refuse_links_below(out)
+            if dtype is None:
+                plan.append(Entry(out, on_disk(out), fmt))
+                continue
             out_dtype = _dtype(fmt, out)
-            if dtype is None or out_dtype == dtype:
-                plan.append(Entry(out, on_disk(out), fmt, out_dtype))
+            if out_dtype is None or out_dtype == dtype:
+                plan.append(Entry(out, on_disk(out), fmt, out_dtype, "" if out_dtype else DAMAGED))
         if d.is_dir() and d not in outputs:
-            kept += [p for p in sorted(d.iterdir()) if p not in outputs]
+            inside = sorted(d.iterdir())
+            plan += _leftovers(inside, fmt, ours, suffix=converters.get(fmt).file_suffix)
+            kept += [p for p in inside if p not in outputs and p not in ours]
     if set(formats) == set(store.FORMATS):
-        kept += [p for p in sorted(folder.iterdir()) if p.name not in store.FORMATS and p.name != LOCK_NAME]
+        kept += [p for p in top if p.name not in store.FORMATS and p.name not in LOCKS and p not in ours]
     return plan, kept
+
+
+def _leftovers(paths: list[Path], fmt: str, ours: set[Path], names: set[str] | frozenset[str] = frozenset(),
+               suffix: str | None = None) -> list[Entry]:
+    """The temp files among `paths` of gpt2hub's writes of `names` (or, in a file format's folder, of any file
+    with its `suffix`), added to `ours`; those whose writer is gone are returned, to remove."""
+    found = []
+    for p in paths:
+        m = TEMP.fullmatch(p.name)
+        if m is None or not (m["name"] in names or suffix is not None and m["name"].endswith(suffix)):
+            continue
+        ours.add(p)
+        if not _running(int(m["pid"] or m["old_pid"])):
+            _refuse_links_below(p)
+            found.append(Entry(p, on_disk(p), fmt, note=LEFTOVER))
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Whether a process with this id exists (another user's counts: it cannot be signalled, but it is there)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OverflowError, OSError):
+        return False
+    return True
 
 
 def _outputs(release: str, fmt: str) -> list[Path]:
@@ -231,10 +291,14 @@ def _outputs(release: str, fmt: str) -> list[Path]:
 
 
 def _dtype(fmt: str, out: Path) -> str | None:
-    """The weight type a conversion on disk stores, as its format reads it."""
+    """The weight type a conversion on disk stores, as its format reads it; None where it cannot be read (damaged).
+    A missing package (ImportError) is not damage, and is raised."""
     from . import converters
 
-    return converters.get(fmt).read_dtype(out)
+    try:
+        return converters.get(fmt).read_dtype(out)
+    except (Gpt2hubError, OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        return None
 
 
 def _original_files(release: str) -> set[str]:

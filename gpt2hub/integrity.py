@@ -1,44 +1,32 @@
 """What pull verified, per file and against what: the typed record `<release>/original/.gpt2hub-verified.json`.
 
 Every reader and writer of that record goes through here, and every JSON file gpt2hub writes goes
-through `atomic_write_json`, so no reader ever sees half a file.
+through `gpt2hub.atomic` (here `atomic_write_json`), so no reader ever sees half a file.
 """
 
 from __future__ import annotations
 
 import enum
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .atomic import write_json
+
 RECORD_NAME = ".gpt2hub-verified.json"  # in <home>/<name>/original/, written once every file checked out
 MAX_RECORD_BYTES = 4 << 20
+MEASURED_LABEL = "checked: the sha256 you measured yourself (manifest create)"  # never "published": not OpenAI's
 
 
-def atomic_write_json(path: Path | str, obj: object, *, indent: int | None = 1, sort_keys: bool = False,
-                      durable: bool = True) -> Path:
-    """Write `obj` as JSON to `path` so that a reader sees the old file or the new one, never a torn one.
-    `durable=False` skips the fsync: after a power cut the file may be the old one, or empty."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n")
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+atomic_write_json = write_json  # the name download and mirroring import
 
 
 class Check(str, enum.Enum):
-    """What a file's bytes were checked against, strongest first; the first three count as verified."""
+    """What a file's bytes were checked against, strongest first; the first four count as verified."""
 
-    PUBLISHED_SHA256 = "published-sha256"  # the manifest's published (or the user's own measured) sha256
+    PUBLISHED_SHA256 = "published-sha256"  # the sha256 OpenAI published, from a shipped manifest
+    MEASURED_SHA256 = "measured-sha256"  # the sha256 the user measured from their own files (`manifest create`)
     SHARED_SHA256 = "shared-sha256"  # the sha256 of the identical file OpenAI published for 124M
     ORIGIN_CRC32C = "origin-crc32c"  # every tensor's CRC32C, from an index fetched from OpenAI's origin (or one
     # whose own sha256 was verified); for the index itself: fetched from the origin
@@ -48,17 +36,24 @@ class Check(str, enum.Enum):
 
     @property
     def verified(self) -> bool:
-        return self in (Check.PUBLISHED_SHA256, Check.SHARED_SHA256, Check.ORIGIN_CRC32C)
+        return self in (Check.PUBLISHED_SHA256, Check.MEASURED_SHA256, Check.SHARED_SHA256, Check.ORIGIN_CRC32C)
 
     @property
     def label(self) -> str:
         return _LABELS[self]
 
+    @property
+    def users_own(self) -> bool:
+        """True for the sha256 the user measured from their own files: never to be called published."""
+        return self is Check.MEASURED_SHA256
+
 
 _LABELS = {
     Check.PUBLISHED_SHA256: "verified: published sha256",
+    Check.MEASURED_SHA256: MEASURED_LABEL,
     Check.SHARED_SHA256: "verified: sha256 of 124M's identical published file",
-    Check.ORIGIN_CRC32C: "verified: CRC32C from an index fetched from OpenAI (or matching a published sha256)",
+    Check.ORIGIN_CRC32C: ("verified: CRC32C from an index fetched from OpenAI (or matching a published sha256, "
+                          "or the one you measured yourself)"),
     Check.MIRROR_CRC32C: "not verified: CRC32C from a mirror's index only",
     Check.MIRROR_SHA256: "not verified: the mirror's own sha256 only",
     Check.SIZE: "not verified: size only",
@@ -96,7 +91,7 @@ class Record:
 
     @property
     def verified(self) -> bool:
-        """True when every file was checked against something OpenAI published."""
+        """True when every file was checked against something OpenAI published (or the user's own measured sha256)."""
         return bool(self.files) and all(f.verified for f in self.files.values())
 
     def to_dict(self) -> dict:
@@ -128,7 +123,7 @@ def read_record(folder: Path | str) -> Record | None:
 def _legacy(info: dict) -> str:
     """The check kind of a record written before kinds existed (sha256_status / verified_by)."""
     if info.get("verified_by") == "sha256" and info.get("sha256_status") in ("published", "measured"):
-        return Check.PUBLISHED_SHA256.value
+        return (Check.PUBLISHED_SHA256 if info["sha256_status"] == "published" else Check.MEASURED_SHA256).value
     return Check.MIRROR_CRC32C.value if info.get("verified_by") == "crc32c" else Check.SIZE.value
 
 

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from . import converters, hashes, offline, registry, store
-from .errors import MirrorError
+from . import atomic, converters, hashes, offline, registry, store
+from .errors import Gpt2hubError, MirrorError
 from .integrity import atomic_write_json
 from .progress import ProgressEvent, Reporter, TerminalProgress, bytes_counter, emit
 from .registry import MIRROR_MANIFEST, ReleaseManifest
@@ -51,6 +52,10 @@ DEFAULT_FORMATS = {"s3": None, "hf": tuple(f.name for f in converters.formats() 
 HUB_PREFIX = {**{f.name: f.hub_prefix for f in converters.formats()}, "original": "original/"}
 HUB_CARD = "README.md"
 HASH_TASK = "sha256"
+# Under the home: {absolute path: [size, mtime_ns, ctime_ns, source, sha256, how, when]} of converted files that passed
+# the exact weight proof against the original `source` (its files' sha256 as pull recorded them); trusted while
+# size, mtime and ctime are unchanged (as gpt2hub.hashes trusts its memo) and the original is the same.
+PROOFS = Path(".cache") / "proven.json"
 
 
 @dataclass
@@ -66,11 +71,13 @@ class MirrorFile:
     data: bytes | None = field(default=None, repr=False)
     action: str = "send"  # plan: send | skip; after the run: sent | skipped (S3) or committed (Hub)
     resumed_bytes: int = 0  # S3: bytes an interrupted earlier run had already sent
+    check: str = ""  # how the local file was checked before upload, in words
+    checked_at: str = ""  # when (UTC)
 
     def to_dict(self) -> dict:
         return {"dest": self.dest, "size": self.size, "sha256": self.sha256, "format": self.format,
                 "source": str(self.source) if self.source else None, "action": self.action,
-                "resumed_bytes": self.resumed_bytes}
+                "resumed_bytes": self.resumed_bytes, "check": self.check, "checked_at": self.checked_at}
 
 
 @dataclass
@@ -86,6 +93,7 @@ class MirrorReport:
     seconds: float = 0.0
     aborted_uploads: list[str] = field(default_factory=list)
     commit: str | None = None
+    manifest: ReleaseManifest | None = field(default=None, repr=False)
 
     @property
     def bytes_to_send(self) -> int:
@@ -113,8 +121,14 @@ def parse_destination(dest: str) -> Destination:
     scheme, sep, rest = dest.partition("://")
     rest = rest.strip("/")
     if sep and scheme == "s3" and rest:
-        bucket, _, prefix = rest.partition("/")
-        return Destination("s3", bucket, prefix.strip("/"))
+        from . import s3
+        from .errors import S3AddressError
+
+        try:
+            where = s3.parse(dest)
+        except S3AddressError as e:
+            raise MirrorError(str(e)) from None
+        return Destination("s3", where.bucket, where.prefix)
     if sep and scheme == "hf" and rest.count("/") == 1 and all(rest.split("/")):
         return Destination("hf", rest)
     raise MirrorError(f"{dest}: not a mirror destination; use s3://bucket/prefix or hf://org/repo")
@@ -142,7 +156,7 @@ def mirror(
         raise MirrorError(f"{where}: --private and --revision apply to hf:// destinations only")
     fmts = _formats(m, where, formats)
     files = _local_files(m, where, fmts)  # cheap checks first; hashing waits until the destination answered
-    report = MirrorReport(m.name, str(where), fmts, dry_run, files)
+    report = MirrorReport(m.name, str(where), fmts, dry_run, files, manifest=m)
     started = time.monotonic()
     if where.scheme == "s3":
         _mirror_s3(report, where, endpoint_url, dry_run, progress, part_size)
@@ -209,7 +223,10 @@ def _original_files(m: ReleaseManifest) -> list[MirrorFile]:
             raise MirrorError(f"{path}: {size:,} bytes, the manifest says {rec.size:,}; run `gpt2hub pull {m.name} --force`")
         # A published hash binds; otherwise the one pull saw (it may differ from an *expected* hash).
         want = rec.sha256 if rec.status == "published" else getattr(seen.get(rec.name), "sha256", None) or rec.sha256
-        out.append(MirrorFile(rec.name, size, "", "original", source=path, expected=want))
+        info = seen.get(rec.name)
+        out.append(MirrorFile(rec.name, size, "", "original", source=path, expected=want,
+                              check=info.check.label if info is not None else "not in pull's record: not verified",
+                              checked_at=record.verified_at if info is not None else ""))
     return out
 
 
@@ -224,9 +241,23 @@ def _converted_files(m: ReleaseManifest, fmt: str) -> list[MirrorFile]:
     return [MirrorFile(p.relative_to(root).as_posix(), p.stat().st_size, "", fmt, source=p) for p in paths]
 
 
-def _hash_files(release: str, files: list[MirrorFile], progress: Reporter | None) -> None:
-    """sha256 of every local file (its metadata and skip key); an original must still match what pull verified."""
-    local = [f for f in files if f.source is not None and not f.sha256]
+def _hash_files(report: MirrorReport, progress: Reporter | None) -> None:
+    """sha256 of every local file (its metadata and skip key); an original must still match what pull verified,
+    and every converted file must pass the exact weight proof (or have passed it, unchanged since)."""
+    files, release = report.files, report.release
+    converted = [f for f in files if f.source is not None and f.format in converters.names()]
+    # The proof reads the original checkpoint: it must still be what pull verified, mirrored or not.
+    sources = _original_files(report.manifest) if converted and not any(f.format == "original" for f in files) else []
+    record = store.read_verified(release)
+    source = json.dumps({n: i.sha256 for n, i in sorted(record.files.items())} if record is not None else None)
+    proofs = _Proofs(store.home() / PROOFS, source)
+    stamps = {}
+    for f in converted:
+        stamps[f.source] = _stamp(f.source)
+        entry = proofs.get(f.source, stamps[f.source])
+        if entry is not None:  # proven before and unchanged since: neither proven nor hashed again
+            f.sha256, f.check, f.checked_at = entry
+    local = [f for f in [*files, *sources] if f.source is not None and not f.sha256]
     for f in local:
         f.sha256 = hashes.known(f.source) or ""  # hashed before and unchanged since: not hashed again
     emit(progress, ProgressEvent.begin(HASH_TASK, sum(f.size for f in local if not f.sha256)))
@@ -240,6 +271,144 @@ def _hash_files(release: str, files: list[MirrorFile], progress: Reporter | None
                                   f"run `gpt2hub pull {release} --force`")
     finally:
         emit(progress, ProgressEvent.end(HASH_TASK))
+    unproven = [f for f in converted if not f.check]
+    if unproven:
+        _prove(report.manifest, converted)
+        for f in unproven:
+            if _stamp(f.source) != stamps[f.source]:
+                raise MirrorError(f"{f.source}: changed while it was being checked; not uploaded")
+            proofs.put(f.source, stamps[f.source], f.sha256, f.check, f.checked_at)
+        proofs.save()
+
+
+def _stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _outputs(m: ReleaseManifest, files: list[MirrorFile]) -> dict[Path, tuple[str, list[MirrorFile]]]:
+    """Each converted output (a folder or a file) -> its format and the files of it to upload; a file that is
+    part of no output convert wrote is refused."""
+    found: dict[Path, tuple[str, list[MirrorFile]]] = {}
+    for fmt in dict.fromkeys(f.format for f in files):
+        form = converters.get(fmt)
+        for out in form.outputs_in(store.release_dir(m.name, fmt)):
+            if form.is_output(out):
+                found[out] = (fmt, [])
+    for f in files:
+        out = next((o for o in found if f.source == o or o in f.source.parents), None)
+        if out is None:
+            raise MirrorError(f"{f.source}: not an output of `gpt2hub convert`, so nothing can check it; "
+                              "not uploaded (remove it, or convert again)")
+        found[out][1].append(f)
+    return found
+
+
+def _prove(m: ReleaseManifest, files: list[MirrorFile]) -> None:
+    """Check every converted output that holds an unchecked file, all in one pass over the source (each source
+    tensor read once): its tensors by verify's exact weight proof, its other files byte for byte as convert
+    writes them. The first failure is a one-line MirrorError naming the file and what differs."""
+    from .layout import HParams
+    from .tfcheckpoint import Checkpoint
+    from .verification.consumers import one_line
+    from .verification.outputs import read_back
+    from .verification.weights import prove
+
+    original = store.release_dir(m.name)
+    outputs = {o: v for o, v in _outputs(m, files).items() if any(not f.check for f in v[1])}
+    try:
+        hp = HParams.from_file(original / "hparams.json")
+        read = []
+        for out, (fmt, _) in outputs.items():
+            try:
+                read.append(read_back(fmt, out, hp, original))
+            except Exception as e:  # a damaged output: the reader's own error, in one line
+                raise MirrorError(f"{out}: not uploaded: it cannot be read back for the exact weight proof "
+                                  f"({one_line(e)})") from None
+        ckpt = Checkpoint(original)
+        try:
+            proofs = prove(ckpt, [(o.stored.tensors, o.stored.expected) for o in read])
+        finally:
+            ckpt.close()
+    except Gpt2hubError as e:
+        raise MirrorError(str(e)) from None
+    except ImportError as e:  # f16/bf16 are checked with torch's rounding, block types with gguf-py's quantizer
+        raise MirrorError(f"the exact weight proof of a conversion needs {e.name or 'a missing package'}: "
+                          "pip install 'gpt2hub[torch]'") from None
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for o, proof in zip(read, proofs):
+        if not proof.passed:
+            detail = proof.detail()  # begins with the failing tensor's name, where one tensor failed
+            where = next((s.path for name, s in o.stored.tensors.items() if re.match(re.escape(name) + r"[:\[ ]", detail)),
+                         o.path)
+            raise MirrorError(f"{where}: not uploaded: the exact weight proof failed: {detail}")
+        if o.problems:
+            raise MirrorError(f"{o.path}: not uploaded: its metadata differs from the release: {o.problems[0]}")
+        fmt, members = outputs[o.path]
+        tensor_files = {s.path.resolve() for s in o.stored.tensors.values()}
+        side = _side_files(m, fmt, o.dtype, hp, original)
+        for f in members:
+            name = f.source.relative_to(o.path).as_posix() if f.source != o.path else f.source.name
+            if f.source.resolve() in tensor_files:
+                f.check = f"exact weight proof against the original checkpoint: {proof.detail()}"
+            elif name in side:
+                if f.source.read_bytes() != side[name]:
+                    raise MirrorError(f"{f.source}: not uploaded: differs from the {name} convert writes for this release")
+                f.check = "identical to the file convert writes for this release"
+            elif name in converters.get(fmt).proof_reads:
+                f.check = f"read and checked by the exact weight proof of {o.path.name}"
+            else:
+                raise MirrorError(f"{f.source}: not uploaded: not a file `gpt2hub convert` writes, so nothing "
+                                  "checked it (remove it, or convert again)")
+            f.checked_at = when
+
+
+def _side_files(m: ReleaseManifest, fmt: str, dtype: str, hp, original: Path) -> dict[str, bytes]:
+    """The files convert writes beside an output's weights (config, tokenizer), made again from the release."""
+    write = converters.get(fmt).side_files
+    if write is None:
+        return {}
+    from .version import __version__
+
+    source = converters.Source(ckpt=None, hparams=hp, vocab=converters.Vocab.from_folder(original), release=m.name,
+                               version=__version__)
+    with tempfile.TemporaryDirectory(prefix="gpt2hub-mirror-") as tmp:
+        write(source, Path(tmp), dtype)
+        return {p.name: p.read_bytes() for p in Path(tmp).iterdir()}
+
+
+class _Proofs:
+    """Converted files that passed the proof, by path, trusted while size, mtime and ctime are unchanged."""
+
+    MAX_BYTES = 16 << 20  # ~300 bytes an entry: far more files than a store holds; a bigger file is not ours
+
+    def __init__(self, path: Path, source: str):
+        self.path, self.source = path, source
+        try:
+            data = json.loads(path.read_text()) if path.stat().st_size <= self.MAX_BYTES else {}
+        except (OSError, ValueError, RecursionError):
+            data = {}
+        self.entries: dict = data if isinstance(data, dict) else {}
+
+    def get(self, path: Path, stamp: list[int]) -> tuple[str, str, str] | None:
+        """(sha256, how, when) if `path` was proven with this stamp."""
+        e = self.entries.get(str(path.absolute()))
+        if isinstance(e, list) and len(e) == 7 and e[:4] == [*stamp, self.source] \
+                and all(isinstance(x, str) and x for x in e[4:]):
+            return e[4], e[5], e[6]
+        return None
+
+    def put(self, path: Path, stamp: list[int], sha256: str, how: str, when: str) -> None:
+        self.entries[str(path.absolute())] = [*stamp, self.source, sha256, how, when]
+
+    def save(self) -> None:
+        """Written for the next run; one that cannot be written costs a proof next time, nothing else."""
+        try:
+            self.entries = {p: e for p, e in self.entries.items() if os.path.exists(p)}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic.write_json(self.path, self.entries, indent=None, sort_keys=True, durable=False)
+        except (OSError, Gpt2hubError):
+            pass
 
 
 def _manifest_bytes(m: ReleaseManifest) -> bytes:
@@ -252,16 +421,22 @@ def _generated(dest: str, data: bytes, fmt: str) -> MirrorFile:
 
 # --- S3 ------------------------------------------------------------------------------------------
 
-def _s3_client(endpoint_url: str | None):
-    """A client from the standard AWS chain; path-style addressing for S3-compatible endpoints."""
-    import boto3
-    from botocore.config import Config
+def _s3_endpoint(endpoint_url: str | None) -> str | None:
+    from . import s3
 
-    config = Config(
-        connect_timeout=10, read_timeout=120, retries={"max_attempts": 3, "mode": "standard"},
-        s3={"addressing_style": "path"} if endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") else {},
-    )
-    return boto3.client("s3", endpoint_url=endpoint_url, config=config)
+    return s3.endpoint(endpoint_url)
+
+
+def _s3_client(endpoint_url: str | None):
+    """A client of boto3's default session, addressed as `pull --source s3://…` addresses it (gpt2hub.s3)."""
+    import boto3
+
+    from . import s3
+
+    if boto3.DEFAULT_SESSION is None:
+        boto3.setup_default_session()
+    return s3.client(endpoint_url, session=boto3.DEFAULT_SESSION, connect_timeout=10, read_timeout=120,
+                     retries={"max_attempts": 3, "mode": "standard"})
 
 
 @contextmanager
@@ -305,11 +480,11 @@ def _mirror_s3(report: MirrorReport, where: Destination, endpoint_url: str | Non
         raise MirrorError(f"part size {part_size:,} is outside S3's 5 MiB..5 GiB")
     client = _s3_client(endpoint_url)
     bucket = where.bucket_or_repo
-    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "aws"
+    endpoint = _s3_endpoint(endpoint_url) or "aws"
     record = _UploadRecord(store.home() / report.release / UPLOADS_RECORD)
     with _s3_errors(where, endpoint_url):
         client.head_bucket(Bucket=bucket)
-        _hash_files(report.release, report.files, progress)
+        _hash_files(report, progress)
         for f in report.files:
             f.action = "skip" if _same_object(client, bucket, f) else "send"
         if dry_run:
@@ -564,16 +739,19 @@ def _mirror_hub(report: MirrorReport, m: ReleaseManifest, where: Destination, en
         token = get_token()
         if not token:
             raise MirrorError(f"{where}: no Hugging Face token; set HF_TOKEN or run `hf auth login`")
-    _hash_files(report.release, report.files, progress)
+    _hash_files(report, progress)
     originals = {f.dest.removeprefix(HUB_PREFIX["original"]): f.sha256 for f in report.files if f.format == "original"}
     if not originals:  # the card names the release's hashes even when the original files stay home
         originals = {r.name: r.sha256 for r in m.files if r.sha256}
-    card = modelcard.render(m, report.formats, originals, {f.dest: f.size for f in report.files})
+    record = store.read_verified(m.name)
+    card = modelcard.render(m, report.formats, originals, {f.dest: f.size for f in report.files},
+                            checks={f.dest: (f.check, f.checked_at) for f in report.files if f.check},
+                            pulled=record.files if record is not None else {})
     report.files.append(_generated(HUB_CARD, card.encode(), "card"))
     if dry_run:
         return
     from huggingface_hub import CommitOperationAdd, HfApi
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     endpoint = endpoint_url or os.environ.get("HF_ENDPOINT") or None
     api = HfApi(endpoint=endpoint, token=token)
@@ -581,8 +759,8 @@ def _mirror_hub(report: MirrorReport, m: ReleaseManifest, where: Destination, en
     ops = [CommitOperationAdd(path_in_repo=f.dest, path_or_fileobj=str(f.source) if f.source else f.data)
            for f in report.files]
     # huggingface_hub draws its own bars: only where the terminal reporter draws ours.
-    quiet = not (isinstance(progress, TerminalProgress) and progress.bars)
-    if quiet:
+    quiet = not (isinstance(progress, TerminalProgress) and progress.bars) and not are_progress_bars_disabled()
+    if quiet:  # turned off here, so turned back on after; the caller's own choice is left as it was
         disable_progress_bars()
     try:
         with _hub_errors(where, api.endpoint):

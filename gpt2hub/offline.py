@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import re
 
+from . import settings
 from .errors import Gpt2hubError
 
-ENV = "GPT2HUB_OFFLINE"
+ENV = settings.OFFLINE
 # The libraries gpt2hub drives have their own switches: set them too, so none of them reaches out either.
 LIBRARY_SWITCHES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
@@ -21,12 +22,13 @@ class OfflineError(Gpt2hubError):
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+    """$GPT2HUB_OFFLINE as a switch (settings.flag: a word it does not know is a SettingError)."""
+    return settings.flag(ENV)
 
 
 def enable() -> None:
     """Offline for this process and the processes it starts."""
-    os.environ[ENV] = "1"
+    settings.set_flag(ENV)
     for var in LIBRARY_SWITCHES:
         os.environ[var] = "1"
 

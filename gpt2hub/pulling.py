@@ -20,10 +20,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import hashes, offline, registry, store
+from . import hashes, offline, registry, settings, store
 from .progress import ProgressEvent, Reporter, bytes_counter, emit
 from .download import DiskFull, RangeRecord, RetryPolicy, fetch, record_path
-from .errors import CheckpointError, ChecksumError, DownloadError, ManifestError, UnknownRelease
+from .errors import MAX_JSON_BYTES, CheckpointError, ChecksumError, DownloadError, ManifestError, UnknownRelease
 from .integrity import Check, FileCheck, Record, read_record, write_record
 from .registry import FileRecord, ReleaseManifest, sha256_file
 from .sources import (Source, TransferError, default_sources, open_source, origin_url, redact, user_sources)
@@ -37,11 +37,14 @@ ONLY_GROUPS = ("tokenizer", "model")
 INDEX_SUFFIX = ".index"
 CRC_REPAIR_ROUNDS = 3
 FREE_SPACE_MARGIN = 64 << 20
+# A file the manifest gives no size for is refused when a source announces more than it can hold (`size_cap`).
+# A MetaGraphDef grows ~38 KB a layer (471,155 B at 12, 926,519 B at 24): the index's 64 MiB is past 1,024 layers.
+MAX_META_BYTES = MAX_INDEX_BYTES
 TOTAL_TASK = "total"  # the progress task every file's bytes also count toward
 
 
 # The manifest statuses whose sha256 binds, and what a match is called.
-SHA256_CHECKS = {"published": Check.PUBLISHED_SHA256, "measured": Check.PUBLISHED_SHA256,
+SHA256_CHECKS = {"published": Check.PUBLISHED_SHA256, "measured": Check.MEASURED_SHA256,
                  "shared": Check.SHARED_SHA256, "mirror": Check.MIRROR_SHA256}
 
 
@@ -225,6 +228,7 @@ class _Pull:
         self.foreign = foreign  # a folder of the user's: a file there that does not verify is theirs, not ours to replace
         shipped = registry.is_shipped(m)
         self.specs = default_sources(tuple(sources), m.sources, openai=shipped, public_mirrors=public_mirrors)
+        self.accept_different_shared = _accept_different_shared()  # a word it does not know fails here, before a byte
         self.offline = offline.enabled()
         self.skipped = [s for s in self.specs if self.offline and offline.is_remote(s)]
         self.specs = [s for s in self.specs if s not in self.skipped]
@@ -312,7 +316,8 @@ class _Pull:
             remote = self._source(self.origin).remote(self.m.folders[0], index.name)
             size = self._stat(remote).size
             if size > MAX_INDEX_BYTES or index.size is not None and size != index.size:
-                raise TransferError(f"{remote.url}: {size:,} bytes, the manifest says {index.size:,}", retryable=False)
+                raise TransferError(f"{remote.url}: {size:,} bytes, the manifest says "
+                                    f"{'nothing' if index.size is None else f'{index.size:,}'}", retryable=False)
             origin_bytes = b"".join(remote.read(0, size, whole=True))
         except TransferError:
             return files
@@ -440,7 +445,7 @@ class _Pull:
     def _source(self, spec: str) -> Source:
         if spec not in self._sources:
             try:
-                self._sources[spec] = open_source(spec, self.endpoint_url, self.connections)
+                self._sources[spec] = open_source(spec, self.endpoint_url, self.connections, self.retry.speed_time)
             except ValueError as e:
                 raise TransferError(str(e), retryable=False) from None
         return self._sources[spec]
@@ -466,6 +471,8 @@ class _Pull:
             self.warn(f"{f.name}: {remote.url} is {size:,} bytes, not the expected {f.size:,}; "
                       "integrity rests on the checks below")
         part = self._part(f)
+        if size != f.size:
+            self._check_announced(f, remote.url, size, part)
         fetched = 0
         emit(self.progress, ProgressEvent.begin(f.name, size, RangeRecord(part, size).done_bytes, TOTAL_TASK))
         seen = None
@@ -506,6 +513,17 @@ class _Pull:
         if redact(spec) not in self.used:
             self.used.append(redact(spec))
         return result
+
+    def _check_announced(self, f: FileRecord, url: str, size: int, part: Path) -> None:
+        """A size the manifest did not vouch for, refused before a byte is fetched: more than the file can hold
+        (`size_cap`), or more than the disk has free."""
+        cap, why = size_cap(self.m, f)
+        if size > cap:
+            raise _Bad(f"{url} announces {size:,} bytes for {f.name}; it can hold at most {cap:,} ({why})")
+        need, free = size - RangeRecord(part, size).done_bytes, shutil.disk_usage(self.dest).free
+        if need + FREE_SPACE_MARGIN > free:
+            raise DiskFull(f"{self.dest}: not enough free space for {f.name}: {url} announces {size:,} bytes, "
+                           f"{_gb(need)} to download, {_gb(free)} free")
 
     def _index(self):
         f = self._index_record()
@@ -555,7 +573,7 @@ class _Pull:
             kind = SHA256_CHECKS[f.status]
             return self._result(f, size, seen, kind, f"{_WHOSE[f.status]} sha256 {f.sha256[:16]}…", source, fetched)
         if f.sha256 is not None and seen != f.sha256 and f.status != "expected":
-            if f.status == "shared" and _accept_different_shared():
+            if f.status == "shared" and self.accept_different_shared:
                 self.warn(f"{f.name}: sha256 {seen[:16]}… is not {registry.SHARED_FROM}'s published "
                           f"{f.sha256[:16]}…; accepted, unverified (${registry.ACCEPT_DIFFERENT_SHARED_ENV})")
             else:
@@ -627,13 +645,25 @@ _WHOSE = {"published": "published", "measured": "manifest's measured", "shared":
           "mirror": "mirror's", "expected": "expected"}
 
 
+def size_cap(m: ReleaseManifest, f: FileRecord) -> tuple[int, str]:
+    """The most bytes `f` can hold, and why: a data file 4 (float32) per parameter of the manifest's hparams;
+    an index or meta graph, the checkpoint index reader's limit; any other file, the JSON reader's."""
+    if ".data-" in f.name:
+        return 4 * m.hparams.parameters, f"4 bytes x {m.hparams.parameters:,} parameters"
+    if f.name.endswith(INDEX_SUFFIX):
+        return MAX_INDEX_BYTES, "the limit on a checkpoint index"
+    if f.name.endswith(".meta"):
+        return MAX_META_BYTES, "the limit on a meta graph"
+    return MAX_JSON_BYTES, "the limit on a release's small files"
+
+
 def _binding_sha(f: FileRecord) -> bool:
     """True where the manifest gives a sha256 that vouches for the file (not a mirror's or an expected one)."""
     return f.sha256 is not None and f.status in ("published", "measured", "shared")
 
 
 def _accept_different_shared() -> bool:
-    return os.environ.get(registry.ACCEPT_DIFFERENT_SHARED_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    return settings.flag(settings.ACCEPT_DIFFERENT_SHARED)
 
 
 def _size(path: Path) -> int | None:

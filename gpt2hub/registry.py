@@ -15,8 +15,8 @@ from typing import Iterable
 
 from .errors import ManifestError, UnknownRelease, parse_json, read_capped
 from .layout import HParams, infer_hparams, is_model_tensor
-from . import store
-from .integrity import atomic_write_json
+from . import settings, store
+from .atomic import write_json
 
 OPENAI_FILES = (
     "checkpoint",
@@ -33,8 +33,8 @@ OPENAI_FILES = (
 # own files; or claimed by a mirror's own manifest (never more than that, whatever it says).
 STATUSES = ("published", "shared", "expected", "measured", "mirror")
 SHARED_FROM = "124M"
-ACCEPT_DIFFERENT_SHARED_ENV = "GPT2HUB_ACCEPT_DIFFERENT_SHARED"  # "1": accept a differing "shared" file, unverified
-MANIFESTS_ENV = "GPT2HUB_MANIFESTS"
+ACCEPT_DIFFERENT_SHARED_ENV = settings.ACCEPT_DIFFERENT_SHARED  # on: accept a differing "shared" file, unverified
+MANIFESTS_ENV = settings.MANIFESTS
 MIRROR_MANIFEST = "gpt2hub-manifest.json"  # published by `gpt2hub mirror` beside a release's files
 SCHEMA_SUFFIX = ".schema.json"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -337,7 +337,7 @@ def clashes(m: ReleaseManifest, *, path: Path | None = None) -> list[str]:
 
 def user_manifest_dirs() -> list[Path]:
     """Folders searched for user manifests: $GPT2HUB_MANIFESTS (path list), then <home>/manifests."""
-    dirs = [Path(p) for p in os.environ.get(MANIFESTS_ENV, "").split(os.pathsep) if p]
+    dirs = [Path(p) for p in (settings.text(MANIFESTS_ENV) or "").split(os.pathsep) if p]
     return dirs + [store.home() / "manifests"]
 
 
@@ -458,7 +458,7 @@ def _numel(shape: list[int]) -> int:
 
 def write_manifest(m: ReleaseManifest, path: Path | str) -> Path:
     """Write a manifest as JSON, atomically."""
-    return atomic_write_json(path, m.to_dict())
+    return write_json(path, m.to_dict())
 
 
 def save_user_manifest(m: ReleaseManifest, path: Path | str | None = None) -> Path:

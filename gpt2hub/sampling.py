@@ -2,13 +2,18 @@
 on today's stack (gpt2hub.model with a KV cache, tiktoken), streamed, stopping at <|endoftext|>.
 
 Sampling follows openai/gpt-2 src/sample.py: logits / temperature, then top-k, then top-p (keeping
-only tokens whose inclusive cumulative probability is <= p, at least one), then a draw. The draw uses
-a torch.Generator seeded with `seed`, so a seed gives the same text on the same device and PyTorch.
+only tokens whose inclusive cumulative probability is <= p, at least one), then a draw. The logits are
+shifted by their maximum before the division (the same softmax, but no value above 0, so no temperature
+can overflow them), and a temperature below float32's smallest normal number is greedy: that is the
+limit sampling tends to, and dividing by it would round to a division by zero. The draw uses a
+torch.Generator seeded with `seed`, so a seed gives the same text on the same device and PyTorch.
 """
 
 from __future__ import annotations
 
 import codecs
+import math
+import numbers
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -20,6 +25,8 @@ from .progress import ProgressEvent, Reporter, emit
 
 MASKED = -1e10  # openai's value for a removed logit
 HEADER_WIDTH = 40
+GREEDY_BELOW = 1.1754943508222875e-38  # float32's smallest normal number: a smaller temperature samples as argmax
+SEEDS = 1 << 64  # torch.Generator.manual_seed takes 0..2**64-1; sample i uses (seed + i) mod 2**64
 
 
 def top_k_logits(logits, k: int):
@@ -47,19 +54,40 @@ def top_p_logits(logits, p: float):
 
 @dataclass(frozen=True)
 class Settings:
-    """How to choose each next token. temperature 0 means greedy (argmax)."""
+    """How to choose each next token. temperature 0 (or below GREEDY_BELOW) means greedy (argmax)."""
 
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
+        for name, value, kind in (("temperature", self.temperature, numbers.Real), ("top-k", self.top_k, numbers.Integral),
+                                  ("top-p", self.top_p, numbers.Real)):
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise Gpt2hubError(f"--{name} {value!r}: not {'an integer' if kind is numbers.Integral else 'a number'}")
+        if not math.isfinite(self.temperature):
+            raise Gpt2hubError(f"--temperature {self.temperature}: must be a finite number >= 0 (0 means greedy)")
         if self.temperature < 0:
             raise Gpt2hubError(f"--temperature {self.temperature}: must be >= 0")
         if self.top_k < 0:
             raise Gpt2hubError(f"--top-k {self.top_k}: must be >= 0 (0 means no limit)")
         if not 0.0 < self.top_p <= 1.0:
             raise Gpt2hubError(f"--top-p {self.top_p}: must be in (0, 1]")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_BELOW
+
+    def check(self, n_vocab: int) -> None:
+        """Raise Gpt2hubError where top-k asks for more tokens than the vocabulary has."""
+        if self.top_k > n_vocab:
+            raise Gpt2hubError(f"--top-k {self.top_k}: must be 0..{n_vocab} (the vocabulary's size; 0 means no limit)")
+
+
+def check_seed(seed: int | None) -> None:
+    """Raise Gpt2hubError unless `seed` is None or an integer torch can take (0..2**64-1)."""
+    if seed is not None and (not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= seed < SEEDS):
+        raise Gpt2hubError(f"--seed {seed!r}: must be an integer in 0..{SEEDS - 1}")
 
 
 def generate(model, context: Sequence[int], length: int, settings: Settings = Settings(), generator=None,
@@ -74,16 +102,20 @@ def generate(model, context: Sequence[int], length: int, settings: Settings = Se
         raise Gpt2hubError("generation needs at least one context token")
     if len(context) + length > model.config.n_ctx:
         raise Gpt2hubError(f"--length {length}: {len(context)} context tokens + {length} exceed n_ctx ({model.config.n_ctx})")
+    settings.check(model.config.n_vocab)
     idx = torch.tensor([list(context)], device=model.device)  # (1, T)
     past = None
     with torch.inference_mode():
         for _ in range(length):
             logits, past = model(idx, past, last_only=True)
             logits = logits[:, -1, :].float()  # (1, V)
-            if settings.temperature == 0:
+            if not bool(torch.isfinite(logits).all()):
+                raise Gpt2hubError("the model gave logits that are not finite (inf or nan): its weights are damaged")
+            if settings.greedy:
                 idx = logits.argmax(dim=-1, keepdim=True)  # (1, 1)
             else:
-                logits = top_p_logits(top_k_logits(logits / settings.temperature, settings.top_k), settings.top_p)
+                logits = (logits - logits.max(dim=-1, keepdim=True).values) / settings.temperature  # <= 0: cannot overflow
+                logits = top_p_logits(top_k_logits(logits, settings.top_k), settings.top_p)
                 idx = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)  # (1, 1)
             token = int(idx)
             if token == stop:
@@ -132,6 +164,8 @@ class Sampler:
         import torch
 
         context, length = self.plan(prompt, length)
+        settings.check(self.model.config.n_vocab)
+        check_seed(seed)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(secrets.randbits(63) if seed is None else seed)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a token may end mid-character
@@ -166,14 +200,16 @@ class Samples:
 
 def run(sampler: Sampler, prompt: str | None, nsamples: int = 1, length: int | None = None, settings: Settings = Settings(),
         seed: int | None = None, progress: Reporter | None = None) -> list[str]:
-    """nsamples samples (0: until interrupted); sample i uses seed + i, so a seed fixes every sample."""
+    """nsamples samples (0: until interrupted); sample i uses (seed + i) mod 2**64, so a seed fixes every sample."""
     if nsamples < 0:
         raise Gpt2hubError(f"--nsamples {nsamples}: must be >= 0 (0 means until interrupted)")
-    sampler.plan(prompt, length)  # a bad length fails before any output
+    check_seed(seed)
+    settings.check(sampler.model.config.n_vocab)
+    sampler.plan(prompt, length)  # a bad length, seed or top-k fails before any output
     texts, i = [], 0
     while nsamples == 0 or i < nsamples:
         emit(progress, ProgressEvent.output(header(i + 1) + "\n"))
-        texts.append(sampler.sample(prompt, length, settings, None if seed is None else seed + i, progress))
+        texts.append(sampler.sample(prompt, length, settings, None if seed is None else (seed + i) % SEEDS, progress))
         emit(progress, ProgressEvent.output("\n"))
         i += 1
     emit(progress, ProgressEvent.output("=" * (2 * HEADER_WIDTH + len(" SAMPLE 1 ")) + "\n"))
@@ -202,6 +238,7 @@ def sample(target: str | os.PathLike | None = None, *, prompt: str | None = None
            manifest: Path | str | None = None, progress: Reporter | None = None) -> Samples:
     """Samples from a release: continuing `prompt`, or unconditional (from <|endoftext|>) when it is None."""
     settings = Settings(temperature, top_k, top_p)
+    check_seed(seed)  # bad arguments fail before the model is loaded
     sampler = Sampler(target, device, manifest)
     texts = run(sampler, prompt, nsamples, length, settings, seed, progress)
     return Samples(sampler.release.name, sampler.release.original, texts, [prompt] * len(texts))
@@ -213,4 +250,5 @@ def sample_interactive(target: str | os.PathLike | None = None, *, read: Callabl
                        progress: Reporter | None = None) -> Samples:
     """openai's interactive_conditional_samples: prompts from `read` until end of input (see gpt2hub.sample_interactive)."""
     settings = Settings(temperature, top_k, top_p)
+    check_seed(seed)
     return interactive(Sampler(target, device, manifest), nsamples, length, settings, seed, read, progress)

@@ -8,8 +8,8 @@ Every source lays a release out as OpenAI does, `<base>/<folder>/<file>`. A sour
 from __future__ import annotations
 
 import email.utils
-import os
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -19,19 +19,25 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
 import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from . import s3, settings
 
 OPENAI_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
 # The origin whose index vouches for a data file without a published sha256; tests point it at loopback.
-ORIGIN_ENV = "GPT2HUB_ORIGIN"
-NO_PUBLIC_MIRRORS_ENV = "GPT2HUB_NO_PUBLIC_MIRRORS"  # "1": never fall back to the public third-party copies
+ORIGIN_ENV = settings.ORIGIN
+NO_PUBLIC_MIRRORS_ENV = settings.NO_PUBLIC_MIRRORS  # on: never fall back to the public third-party copies
 # Public copies in OpenAI's layout (research/gpt2-release.md §1.2), tried after OpenAI.
 PUBLIC_MIRRORS = (
     "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2",
     "https://huggingface.co/rasbt/gpt2-tensorflow/resolve/main",
 )
-SOURCE_ENV = "GPT2HUB_SOURCE"
-# A transfer slower than SPEED_LIMIT bytes/s over SPEED_TIME seconds is a failed attempt (curl's --speed-limit/-time).
-SPEED_LIMIT_ENV, SPEED_TIME_ENV = "GPT2HUB_SPEED_LIMIT", "GPT2HUB_SPEED_TIME"
+SOURCE_ENV = settings.SOURCE
+# A transfer slower than SPEED_LIMIT bytes/s over SPEED_TIME seconds is a failed attempt (curl's --speed-limit/-time);
+# a reply's headers must arrive within SPEED_TIME seconds of the request.
+SPEED_LIMIT_ENV, SPEED_TIME_ENV = settings.SPEED_LIMIT, settings.SPEED_TIME
 SPEED_LIMIT, SPEED_TIME = 1024, 60.0
 CHUNK = 256 << 10  # bytes per read from a stream; a broken read loses at most this much
 CONNECT_TIMEOUT, READ_TIMEOUT = 10.0, 30.0
@@ -43,7 +49,7 @@ RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 def origin_url() -> str:
     """OpenAI's base URL, or $GPT2HUB_ORIGIN where set (tests: a loopback server)."""
-    return os.environ.get(ORIGIN_ENV) or OPENAI_URL
+    return settings.text(ORIGIN_ENV) or OPENAI_URL
 
 
 def redact(url: str) -> str:
@@ -129,30 +135,119 @@ def _check_reply(r: requests.Response, url: str) -> None:
         raise TransferError(f"{url}: server sent a {ctype} page, not the file (an error page?)", retryable=False)
 
 
+# --- a deadline on each request's headers ------------------------------------------------------
+# requests' read timeout restarts with every byte, so a server sending one header byte a second held a
+# request for hours. Each request gets a deadline (its start + the speed window): a timer shuts the
+# connection's socket down if the reply's headers, redirects included, are not all in by then.
+
+_current = threading.local()  # .watch: the _Watch of the request this thread is making
+
+
+class _Watch:
+    """The deadline of one request's headers."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.until, self.expired = seconds, time.monotonic() + seconds, False
+
+    def run(self, conn: HTTPConnection, getresponse):
+        """`getresponse()`, with `conn`'s socket shut down (the read then fails) at the deadline."""
+        lock, done = threading.Lock(), False
+
+        def expire() -> None:
+            with lock:
+                if done:
+                    return
+                self.expired = True
+                try:
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+                except (OSError, AttributeError):
+                    pass
+
+        timer = threading.Timer(max(0.0, self.until - time.monotonic()), expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            return getresponse()
+        finally:
+            with lock:
+                done = True
+            timer.cancel()
+
+
+class _Watched:
+    def getresponse(self, *args, **kwargs):
+        watch, call = getattr(_current, "watch", None), super().getresponse  # type: ignore[misc]
+        return call(*args, **kwargs) if watch is None else watch.run(self, lambda: call(*args, **kwargs))
+
+
+class _WatchedHTTPConnection(_Watched, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_Watched, HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_WATCHED_POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """requests' adapter, its connections (direct or through an HTTP proxy) under the request's `_Watch`."""
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy, **kwargs):
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        if not proxy.lower().startswith("socks"):  # SOCKS managers bring connection classes of their own
+            manager.pool_classes_by_scheme = _WATCHED_POOLS
+        return manager
+
+
 class HttpRemote:
     """A file under an HTTP(S) base URL; one keep-alive session per thread. `url` is safe to show."""
 
-    def __init__(self, url: str, sessions: threading.local):
+    def __init__(self, url: str, sessions: threading.local, speed_time: float | None = None):
         self._url = url  # may carry credentials: used for requests only
         self.url = redact(url)
         self._sessions = sessions
+        self._speed_time = speed_time  # None: $GPT2HUB_SPEED_TIME, read at each request
 
     def _session(self) -> requests.Session:
         s = getattr(self._sessions, "session", None)
         if s is None:
             s = requests.Session()  # trust_env: HTTP(S)_PROXY, NO_PROXY, .netrc from the environment
             s.headers.update({"User-Agent": "gpt2hub", "Accept-Encoding": "identity"})
+            s.mount("http://", _WatchedAdapter())
+            s.mount("https://", _WatchedAdapter())
             self._sessions.session = s
         return s
 
     def _get(self, method: str, headers: dict | None = None) -> requests.Response:
+        window = self._speed_time or settings.number(SPEED_TIME_ENV, SPEED_TIME)
+        _current.watch = watch = _Watch(window)
         try:
+            # A read waiting longer than the speed window cannot meet the speed limit: no need to wait longer.
             return self._session().request(method, self._url, headers=headers, stream=True, allow_redirects=True,
-                                           timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+                                           timeout=(CONNECT_TIMEOUT, min(READ_TIMEOUT, window)))
         except requests.exceptions.InvalidURL:
             raise TransferError(f"{self.url}: invalid URL", retryable=False) from None
         except requests.RequestException as e:
+            if watch.expired:
+                raise TransferError(f"{self.url}: no complete reply headers within {window:g} s "
+                                    f"(${SPEED_TIME_ENV})", retryable=True) from None
             raise TransferError(f"{self.url}: {_reason(e)}", retryable=True) from None
+        finally:
+            _current.watch = None
 
     def stat(self) -> RemoteStat:
         with self._get("HEAD") as r:
@@ -243,17 +338,18 @@ def _reason(e: Exception) -> str:
 class HttpSource:
     """A base URL laid out `<base>/<folder>/<file>`."""
 
-    def __init__(self, base: str):
+    def __init__(self, base: str, speed_time: float | None = None):
         parts = urlsplit(base)
         # A signed base URL keeps its query on every file's URL: <base>/<folder>/<file>?<query>.
         self._base = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
         self._query = parts.query
         self.name = redact(base).rstrip("/")
         self._sessions = threading.local()
+        self._speed_time = speed_time
 
     def remote(self, folder: str, file: str) -> HttpRemote:
         url = f"{self._base}/{quote(folder)}/{quote(file)}" + (f"?{self._query}" if self._query else "")
-        return HttpRemote(url, self._sessions)
+        return HttpRemote(url, self._sessions, self._speed_time)
 
 
 # --- S3 ---------------------------------------------------------------------------------------
@@ -311,10 +407,8 @@ class S3Source:
     """`s3://bucket/prefix`: the standard AWS credential chain (anonymous where there is none)."""
 
     def __init__(self, url: str, endpoint_url: str | None = None, connections: int = 8):
-        m = re.fullmatch(r"s3://([^/]+)/?(.*)", url)
-        if not m:
-            raise ValueError(f"{url}: not an s3://bucket/prefix URL")
-        self.bucket, self.prefix = m.group(1), m.group(2).strip("/")
+        where = s3.parse(url)  # S3AddressError (a ValueError) for a bad bucket name
+        self.bucket, self.prefix = where.bucket, where.prefix
         self.name = url.rstrip("/")
         self._endpoint_url, self._connections = endpoint_url, connections
         self._client = None
@@ -324,21 +418,12 @@ class S3Source:
         with self._lock:
             if self._client is None:
                 try:
-                    import boto3
-                    from botocore import UNSIGNED
-                    from botocore.config import Config
+                    self._client = s3.client(self._endpoint_url, anonymous_without_credentials=True,
+                                             max_pool_connections=max(10, self._connections),
+                                             connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
+                                             retries={"max_attempts": 1})
                 except ImportError:
                     raise TransferError("s3:// sources need boto3 (pip install 'gpt2hub[s3]')", retryable=False) from None
-
-                session = boto3.session.Session()
-                settings = dict(max_pool_connections=max(10, self._connections), connect_timeout=CONNECT_TIMEOUT,
-                                read_timeout=READ_TIMEOUT, retries={"max_attempts": 1})
-                if self._endpoint_url:
-                    settings["s3"] = {"addressing_style": "path"}  # MinIO, SeaweedFS, Ceph
-                if session.get_credentials() is None:
-                    settings["signature_version"] = UNSIGNED  # public buckets
-                self._client = session.client("s3", endpoint_url=self._endpoint_url,
-                                              region_name=session.region_name or "us-east-1", config=Config(**settings))
             return self._client
 
     def remote(self, folder: str, file: str) -> S3Remote:
@@ -390,10 +475,12 @@ class FolderSource:
         return FileRemote(self.root / file)
 
 
-def open_source(spec: str, endpoint_url: str | None = None, connections: int = 8) -> Source:
-    """A source from what a user typed: http(s)://..., s3://bucket/prefix, or a folder path."""
+def open_source(spec: str, endpoint_url: str | None = None, connections: int = 8,
+                speed_time: float | None = None) -> Source:
+    """A source from what a user typed: http(s)://..., s3://bucket/prefix, or a folder path. `speed_time`:
+    the seconds an HTTP reply's headers may take (None: $GPT2HUB_SPEED_TIME)."""
     if spec.startswith(("http://", "https://")):
-        return HttpSource(spec)
+        return HttpSource(spec, speed_time)
     if spec.startswith("s3://"):
         return S3Source(spec, endpoint_url, connections)
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", spec) and not spec.startswith("file://"):
@@ -403,11 +490,11 @@ def open_source(spec: str, endpoint_url: str | None = None, connections: int = 8
 
 def user_sources(explicit: list[str] | tuple[str, ...] = ()) -> list[str]:
     """The sources the user named: `--source`, else $GPT2HUB_SOURCE."""
-    return list(explicit) or [s for s in re.split(r"[\s,]+", os.environ.get(SOURCE_ENV, "")) if s]
+    return list(explicit) or [s for s in re.split(r"[\s,]+", settings.text(SOURCE_ENV) or "") if s]
 
 
 def no_public_mirrors() -> bool:
-    return os.environ.get(NO_PUBLIC_MIRRORS_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    return settings.flag(NO_PUBLIC_MIRRORS_ENV)
 
 
 def default_sources(explicit: list[str] | tuple[str, ...] = (), manifest_sources: tuple[str, ...] = (), *,

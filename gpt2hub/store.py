@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import converters
+from . import converters, settings
 from .errors import Gpt2hubError
 from .integrity import RECORD_NAME as VERIFIED_RECORD, Record, read_record
 
-HOME_ENV = "GPT2HUB_HOME"
+HOME_ENV = settings.HOME
 FORMATS = ("original", *converters.names())  # the original checkpoint, then the registry's formats
 PARTIAL_SUFFIX = ".part"
 
@@ -19,8 +19,8 @@ def home() -> Path:
 
     Resolved (absolute, links followed), so every command names a release's folders the same way.
     """
-    if os.environ.get(HOME_ENV):
-        return Path(os.environ[HOME_ENV]).expanduser().resolve()
+    if explicit := settings.text(HOME_ENV):
+        return Path(explicit).expanduser().resolve()
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return (Path(cache).expanduser() / "gpt2hub").resolve()
 

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import registry, store
+from . import atomic, registry, store
 from .errors import Gpt2hubError
 
 FILES = {"encoder_json_file": "encoder.json", "vocab_bpe_file": "vocab.bpe"}  # gpt2()'s keyword -> release file
@@ -124,15 +124,13 @@ def install(target: str | os.PathLike | None = None, cache: Path | str | None = 
         out.mkdir(parents=True, exist_ok=True)
         for name, (url, sha256) in expected.items():
             path = out / hashlib.sha1(url.encode()).hexdigest()
+            atomic.refuse_link(path)  # the shared cache: a link planted there is never read through or written
             already = path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == sha256
             if not already:
-                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-                try:
-                    tmp.write_bytes(data[name])
-                    os.replace(tmp, path)  # whole or not at all: tiktoken never sees a partial file
-                finally:
-                    tmp.unlink(missing_ok=True)
+                atomic.write_bytes(path, data[name])  # whole or not at all, through a private temp file
             report.files.append(CachedFile(name, url, path, sha256, already))
+    except atomic.UnsafeDestination as e:
+        raise TiktokenError(f"{e} (in tiktoken's shared cache; remove it if you did not put it there)") from None
     except OSError as e:
         raise TiktokenError(f"{out}: cannot write tiktoken's cache ({e.strerror or e})") from None
     return report

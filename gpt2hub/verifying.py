@@ -30,8 +30,8 @@ from .progress import ProgressEvent, Reporter, emit
 from .errors import ConsumerCrashed, ConversionError, VerificationError
 from .layout import HParams
 from .release import locate
-from .verification.consumers import (CONSUMER_MODULES, consumer_run, gpt2hub_logits, installed, one_line,  # noqa: F401
-                                     tensorflow_logits)
+from .verification.consumers import (CONSUMER_MODULES, address_space, consumer_run, gpt2hub_logits, installed,  # noqa: F401
+                                     one_line, tensorflow_logits)
 from .verification.integrity import check_integrity
 from .verification.outputs import Output, converted_outputs, read_back
 from .verification.references import F64, forward_lanes
@@ -82,6 +82,7 @@ def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | 
     if prompt is not None and tokens is not None:
         raise VerificationError("--prompt and --tokens exclude each other")
     fmts, explicit = parse_formats(formats)
+    isolation.limits()  # a consumer limit that is not a number: one line now, not an ERROR in every row
 
     def say(step: str) -> None:
         emit(progress, ProgressEvent.message(f"verify: {step}"))
@@ -148,7 +149,7 @@ def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | 
         def gpt2hub_run(which: str) -> np.ndarray:  # one model load for the one-pass and the cached rows
             if not torch_runs:
                 torch_runs["full"], torch_runs["cached"] = isolation.run(gpt2hub_logits, (release.original, ids, device),
-                                                                         name="gpt2hub")
+                                                                         name="gpt2hub", memory_gib=address_space(device))
             return torch_runs.pop(which)
 
         add(source, Row("original", "f32", "gpt2hub", src, note=device), lambda: gpt2hub_run("full"))

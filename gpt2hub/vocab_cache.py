@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
-from . import store
+from . import atomic, store
 
 CACHE = Path(".cache") / "vocab"
 INDEX = "index.json"  # file name -> sha256 of its text
@@ -52,7 +51,7 @@ def save(k: str, name: str, text: str) -> None:
         except (OSError, ValueError):
             index = {}
         _write(d / INDEX, json.dumps({**(index if isinstance(index, dict) else {}), name: _sha(text)}))
-    except OSError:
+    except (OSError, atomic.UnsafeDestination):
         pass
 
 
@@ -70,6 +69,4 @@ def _sha(text: str) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, text, durable=False)  # a cache: after a power cut it is rebuilt, never read torn

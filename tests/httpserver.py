@@ -39,6 +39,8 @@ class Faults:
     xml_error: int | None = None  # answer every request with an XML error body and this status (200, 404)
     rate: float | None = None  # bytes per second per connection
     drip: float | None = None  # send one byte at a time, this many per second (alive, and useless)
+    drip_headers: float | None = None  # send the status line and headers (HEAD and GET) one byte at a time, this many per second
+    announce_size: int | None = None  # claim the file has this many bytes (HEAD's Content-Length, Content-Range's total)
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -133,14 +135,19 @@ class FaultyServer:
             start = int(m.group(1))
             end = min(size, int(m.group(2)) + 1) if m.group(2) else size
             status = 206
+        claimed = f.announce_size if applies and f.announce_size is not None else size
         h.send_response(status)
         h.send_header("Content-Type", "application/octet-stream")
-        h.send_header("Content-Length", str(end - start))
+        h.send_header("Content-Length", str(claimed if head and status == 200 else end - start))
         h.send_header("Accept-Ranges", "bytes")
         h.send_header("ETag", f'"{size:x}-{int(path.stat().st_mtime)}"')
         if status == 206:
-            h.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
-        h.end_headers()
+            h.send_header("Content-Range", f"bytes {start}-{end - 1}/{claimed}")
+        if applies and f.drip_headers:
+            if not self._drip_headers(h, f.drip_headers, name, start, end, status):
+                return
+        else:
+            h.end_headers()
         if head:
             return
         sent = 0
@@ -196,6 +203,23 @@ class FaultyServer:
         finally:
             with self.lock:
                 self.log.append(Served(name, start, end, sent, status, h.path))
+
+    def _drip_headers(self, h: BaseHTTPRequestHandler, per_second: float, name: str, start: int, end: int,
+                      status: int) -> bool:
+        """Send the buffered status line and headers a byte at a time; False if the client hung up."""
+        h._headers_buffer.append(b"\r\n")
+        raw, h._headers_buffer = b"".join(h._headers_buffer), []
+        try:
+            for i in range(len(raw)):
+                h.wfile.write(raw[i:i + 1])
+                h.wfile.flush()
+                time.sleep(1 / per_second)
+        except OSError:
+            h.close_connection = True
+            with self.lock:
+                self.log.append(Served(name, start, end, 0, status, h.path))
+            return False
+        return True
 
     def _reply(self, h, status: int, body: bytes, headers: dict, head: bool, name: str) -> None:
         h.send_response(status)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import shutil
 import struct
@@ -31,6 +32,8 @@ TRICKY_TEXT = ("Hello world!  It's 2019 — naïve café 🤗\n\n\t  x<|endoftex
 # max|Δ logit| / max|logit| allowed per GGUF type, against the float64 reference: llama.cpp's F32
 # GELU reads an fp16 table; the narrow types also round the activations they multiply with.
 LLAMA_TOLERANCE = {"f32": 2e-3, "f16": 3e-3, "bf16": 2e-2, "q8_0": 4e-2}
+needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                                     reason="llama-cpp-python not installed: pip install 'gpt2hub[llama]'")
 
 
 @pytest.fixture(autouse=True)
@@ -324,6 +327,7 @@ def test_gguf_q8_0_quantizes_only_the_matrices(outputs):
         assert t.tensor_type == (GGMLQuantizationType.F32 if keep else GGMLQuantizationType.Q8_0), t.name
 
 
+@needs_llama_cpp
 @pytest.mark.parametrize("dtype", ["f32", "f16", "bf16", "q8_0"])
 def test_llama_cpp_runs_the_gguf_and_its_logits_match_the_reference(outputs, reference, dtype):
     from gpt2hub.verification.consumers import llama_logits
@@ -336,6 +340,7 @@ def test_llama_cpp_runs_the_gguf_and_its_logits_match_the_reference(outputs, ref
         assert (logits.argmax(-1) == reference.argmax(-1)).all()
 
 
+@needs_llama_cpp
 def test_untie_writes_output_weight_equal_to_token_embd(tiny_release, tmp_path, reference):
     from gguf import GGUFReader
 

@@ -37,7 +37,7 @@ def test_a_format_declares_every_field(fmt: Format):
     assert fmt.default_dtype in fmt.dtypes and set(fmt.dtypes) <= set(CASTS) | set(GGUF_TYPES) | set(LLAMA_MIXES)
     assert set(fmt.demo_dtypes) <= set(fmt.dtypes) and fmt.demo_dtypes
     for f in fields(Format):
-        if f.name not in ("file_suffix", "tokenizer", "requires", "extra", "hub_prefix"):
+        if f.name not in ("file_suffix", "tokenizer", "requires", "extra", "hub_prefix", "side_files", "proof_reads"):
             assert getattr(fmt, f.name) not in (None, "", ()), f.name
     for fn in (fmt.write, fmt.is_output, fmt.read_weights, fmt.read_dtype, fmt.read_stored):  # read_stored: verify's exact proof
         assert callable(fn)

@@ -357,12 +357,19 @@ def test_a_source_that_drips_bytes_fails_the_attempt(evil, base, tmp_path, monke
     assert time.monotonic() - t0 < 30 and "\n" not in str(e.value)
 
 
-def test_a_dying_committer_ends_the_pull_with_one_line(evil, tmp_path):
+def test_a_dying_committer_ends_the_pull_with_one_line(evil, tmp_path, monkeypatch):
+    import errno
+
+    import gpt2hub.download
+
     manifest = registry.write_manifest(create_manifest(evil.root / "foo", "foo"), tmp_path / "foo.json")
     dest = store.release_dir("foo")
     dest.mkdir(parents=True)
-    record = record_path(dest / (DATA + ".part"))
-    (dest / f".{record.name}.{os.getpid()}.tmp").mkdir()  # the record can never be written: EISDIR
+
+    def full(*args, **kwargs):  # the record can never be written (its temp file is private: nothing to plant)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gpt2hub.download, "atomic_write_json", full)
     t0 = time.monotonic()
     with pytest.raises(DownloadError, match="cannot record finished bytes") as e:
         pull("foo", manifest=manifest, sources=[evil.url], retry=FAST, span=1 << 20)

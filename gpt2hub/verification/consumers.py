@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import importlib.util
 import os
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import CheckpointError, ConversionError, Gpt2hubError, VerificationError
+from ..errors import CheckpointError, ConversionError, Gpt2hubError, VerificationError, read_capped
 from ..layout import HParams
 from .report import Row
 
@@ -42,10 +43,11 @@ def consumer_run(fmt: str, consumer: str, path: Path, dtype: str, tokens: Sequen
     where the program is missing, or for a format no other program loads."""
     from .. import isolation
 
+    memory = address_space(device)
     if not installed(consumer) or consumer == "gpt2hub":
         name = consumer if consumer == "gpt2hub" else f"gpt2hub ({consumer} not installed)"
         return Row(fmt, dtype, name, str(path), note=device), \
-            lambda: isolation.run(gpt2hub_logits, (path, tokens, device), name="gpt2hub")[0]
+            lambda: isolation.run(gpt2hub_logits, (path, tokens, device), name="gpt2hub", memory_gib=memory)[0]
     if consumer == "llama.cpp":
         return Row(fmt, dtype, consumer, str(path), note="cpu,f32-KV-cache"), \
             lambda: isolation.run(llama_logits, (path, tokens), name="llama.cpp")
@@ -53,7 +55,13 @@ def consumer_run(fmt: str, consumer: str, path: Path, dtype: str, tokens: Sequen
         return Row(fmt, dtype, consumer, str(path), note="cpu"), \
             lambda: isolation.run(onnxruntime_logits, (path, tokens), name=consumer)
     return Row(fmt, dtype, consumer, str(path), note=device), \
-        lambda: isolation.run(transformers_logits, (path, tokens, device), name=consumer)[0]
+        lambda: isolation.run(transformers_logits, (path, tokens, device), name=consumer, memory_gib=memory)[0]
+
+
+def address_space(device: str) -> float | None:
+    """The address-space limit of a torch child on `device`: the default ($GPT2HUB_CONSUMER_MEMORY) on the CPU;
+    none on a GPU, whose driver reserves tens of GB of address space it never touches (the time limit holds)."""
+    return None if device == "cpu" else 0
 
 
 # --- PyTorch: gpt2hub.model and transformers -----------------------------------------------------
@@ -88,6 +96,9 @@ def transformers_logits(folder: Path, tokens: Sequence[int], device: str) -> tup
     from transformers import GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
 
+    from ..converters import hf
+
+    hf.read_config(Path(folder))  # hparams within HParams' caps before transformers builds a model of that size
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
@@ -200,6 +211,95 @@ def llama_tokenize(path: Path, text: str) -> list[int]:
 
 # --- TensorFlow: OpenAI's own graph, or a transcription of it ------------------------------------
 
+META = "model.ckpt.meta"
+MAX_META_BYTES = 64 << 20  # a meta graph holds no weights: OpenAI's are 0.47 MB (124M) and 0.93 MB (355M)
+# The ops TensorFlow may run from a meta graph whose sha256 OpenAI did not publish: the tensor math of OpenAI's
+# own graph (124M's model.ckpt.meta) and of the same forward built by today's TensorFlow (AddV2, BatchMatMulV2,
+# GatherV2, Softmax, Fill, PlaceholderWithDefault). None reads or writes anything outside the process.
+TENSOR_MATH = frozenset({
+    "Add", "AddV2", "BatchMatMul", "BatchMatMulV2", "Cast", "ConcatV2", "Const", "Exp", "ExpandDims", "Fill",
+    "GatherV2", "GreaterEqual", "Identity", "MatMul", "Max", "Mean", "Mul", "NoOp", "OneHot", "Pack", "Placeholder",
+    "PlaceholderWithDefault", "Pow", "Prod", "Range", "RealDiv", "Reshape", "Rsqrt", "Softmax",
+    "SparseSoftmaxCrossEntropyWithLogits", "Split", "Square", "StridedSlice", "Sub", "Sum", "Tanh", "Tile", "Transpose",
+})
+# Stateful ops for restoring the variables, and only that: the logits may depend on no Assign or RestoreV2, and a
+# RestoreV2 reads only the checkpoint verify feeds the Saver's filename tensor.
+RESTORING = frozenset({"VariableV2", "Assign", "RestoreV2"})
+# In OpenAI's graph but never run by verify: the Saver's save path (writes files) and the variables' initializers
+# (random_normal in OpenAI's; tf.compat.v1's other default initializers draw uniform or truncated normals).
+NEVER_RUN = frozenset({"SaveV2", "RandomStandardNormal", "RandomUniform", "TruncatedNormal"})
+ALLOWED = "every op pure tensor math"
+
+
+def published_meta_sha256() -> frozenset[str]:
+    """The sha256 of every model.ckpt.meta OpenAI published, from the manifests shipped with gpt2hub."""
+    from .. import registry
+
+    return frozenset(f.sha256 for m in registry._builtin_manifests() for f in m.files  # shipped only: the root of trust
+                     if f.name == META and f.status == "published" and f.sha256)
+
+
+def unsafe_op(meta) -> str | None:
+    """Why a MetaGraphDef may not run (an op of the graph, or of a function in its library, off the allowlist)."""
+    from tensorflow.python.framework import op_def_registry
+
+    # A call of a library function is checked through the function's body; never a function posing as an op.
+    functions = {f.signature.name for f in meta.graph_def.library.function if op_def_registry.get(f.signature.name) is None}
+    nodes = [(n, RESTORING | NEVER_RUN) for n in meta.graph_def.node]
+    nodes += [(n, frozenset()) for f in meta.graph_def.library.function for n in f.node_def]
+    for node, also in nodes:
+        if node.op not in TENSOR_MATH and node.op not in functions and node.op not in also:
+            return f"op {node.op} ({node.name[:80]}) is not pure tensor math"
+    return None
+
+
+def unsafe_dependency(graph, logits, saver) -> str | None:
+    """Why what verify runs of an imported graph (the logits, the Saver's restore op) may not run: it depends on an
+    op that must never run, the logits on restoring, or a RestoreV2 reads another file than the one verify feeds."""
+    try:
+        restore = graph.get_operation_by_name(saver.saver_def.restore_op_name)
+        filename = graph.get_tensor_by_name(saver.saver_def.filename_tensor_name).op
+    except (KeyError, ValueError):
+        return "its Saver names a restore op or filename tensor the graph lacks"
+    for target, banned in ((logits.op, NEVER_RUN | {"Assign", "RestoreV2"}), (restore, NEVER_RUN)):
+        seen, stack = {target}, [target]
+        while stack:
+            op = stack.pop()
+            if op.type in banned:
+                return f"{target.name} depends on {op.type} ({op.name[:80]})"
+            for parent in [t.op for t in op.inputs] + list(op.control_inputs):
+                if parent not in seen:
+                    seen.add(parent)
+                    stack.append(parent)
+    for op in graph.get_operations():
+        if op.type == "RestoreV2" and op.inputs[0].op is not filename:
+            return f"{op.name[:80]} restores from {op.inputs[0].name[:80]}, not the checkpoint verify names"
+    return None
+
+
+def read_meta_graph(original: Path) -> tuple[object | None, str]:
+    """(the MetaGraphDef in model.ckpt.meta, why it may run) or (None, why it is not run): OpenAI's published sha256,
+    or every op on the allowlist. Parsed with TensorFlow's protobuf classes: nothing imported into TF or run."""
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    try:
+        data = read_capped(original / META, CheckpointError, MAX_META_BYTES)
+    except CheckpointError as e:
+        return None, str(e).replace(str(original / META), META)
+    meta = meta_graph_pb2.MetaGraphDef()
+    try:
+        meta.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        return None, f"{META} is not a MetaGraphDef ({one_line(e)})"
+    if hashlib.sha256(data).hexdigest() in published_meta_sha256():
+        return meta, "its sha256 is OpenAI's published one"
+    why = unsafe_op(meta)
+    if why:
+        return None, f"{META} not run: its sha256 is not one OpenAI published and {why}"
+    return meta, ALLOWED
+
+
 def _import_tensorflow():
     """Import TensorFlow with its C++ start-up lines (absl, oneDNN banners) kept off the terminal."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -307,20 +407,26 @@ def graph_logits_tensor(graph, n_vocab: int):
 
 def tensorflow_logits(original: Path, tokens: Sequence[int]) -> tuple[np.ndarray, str, str]:
     """TensorFlow's logits: OpenAI's own graph from model.ckpt.meta restored from the checkpoint (float32) when
-    the meta graph holds the forward; else the transcription above on the variables TensorFlow reads (float64).
-    Returns (logits (T, n_vocab), dtype, what ran)."""
+    the meta graph holds the forward and may run (read_meta_graph, unsafe_dependency); else the transcription above
+    on the variables TensorFlow reads (float64). Returns (logits (T, n_vocab), dtype, what ran)."""
     tf = _import_tensorflow()
     hp = HParams.from_file(original / "hparams.json")
     prefix = str(original / "model.ckpt")
     v1 = tf.compat.v1
     graph = tf.Graph()
-    found = None
+    meta, basis = read_meta_graph(original)
+    why, found = basis, None
     with graph.as_default():
-        try:
-            saver = v1.train.import_meta_graph(prefix + ".meta", clear_devices=True)
-            found = graph_logits_tensor(graph, hp.n_vocab) if saver is not None else None
-        except Exception:  # a meta graph TensorFlow cannot import: fall back to the transcription
-            found = None
+        if meta is not None:
+            why = f"{META} has no forward"
+            try:
+                saver = v1.train.import_meta_graph(meta, clear_devices=True)
+                found = graph_logits_tensor(graph, hp.n_vocab) if saver is not None else None
+                unsafe = unsafe_dependency(graph, found[1], saver) if found and basis == ALLOWED else None
+            except Exception:  # a meta graph TensorFlow cannot import: fall back to the transcription
+                found, unsafe = None, None
+            if unsafe:
+                found, why = None, f"{META} not run: its sha256 is not one OpenAI published and {unsafe}"
         if found is not None:
             X, logits = found
             n = X.shape[1] if X.shape.rank == 2 and X.shape[1] is not None else len(tokens)
@@ -335,8 +441,8 @@ def tensorflow_logits(original: Path, tokens: Sequence[int]) -> tuple[np.ndarray
                     raise CheckpointError(f"TensorFlow cannot restore {prefix}: {e.message.splitlines()[0]}") from None
                 out = sess.run(logits, {X: feed})
             out = out.reshape(-1, hp.n_vocab)[: len(tokens)]
-            return out, "f32", f"OpenAI's graph from model.ckpt.meta ({X.name} -> {logits.name})"
-    return tf_transcription(original, tokens), "f64", "a transcription of openai/gpt-2 src/model.py (model.ckpt.meta has no forward)"
+            return out, "f32", f"OpenAI's graph from model.ckpt.meta ({X.name} -> {logits.name}; {basis})"
+    return tf_transcription(original, tokens), "f64", f"a transcription of openai/gpt-2 src/model.py ({why})"
 
 
 def tf_transcription(original: Path, tokens: Sequence[int], dtype: str = "float64") -> np.ndarray:

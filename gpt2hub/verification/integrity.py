@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .. import store
 from ..errors import ChecksumError, Gpt2hubError
+from ..integrity import MEASURED_LABEL
 from ..layout import HParams, is_model_tensor
 from ..registry import sha256_file
 from ..release import Release
@@ -22,7 +23,7 @@ def check_integrity(release: Release) -> list[Check]:
         record = store.read_verified(release.name) if release.in_store else None
         pulled = record.files if record is not None else {}
         whose_sha = {"published": "manifest (verified: published sha256)",
-                     "measured": "manifest (verified: the sha256 measured from your own files)",
+                     "measured": f"manifest ({MEASURED_LABEL})",
                      "shared": "manifest (verified: sha256 of 124M's identical published file)",
                      "mirror": "manifest (not verified: the mirror's own sha256 only)",
                      "expected": "manifest (not verified: an expected sha256)"}

@@ -1,0 +1,72 @@
+"""Every `GPT2HUB_*` environment variable, its default, and the one parser for each kind of value.
+
+Modules ask here instead of reading `os.environ`, so a switch means the same words everywhere and a
+value gpt2hub does not understand is refused in one line rather than read as on or off.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from .errors import Gpt2hubError
+
+HOME = "GPT2HUB_HOME"
+MANIFESTS = "GPT2HUB_MANIFESTS"
+OFFLINE = "GPT2HUB_OFFLINE"
+ORIGIN = "GPT2HUB_ORIGIN"
+SOURCE = "GPT2HUB_SOURCE"
+NO_PUBLIC_MIRRORS = "GPT2HUB_NO_PUBLIC_MIRRORS"
+ACCEPT_DIFFERENT_SHARED = "GPT2HUB_ACCEPT_DIFFERENT_SHARED"
+SPEED_LIMIT, SPEED_TIME = "GPT2HUB_SPEED_LIMIT", "GPT2HUB_SPEED_TIME"
+CONSUMER_TIMEOUT = "GPT2HUB_CONSUMER_TIMEOUT"  # seconds a consumer child may run
+CONSUMER_MEMORY = "GPT2HUB_CONSUMER_MEMORY"  # GiB of address space a consumer child may map
+
+CONNECTIONS = 8  # parallel connections of a pull or an upload
+CONVERT_LOCK = ".convert.lock"  # in <home>/<name>/: held by a convert of the release; rm refuses while it is
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+class SettingError(Gpt2hubError):
+    """An environment variable whose value gpt2hub does not understand."""
+
+
+def parse_bool(name: str, value: str) -> bool:
+    """`value` of the switch `name` as a bool: 1/true/yes/on or 0/false/no/off (any case), else SettingError."""
+    word = value.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise SettingError(f"${name}={value!r}: not a switch (use 1/true/yes/on or 0/false/no/off)")
+
+
+def flag(name: str) -> bool:
+    """The switch `name` from the environment; unset or empty is off."""
+    return parse_bool(name, os.environ.get(name, ""))
+
+
+def text(name: str) -> str | None:
+    """The variable `name`, or None when unset or empty."""
+    return os.environ.get(name) or None
+
+
+def number(name: str, default: float) -> float:
+    """The positive, finite number in `name`, or `default` when unset or empty."""
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingError(f"${name}: not a number ({raw!r})") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise SettingError(f"${name}: must be a positive finite number, not {raw!r}")
+    return value
+
+
+def set_flag(name: str, on: bool = True) -> None:
+    """Set the switch `name` for this process and the processes it starts."""
+    os.environ[name] = "1" if on else "0"
