@@ -56,13 +56,14 @@ model.save_pretrained(out)
 import sys
 import numpy as np, gguf
 from gpt2hub.version import __version__
-from gpt2hub.converters import Planned, Source, Vocab, plan
+from gpt2hub.converters import ConvertInput, Planned, plan
 from gpt2hub.converters import gguf as conv
 from gpt2hub.layout import HParams
 from gpt2hub.tfcheckpoint import Checkpoint
+from gpt2hub.vocabulary import Vocab
 from pathlib import Path
 release, out, dtype = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-src = Source(Checkpoint(release), HParams.from_file(release / "hparams.json"), Vocab.from_folder(release), release.name, __version__)
+src = ConvertInput(Checkpoint(release), HParams.from_file(release / "hparams.json"), Vocab.from_folder(release), release.name, __version__)
 w = gguf.GGUFWriter(None, conv.ARCH)
 conv._add_metadata(w, src, dtype)
 for p in plan(src, conv.GLOBAL_RULES, conv.BLOCK_RULES):

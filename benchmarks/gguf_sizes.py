@@ -26,12 +26,13 @@ def sparse_gguf(path: Path, hparams, vocab_folder: Path, dtype: str) -> int:
     import gguf
 
     from gpt2hub import __version__
-    from gpt2hub.converters import Source, Vocab, expand, matrix_shape
+    from gpt2hub.converters import ConvertInput, expand, matrix_shape
     from gpt2hub.converters import gguf as conv
     from gpt2hub.layout import tensor_shapes
+    from gpt2hub.vocabulary import Vocab
 
-    source = Source(ckpt=None, hparams=hparams, vocab=Vocab.from_folder(vocab_folder), release=path.stem,
-                    version=__version__)
+    source = ConvertInput(ckpt=None, hparams=hparams, vocab=Vocab.from_folder(vocab_folder), release=path.stem,
+                          version=__version__)
     shapes = tensor_shapes(hparams)
     w = gguf.GGUFWriter(None, conv.ARCH)
     conv._add_metadata(w, source, dtype)

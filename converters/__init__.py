@@ -2,8 +2,8 @@
 
 A format module is a name table plus a loop that streams tensors, and one `FORMAT = Format(...)`
 saying everything else about it (dtypes, output names, consumer, read-back, tokenizer, Hub and card
-facts). Modules are discovered, so adding a format is adding a module. A writer reads a `Source` (an
-open TF checkpoint, its hparams, its vocabulary) and writes one output (a folder or a file) in
+facts). Modules are discovered, so adding a format is adding a module. A writer reads a `ConvertInput`
+(an open TF checkpoint, its hparams, its vocabulary) and writes one output (a folder or a file) in
 bounded memory: tensors go from the memory map to the output one row-chunk at a time, so peak
 memory is a few chunks whatever the model size.
 """
@@ -11,27 +11,22 @@ memory is a few chunks whatever the model size.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
-import json
 import math
 import os
 import pkgutil
-import threading
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
-from gpt2hub import lazy, vocab_cache
+from gpt2hub import lazy
 from gpt2hub.errors import CheckpointError, ConversionError
 from gpt2hub.layout import SCOPE, HParams, tensor_shapes
-from gpt2hub.tokenizer import read_vocab
+from gpt2hub.stored import StoredOutput
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: the vocabulary's cache lives in the store, which imports this registry
     from gpt2hub.tfcheckpoint import Checkpoint, TensorEntry
+    from gpt2hub.vocabulary import Vocab
 
 # Every command reads this registry (the store's format list); numpy loads only when a tensor is touched.
 np = lazy.module("numpy")
@@ -39,13 +34,12 @@ np = lazy.module("numpy")
 DEFAULT = "safetensors"  # what `gpt2hub convert` writes when no format is named
 CHUNK_BYTES = 32 << 20  # source bytes per conversion step: bounds the working set
 Progress = Callable[[int], None]
-T, R = TypeVar("T"), TypeVar("R")
 
 
 # --- the interface ----------------------------------------------------------------------------
 
 class WriteFn(Protocol):
-    def __call__(self, source: "Source", out: Path, dtype: str, progress: Progress) -> list[str] | None:
+    def __call__(self, source: ConvertInput, out: Path, dtype: str, progress: Progress) -> list[str] | None:
         """Write the output; may return lines worth telling the user (e.g. which tensor got which type)."""
 
 
@@ -87,9 +81,9 @@ class Format:
     looks_like: str  # how errors name an output: "an HF model folder", "a .gguf file"
     file_suffix: str | None = None  # one file per dtype, `<release>-<dtype><suffix>`; None: one folder
     tokenizer: TokenizerReader | None = None  # the vocabulary it carries, if any
-    # verify's exact weight proofs: (output, release hparams, original folder) -> gpt2hub.verification.weights.StoredOutput,
-    # every tensor as stored (encoding, byte range) and the transform of its source it must be, plus metadata facts
-    read_stored: Callable[[Path, HParams, Path], Any] | None = None
+    # verify's exact weight proofs: (output, release hparams, release vocabulary) -> every tensor as stored (encoding,
+    # byte range) and the transform of its source it must be, plus metadata facts
+    read_stored: Callable[[Path, HParams, Vocab], StoredOutput] | None = None
     requires: str | None = None  # the import the writer needs, and the extra that installs it
     extra: str | None = None
     untie: bool = False  # accepts --untie (write output.weight rather than tie the head to wte)
@@ -98,7 +92,7 @@ class Format:
     hub_default: bool = False  # mirrored to hf:// when --formats is not given
     tags: tuple[str, ...] = ()  # model-card tags
     # Files beside the weights that are a function of the release alone: (source, folder, dtype) writes them
-    side_files: Callable[[Source, Path, str], None] | None = None
+    side_files: Callable[[ConvertInput, Path, str], None] | None = None
     proof_reads: tuple[str, ...] = ()  # other files of an output that the exact weight proof parses and checks
 
     @property
@@ -181,63 +175,8 @@ def expand(global_rules: dict[str, Rule], block_rules: dict[str, Rule], n_layer:
 
 # --- what converters read ---------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Vocab:
-    """The BPE vocabulary of a release (encoder.json + vocab.bpe): tokens by id (byte-level unicode), merges,
-    <|endoftext|>. Parsed on first use; what converters derive from it is cached by the files' sha256."""
-
-    encoder_json: Path
-    vocab_bpe: Path
-
-    @classmethod
-    def from_folder(cls, folder: Path) -> "Vocab":
-        """The vocabulary of a release folder (gpt2hub.tokenizer.read_vocab's checks and errors), read on first
-        use; one seen before (the same files' sha256) is not read again."""
-        vocab = cls(folder / "encoder.json", folder / "vocab.bpe")
-        vocab.facts  # a vocabulary not seen before is read now: a bad one fails before anything is written
-        return vocab
-
-    @cached_property
-    def key(self) -> str:
-        """The vocabulary's cache key (see gpt2hub.vocab_cache)."""
-        from gpt2hub import __version__
-
-        try:
-            return vocab_cache.key([self.encoder_json, self.vocab_bpe], f"gpt2hub {__version__}")
-        except OSError:
-            read_vocab(self.encoder_json.parent)  # says what is wrong with the files, in one line
-            raise
-
-    def derived(self, name: str, build: Callable[[], str]) -> str:
-        """A text built from this vocabulary only (tokenizer.json, say), from the cache when it was built before."""
-        return vocab_cache.text(self.key, name, build)
-
-    @cached_property
-    def facts(self) -> dict:
-        """{"eot_id", "n_tokens"}: what configs need, without reading the files where they were seen before."""
-        return json.loads(self.derived("facts.json", lambda: json.dumps(
-            {"eot_id": self._parsed[2], "n_tokens": len(self._parsed[0])})))
-
-    @property
-    def eot_id(self) -> int:
-        return self.facts["eot_id"]
-
-    @property
-    def tokens(self) -> list[str]:
-        return self._parsed[0]
-
-    @property
-    def merges(self) -> list[str]:
-        """"a b" pairs, in rank order."""
-        return self._parsed[1]
-
-    @cached_property
-    def _parsed(self) -> tuple[list[str], list[str], int]:
-        return read_vocab(self.encoder_json.parent)
-
-
 @dataclass
-class Source:
+class ConvertInput:
     """An open checkpoint and what is known about it; converters only read from it."""
 
     ckpt: Checkpoint
@@ -276,7 +215,7 @@ class Planned:
     shape: tuple[int, ...]  # the shape as written (after squeeze and transpose)
 
 
-def plan(source: Source, global_rules: dict[str, Rule], block_rules: dict[str, Rule]) -> list[Planned]:
+def plan(source: ConvertInput, global_rules: dict[str, Rule], block_rules: dict[str, Rule]) -> list[Planned]:
     """Every model tensor of the source, renamed and reshaped by a format's tables, in data order."""
     out = []
     for e in source.entries():
@@ -342,7 +281,7 @@ def _kernel_copy(src: int, dst: int, src_pos: int, dst_pos: int, size: int, prog
     return True
 
 
-def row_chunks(source: Source, p: Planned, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
+def row_chunks(source: ConvertInput, p: Planned, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
     """The tensor in its output layout, as float32 blocks of whole output rows (maybe strided views)."""
     e = p.entry
     shape = matrix_shape(e.shape)
@@ -366,94 +305,5 @@ def row_chunks(source: Source, p: Planned, chunk_bytes: int = CHUNK_BYTES) -> It
             yield read_bytes(f, e.offset + r * row_bytes, n * row_bytes, e.name).view("<f4").reshape(n, shape[1])
 
 
-# --- dtypes -------------------------------------------------------------------------------------
-
-def to_bf16(x: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 bits (uint16), rounded to nearest even as torch and ggml do; NaN stays NaN (sign and
-    payload kept, made quiet, as ggml's fp32_to_bf16)."""
-    u = np.array(x, dtype=np.float32, order="C").view(np.uint32)  # a fresh copy, rounded in place
-    nan = (u & 0x7FFFFFFF) > 0x7F800000
-    if nan.any():
-        u[nan] = (u[nan] & 0xFFFF0000) | 0x00400000
-    del nan
-    bump = u >> 16
-    bump &= 1
-    bump += 0x7FFF
-    u += bump
-    del bump
-    u >>= 16
-    return u.astype(np.uint16)
-
-
-def to_bf16_one_pass(x: np.ndarray) -> np.ndarray:
-    """to_bf16 with ml_dtypes' cast (one C pass, ~5x faster) and the NaNs put right after (it makes each 0x7fc0)."""
-    import ml_dtypes
-
-    with np.errstate(invalid="ignore"):  # NaNs are cast on purpose, and fixed below
-        out = x.astype(ml_dtypes.bfloat16, order="C").view(np.uint16)
-    nan = np.isnan(x)
-    if nan.any():
-        out[nan] = (np.ascontiguousarray(x[nan]).view(np.uint32) >> 16).astype(np.uint16) | 0x40
-    return out
-
-
-ONE_PASS_FROM = 1 << 30  # source bytes from which ml_dtypes' faster cast repays its import (~0.7 s of CPU)
-
-
-def cast_for(dtype: str, source_bytes: int) -> Callable[[np.ndarray], np.ndarray]:
-    """The cast to use for `source_bytes` of float32: CASTS[dtype], or the one-pass bf16 cast for large models."""
-    return to_bf16_one_pass if dtype == "bf16" and source_bytes >= ONE_PASS_FROM else CASTS[dtype][1]
-
-
-# Each returns a new C-contiguous array (one pass over a strided input).
-CASTS: dict[str, tuple[int, Callable[[np.ndarray], np.ndarray]]] = {
-    "f32": (4, lambda x: np.ascontiguousarray(x)),
-    "f16": (2, lambda x: x.astype(np.float16, order="C")),
-    "bf16": (2, to_bf16),
-}
-
-
 def numel(shape: tuple[int, ...]) -> int:
     return math.prod(shape)
-
-
-# --- doing two things at once ------------------------------------------------------------------
-# hashlib, copy_file_range, file I/O and numpy's casts release the GIL, so threads overlap them.
-
-def pipelined(fn: Callable[[T], R], items: Iterable[T], workers: int = 0) -> Iterator[R]:
-    """fn over items on a thread pool, results in order, at most `workers` + 1 items in flight."""
-    workers = workers or min(4, os.cpu_count() or 1)
-    if workers == 1:
-        yield from map(fn, items)
-        return
-    with ThreadPoolExecutor(workers) as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) > workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
-class BackgroundSha256:
-    """sha256 of each data shard, computed on a thread while the converter writes; stops on close()."""
-
-    def __init__(self, paths: list[Path]):
-        self._stop = threading.Event()
-        self._pool = ThreadPoolExecutor(1)
-        self._future = self._pool.submit(lambda: [self._hash(p) for p in paths])
-
-    def _hash(self, path: Path) -> str:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while (block := f.read(CHUNK_BYTES)) and not self._stop.is_set():
-                h.update(block)
-        return h.hexdigest()
-
-    def result(self) -> list[str]:
-        return self._future.result()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._pool.shutdown(wait=True)

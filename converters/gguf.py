@@ -21,17 +21,22 @@ import math
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from gpt2hub import lazy
+from gpt2hub.casts import CASTS
 from gpt2hub.errors import ConversionError
-from gpt2hub.layout import SCOPE
+from gpt2hub.ggufheader import Header, read_header
+from gpt2hub.layout import SCOPE, HParams
+from gpt2hub.stored import Expected, Stored, StoredOutput
+from gpt2hub.threads import pipelined
 
-from . import (CASTS, Format, Planned, Progress, Rule, Source, TokenizerReader, Weights, expand, pipelined, plan,
-               row_chunks)
+from . import ConvertInput, Format, Planned, Progress, Rule, TokenizerReader, Weights, expand, plan, row_chunks
 from . import hf
+
+if TYPE_CHECKING:
+    from gpt2hub.vocabulary import Vocab
 
 np = lazy.module("numpy")  # loaded when a tensor is touched, not when the registry is read
 
@@ -139,7 +144,7 @@ def ggml_quantize(rows, qtype) -> "np.ndarray":
     return out
 
 
-def _add_metadata(w, source: Source, dtype: str) -> None:
+def _add_metadata(w, source: ConvertInput, dtype: str) -> None:
     import gguf
 
     h, v = source.hparams, source.vocab
@@ -171,7 +176,7 @@ class _Streamed:
     32 MB blocks, cast or quantized on threads while the previous block is written.
     """
 
-    def __init__(self, source: Source, p: Planned, ggml_type: str, nbytes: int, progress: Progress):
+    def __init__(self, source: ConvertInput, p: Planned, ggml_type: str, nbytes: int, progress: Progress):
         self.source, self.planned, self.ggml_type, self.nbytes, self.progress = source, p, ggml_type, nbytes, progress
         self.shape = p.shape
         self.dtype = np.dtype(np.float32)  # what the writer reads for the info; raw_dtype gives the real type
@@ -183,14 +188,14 @@ class _Streamed:
             self.progress(n)
 
 
-def write(source: Source, out: Path, dtype: str, progress: Progress) -> list[str] | None:
+def write(source: ConvertInput, out: Path, dtype: str, progress: Progress) -> list[str] | None:
     if dtype in LLAMA_MIXES:
         return _write_llama_mix(source, out, dtype, progress)
     _write_streamed(source, out, dtype, progress)
     return None
 
 
-def _write_streamed(source: Source, out: Path, dtype: str, progress: Progress) -> None:
+def _write_streamed(source: ConvertInput, out: Path, dtype: str, progress: Progress) -> None:
     import gguf
 
     if len(source.vocab.tokens) != source.hparams.n_vocab:
@@ -216,7 +221,7 @@ def _write_streamed(source: Source, out: Path, dtype: str, progress: Progress) -
         w.close()
 
 
-def _write_llama_mix(source: Source, out: Path, dtype: str, progress: Progress) -> list[str]:
+def _write_llama_mix(source: ConvertInput, out: Path, dtype: str, progress: Progress) -> list[str]:
     """llama.cpp quantizes an F32 GGUF of the source to its `dtype` mix; returns what each tensor became."""
     import ctypes
 
@@ -264,126 +269,6 @@ def tensor_types(path: Path) -> list[str]:
 
 
 # --- reading a file back ----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """One tensor info of a GGUF header: dims as stored (ne0 first), ggml type, absolute byte range."""
-
-    name: str
-    dims: tuple[int, ...]
-    type: Any  # gguf.GGMLQuantizationType
-    offset: int
-    nbytes: int
-
-
-@dataclass(frozen=True)
-class Header:
-    """A GGUF file's metadata (key -> value; arrays as lists) and tensor infos."""
-
-    fields: dict[str, Any]
-    tensors: list[TensorInfo]
-
-
-MAX_ARRAY = 1 << 22  # entries of one metadata array (GPT-2's vocabulary: 50,257): more is not a GPT-2 file
-MAX_NESTING = 3  # arrays within arrays: GPT-2 GGUFs nest one deep (lists of strings); a little room for others'
-MAX_ALIGNMENT = 1 << 16  # general.alignment: a power of two, a multiple of 8 (GGUF's rule), at most a large page
-MAX_DIMS = 4  # ggml tensors have at most four dimensions
-# The fewest bytes a key-value (key length, type, a 1-byte value) and a tensor info (name length, n_dims, type,
-# offset) can take: their counts are checked against the bytes left before any is read.
-MIN_KV_BYTES, MIN_TENSOR_INFO_BYTES = 8 + 4 + 1, 8 + 4 + 4 + 8
-
-
-def read_header(path: Path) -> Header:
-    """The header of a GGUF file, parsed with struct in one pass over a memory map.
-
-    Written here rather than gguf-py's GGUFReader, which builds numpy views per string and takes ~5 s on
-    GPT-2's vocabulary and merges (150,000 strings); this takes ~0.3 s. Every count and length is checked
-    against the bytes left, so a crafted header fails in one line instead of reading past the file.
-    """
-    import mmap
-    import struct
-
-    import gguf
-
-    vt = gguf.GGUFValueType
-    scalars = {vt.UINT8: "B", vt.INT8: "b", vt.UINT16: "H", vt.INT16: "h", vt.UINT32: "I", vt.INT32: "i",
-               vt.FLOAT32: "f", vt.BOOL: "?", vt.UINT64: "Q", vt.INT64: "q", vt.FLOAT64: "d"}
-    try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            pos = 0
-
-            def many(fmt: str) -> tuple:
-                nonlocal pos
-                size = struct.calcsize("<" + fmt)
-                if pos + size > len(m):
-                    raise ValueError("the header runs past the end of the file")
-                pos += size
-                return struct.unpack_from("<" + fmt, m, pos - size)
-
-            def take(fmt: str):
-                return many(fmt)[0]
-
-            def string() -> str:
-                nonlocal pos
-                n = take("Q")
-                if n > len(m) - pos:
-                    raise ValueError("a string runs past the end of the file")
-                pos += n
-                return m[pos - n:pos].decode("utf-8", errors="surrogateescape")
-
-            def value(t: int, depth: int = 0):
-                if t == vt.STRING:
-                    return string()
-                if t == vt.ARRAY:
-                    if depth >= MAX_NESTING:
-                        raise ValueError(f"metadata arrays nested more than {MAX_NESTING} deep")
-                    et, n = vt(take("I")), take("Q")
-                    if n > MAX_ARRAY:
-                        raise ValueError(f"an array of {n:,} entries (at most {MAX_ARRAY:,})")
-                    least = struct.calcsize("<" + scalars[et]) if et in scalars else 8 if et == vt.STRING else 12
-                    if n * least > len(m) - pos:
-                        raise ValueError(f"an array of {n:,} entries runs past the end of the file")
-                    if et in scalars:
-                        return list(many(f"{n}{scalars[et]}"))
-                    return [value(et, depth + 1) for _ in range(n)]
-                return take(scalars[vt(t)])
-
-            magic, version, n_tensors, n_kv = many("IIQQ")
-            if magic != gguf.GGUF_MAGIC or version not in gguf.READER_SUPPORTED_VERSIONS:
-                raise ValueError(f"magic {magic:#x}, version {version}")
-            if n_kv * MIN_KV_BYTES + n_tensors * MIN_TENSOR_INFO_BYTES > len(m) - pos:
-                raise ValueError(f"{n_tensors:,} tensors, {n_kv:,} keys in a {len(m):,}-byte file")
-            fields = {}
-            for _ in range(n_kv):
-                key = string()
-                fields[key] = value(take("I"))
-            raw = []
-            for _ in range(n_tensors):
-                name = string()
-                n_dims = take("I")
-                if n_dims > MAX_DIMS:
-                    raise ValueError(f"tensor {name} has {n_dims:,} dimensions (ggml has at most {MAX_DIMS})")
-                dims = many(f"{n_dims}Q")
-                raw.append((name, dims, gguf.GGMLQuantizationType(take("I")), take("Q")))
-            align = fields.get(gguf.Keys.General.ALIGNMENT, gguf.GGUF_DEFAULT_ALIGNMENT)
-            if (not isinstance(align, int) or isinstance(align, bool) or not 8 <= align <= MAX_ALIGNMENT
-                    or align & (align - 1)):
-                raise ValueError(f"{gguf.Keys.General.ALIGNMENT} is {align!r}, not a power of two from 8 to "
-                                 f"{MAX_ALIGNMENT:,}")
-            start = -(-pos // align) * align
-            tensors = []
-            for name, dims, typ, offset in raw:
-                if typ not in gguf.GGML_QUANT_SIZES:
-                    raise ValueError(f"tensor {name} has type {typ.name}, whose size gguf does not know")
-                block, type_size = gguf.GGML_QUANT_SIZES[typ]
-                nbytes = math.prod(dims) // block * type_size
-                if start + offset + nbytes > len(m):
-                    raise ValueError(f"tensor {name} runs past the end of the file")
-                tensors.append(TensorInfo(name, dims, typ, start + offset, nbytes))
-            return Header(fields, tensors)
-    except (OSError, ValueError, KeyError, OverflowError, struct.error) as e:
-        raise ConversionError(f"{path}: not a GGUF file ({e})") from None
-
 
 def is_output(path: Path) -> bool:
     return path.suffix == SUFFIX and path.is_file()
@@ -453,19 +338,15 @@ def read_dtype(path: Path, header: Header | None = None) -> str:
 
 def _llama_ids(path: Path, text: str) -> list[int]:
     """llama.cpp's tokenization of text with the file's own vocabulary."""
-    from gpt2hub.verification.consumers import llama_tokenize
+    from gpt2hub.llamacpp import llama_tokenize
 
     return llama_tokenize(path, text)
 
 
-def read_stored(path: Path, hparams, original: Path):
+def read_stored(path: Path, hparams: HParams, vocab: Vocab) -> StoredOutput:
     """Every tensor as stored (ggml type, byte range, numpy-order shape) and what it must be: F32 for the rules that
     keep it, the file's type for the rest, Conv1D weights transposed; the vocabulary as encoder.json/vocab.bpe."""
     import gguf
-
-    from gpt2hub.verification.weights import Expected, Stored, StoredOutput
-
-    from . import Vocab
 
     header = read_header(path)
     dtype = read_dtype(path, header)
@@ -477,7 +358,6 @@ def read_stored(path: Path, hparams, original: Path):
     if UNTIED_OUTPUT.name in tensors:  # --untie: a copy of wte
         expected[UNTIED_OUTPUT.name] = Expected(SCOPE + "wte", weight_type, False)
     problems = []
-    vocab = Vocab.from_folder(original)
     keys = gguf.Keys.Tokenizer
     for key, want in ((keys.LIST, vocab.tokens), (keys.MERGES, vocab.merges)):
         got = header.fields.get(key)

@@ -3,20 +3,34 @@
 Names follow transformers' GPT2LMHeadModel checkpoints without the `transformer.` prefix (as
 openai-community/gpt2 ships them). Conv1D weights stay (in, out): HF's Conv1D uses the TF layout.
 The head is tied to wte and the causal-mask buffers (`attn.bias`) are not parameters, so neither
-is written.
+is written. verify's exact proofs read both weight files back here, in place (headers, never weights).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import struct
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from gpt2hub import lazy
 from gpt2hub.errors import ConversionError, load_json
 from gpt2hub.layout import HPARAM_KEYS, HParams
+from gpt2hub.stored import ITEM_BYTES, Expected, Stored, StoredOutput
 from gpt2hub.tokenizer import ENDOFTEXT
+from gpt2hub.zipwriter import LOCAL_HEADER
 
-from . import Rule, Source, TokenizerReader, Weights, expand
+from . import ConvertInput, Rule, TokenizerReader, Weights, expand
+
+if TYPE_CHECKING:
+    from gpt2hub.vocabulary import Vocab
+
+# The registry imports every format at start-up; these load when a torch zip is read back.
+pickle = lazy.module("pickle")
+zipfile = lazy.module("zipfile")
 
 GLOBAL_RULES: dict[str, Rule] = {
     "wte": Rule("wte.weight"),
@@ -52,7 +66,7 @@ WEIGHT_FILES = (("model.safetensors", "model.safetensors.index.json"),
                 ("pytorch_model.bin", "pytorch_model.bin.index.json"))
 
 
-def config(source: Source, dtype: str) -> dict:
+def config(source: ConvertInput, dtype: str) -> dict:
     """config.json: the architecture as transformers' GPT2Config reads it (OpenAI's semantics)."""
     h, eot = source.hparams, source.vocab.eot_id
     return {
@@ -82,7 +96,7 @@ def config(source: Source, dtype: str) -> dict:
     }
 
 
-def tokenizer_json(source: Source) -> dict:
+def tokenizer_json(source: ConvertInput) -> dict:
     """tokenizer.json for the `tokenizers` library: byte-level BPE with GPT-2's pre-tokenizer regex."""
     v = source.vocab
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
@@ -105,7 +119,7 @@ def tokenizer_json(source: Source) -> dict:
     }
 
 
-def write_side_files(source: Source, out: Path, dtype: str) -> None:
+def write_side_files(source: ConvertInput, out: Path, dtype: str) -> None:
     """Everything of the folder but the weights: config, generation config and the tokenizer."""
     v, eot = source.vocab, ENDOFTEXT
     # tokenizer.json unindented: json's indenting encoder is pure Python, 10x slower on 100k entries.
@@ -231,16 +245,12 @@ TOKENIZER = TokenizerReader("tokenizers", "tokenizers", _tokenizer_file, _tokeni
 SEMANTICS = {"tie_word_embeddings": True, "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
              "reorder_and_upcast_attn": False}
 ENCODINGS = {"f32": "F32", "f16": "F16", "bf16": "BF16"}  # dtype -> encoding of every tensor (gguf-py's type names)
+STORAGE_ENCODINGS = {"FloatStorage": "F32", "HalfStorage": "F16", "BFloat16Storage": "BF16"}  # torch's storage types
 
 
-def read_stored(folder: Path, hparams, original: Path):
+def read_stored(folder: Path, hparams: HParams, vocab: Vocab) -> StoredOutput:
     """What the folder stores (from the safetensors header or the torch zip's pickle, no weights read) and what
     each tensor must be: the source tensor, same layout, in the folder's dtype; config semantics as GPT-2's."""
-    from gpt2hub.verification.weights import Expected, Stored, StoredOutput
-
-    from .pytorch import stored_tensors as zip_tensors
-    from .safetensors import stored_tensors as safetensors_tensors
-
     dtype = read_dtype(folder)
     data = load_json(folder / "config.json", ConversionError)
     problems = [f"{key} is {data[key]!r}, GPT-2 needs {want!r}" for key, want in SEMANTICS.items() if data.get(key, want) != want]
@@ -254,6 +264,92 @@ def read_stored(folder: Path, hparams, original: Path):
             if not name.endswith(SKIPPED):
                 tensors[name] = Stored(name, t.encoding, t.shape, t.path, t.offset, t.nbytes)
     return StoredOutput(dtype, read_config(folder), tensors, expected, problems)
+
+
+# --- the weight files, read in place: names, encodings, shapes and byte ranges, no weight loaded --------
+
+def safetensors_tensors(path: Path) -> list[Stored]:
+    """Every tensor of a .safetensors file, from its header alone (the weights are read later)."""
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such file (named in the shard index)")
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if not 0 < n <= min(path.stat().st_size - 8, 100 << 20):
+            raise ConversionError(f"{path}: not a safetensors file (header length {n})")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            raise ConversionError(f"{path}: the safetensors header is not JSON ({e})") from None
+    tensors = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        if info["dtype"] not in ENCODINGS.values() or not 0 <= start <= end:  # safetensors names F32/F16/BF16 as gguf-py
+            raise ConversionError(f"{path}: {name}: dtype {info['dtype']} or byte range {start}..{end} is not readable")
+        tensors.append(Stored(name, info["dtype"], tuple(info["shape"]), path, 8 + n + start, end - start))
+    return tensors
+
+
+@dataclass(frozen=True)
+class _TensorRef:
+    key: str
+    encoding: str
+    offset: int
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+
+
+def _rebuild_tensor(storage, offset, shape, stride, *_):
+    _, storage_type, key, _location, _numel = storage
+    return _TensorRef(key, STORAGE_ENCODINGS[storage_type], offset, tuple(shape), tuple(stride))
+
+
+def _state_dict_unpickler(stream) -> pickle.Unpickler:
+    """data.pkl read to (storage key, type, shape) without torch: torch.load(mmap=True) would keep every page it
+    reads resident (6 GB at 1558M). Anything but a plain state dict of tensors is refused."""
+
+    class StateDictUnpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            if (module, name) == ("collections", "OrderedDict"):
+                return dict
+            if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+                return _rebuild_tensor
+            if module == "torch" and name in STORAGE_ENCODINGS:
+                return name
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a plain state dict")
+
+        def persistent_load(self, pid):
+            return tuple(pid)
+
+    return StateDictUnpickler(stream)
+
+
+def zip_tensors(path: Path) -> list[Stored]:
+    """Every tensor of a torch.save zip (pytorch_model.bin): stored records, read in place."""
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such file (named in the shard index)")
+    try:
+        with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
+            pkl = next((n for n in zf.namelist() if n.endswith("/data.pkl")), None)
+            if pkl is None:
+                raise ConversionError(f"{path}: no data.pkl (not a torch.save zip)")
+            stem = pkl[: -len("data.pkl")]
+            tensors = []
+            for name, ref in _state_dict_unpickler(zf.open(pkl)).load().items():
+                info = zf.getinfo(f"{stem}data/{ref.key}")
+                n, item = math.prod(ref.shape), ITEM_BYTES[ref.encoding]
+                contiguous = tuple(math.prod(ref.shape[i + 1:]) for i in range(len(ref.shape)))
+                if info.compress_type != zipfile.ZIP_STORED or ref.stride != contiguous or (ref.offset + n) * item > info.file_size:
+                    raise ConversionError(f"{path}: {name} is not a contiguous tensor in a stored record")
+                raw.seek(info.header_offset + 26)  # the local header's name and extra lengths
+                name_len, extra_len = struct.unpack("<HH", raw.read(4))
+                start = info.header_offset + LOCAL_HEADER + name_len + extra_len + ref.offset * item
+                tensors.append(Stored(name, ref.encoding, ref.shape, path, start, n * item))
+            return tensors
+    except (zipfile.BadZipFile, pickle.UnpicklingError, KeyError, ValueError, EOFError, struct.error) as e:
+        raise ConversionError(f"{path}: not a PyTorch state dict ({type(e).__name__}: {e})") from None
 
 
 FOLDER_FIELDS = dict(read_stored=read_stored, consumer="transformers", is_output=is_output, read_weights=read_weights, read_dtype=read_dtype,

@@ -17,13 +17,21 @@ import math
 import struct
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from gpt2hub import lazy
+from gpt2hub.casts import CASTS
 from gpt2hub.errors import ConversionError
 from gpt2hub.layout import BLOCK_TENSORS, HPARAM_MAX, HParams
+from gpt2hub.stored import Expected, Stored, StoredOutput
+from gpt2hub.threads import pipelined
 from gpt2hub.tokenizer import byte_decoder
 
-from . import CASTS, Format, Planned, Progress, Rule, Source, Vocab, Weights, expand, pipelined, plan, row_chunks
+from . import ConvertInput, Format, Planned, Progress, Rule, Weights, expand, plan, row_chunks
 from . import hf
+
+if TYPE_CHECKING:
+    from gpt2hub.vocabulary import Vocab
 
 np = lazy.module("numpy")  # loaded when a tensor is touched, not when the registry is read
 
@@ -69,7 +77,7 @@ def padded_vocab(n_vocab: int) -> int:
     return -(-n_vocab // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
 
-def model_header(source: Source, dtype: str) -> bytes:
+def model_header(source: ConvertInput, dtype: str) -> bytes:
     h = source.hparams
     ints = [MODEL_MAGIC, VERSIONS[dtype], h.n_ctx, h.n_vocab, h.n_layer, h.n_head, h.n_embd, padded_vocab(h.n_vocab)]
     return struct.pack(f"<{HEADER_INTS}i", *ints, *[0] * (HEADER_INTS - len(ints)))
@@ -100,7 +108,7 @@ def tokenizer_bytes(v: Vocab) -> bytes:
     return b"".join(out)
 
 
-def write(source: Source, out: Path, dtype: str, progress: Progress) -> None:
+def write(source: ConvertInput, out: Path, dtype: str, progress: Progress) -> None:
     h = source.hparams
     if len(source.vocab.tokens) != h.n_vocab:
         raise ConversionError(f"{source.vocab.encoder_json}: {len(source.vocab.tokens)} tokens, but wte has "
@@ -218,12 +226,10 @@ def _config(header: tuple[int, ...]) -> dict:
                 activation="gelu_new")
 
 
-def read_stored(folder: Path, hparams, original: Path):
+def read_stored(folder: Path, hparams: HParams, vocab: Vocab) -> StoredOutput:
     """Every tensor's byte range in the model file and what it must be: the source in the header's dtype,
     Conv1D weights transposed, wte followed by zero rows up to the padded vocabulary; the tokenizer file
     as train_gpt2.py writes it from the release's encoder.json."""
-    from gpt2hub.verification.weights import Expected, Stored, StoredOutput
-
     model, header, dtype, kinds = _checked_model(folder)
     item, encoding = CASTS[dtype][0], ENCODINGS[dtype]
     tensors, expected = {}, {}
@@ -233,7 +239,7 @@ def read_stored(folder: Path, hparams, original: Path):
     for tf, rule in expand(GLOBAL_RULES, BLOCK_RULES, hparams.n_layer).items():  # as the release implies them
         pad = padded_vocab(hparams.n_vocab) - hparams.n_vocab if rule.name == PADDED else 0
         expected[rule.name] = Expected(tf, encoding, rule.transpose, pad)
-    problems = _tokenizer_problems(folder / TOKENIZER_FILE, Vocab.from_folder(original))
+    problems = _tokenizer_problems(folder / TOKENIZER_FILE, vocab)
     unused = [i for i, v in enumerate(header) if i >= 8 and v]
     if unused:
         problems.append(f"{model.name}: header int {unused[0]} is {header[unused[0]]} ({len(unused)} of ints 8-255 "

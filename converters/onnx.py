@@ -20,11 +20,20 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from gpt2hub import lazy
-from gpt2hub.errors import ConversionError
+from typing import TYPE_CHECKING
 
-from . import CASTS, Format, Planned, Progress, Source, Weights, expand, pipelined, plan, row_chunks
+from gpt2hub import lazy
+from gpt2hub.casts import CASTS
+from gpt2hub.errors import ConversionError
+from gpt2hub.layout import HParams
+from gpt2hub.stored import ITEM_BYTES, Expected, Stored, StoredOutput
+from gpt2hub.threads import pipelined
+
+from . import ConvertInput, Format, Planned, Progress, Weights, expand, plan, row_chunks
 from . import hf
+
+if TYPE_CHECKING:
+    from gpt2hub.vocabulary import Vocab
 
 np = lazy.module("numpy")  # loaded when a tensor is touched, not when the registry is read
 
@@ -76,13 +85,13 @@ class _Graph:
         return name
 
 
-def _weights(source: Source, dtype: str) -> tuple[list[Planned], dict[str, str]]:
+def _weights(source: ConvertInput, dtype: str) -> tuple[list[Planned], dict[str, str]]:
     """The tensors to store (HF names, Conv1D layout), and the graph name of each as float32."""
     planned = plan(source, hf.GLOBAL_RULES, hf.BLOCK_RULES)
     return planned, {p.name: p.name if dtype == "f32" else f"{p.name}/f32" for p in planned}
 
 
-def build_graph(source: Source, dtype: str, offsets: dict[str, tuple[int, int]]):
+def build_graph(source: ConvertInput, dtype: str, offsets: dict[str, tuple[int, int]]):
     """The decoder graph; `offsets` gives each weight's (offset, length) in model.onnx_data."""
     from onnx import TensorProto, helper
 
@@ -158,7 +167,7 @@ def build_graph(source: Source, dtype: str, offsets: dict[str, tuple[int, int]])
     return model
 
 
-def write(source: Source, out: Path, dtype: str, progress: Progress) -> None:
+def write(source: ConvertInput, out: Path, dtype: str, progress: Progress) -> None:
     import onnx
 
     planned, _ = _weights(source, dtype)
@@ -192,11 +201,9 @@ def _graph(folder: Path):
         raise ConversionError(f"{folder / GRAPH}: not a readable ONNX model ({type(e).__name__}: {e})") from None
 
 
-def stored_tensors(folder: Path, graph, names: set[str]) -> list:
+def stored_tensors(folder: Path, graph, names: set[str]) -> list[Stored]:
     """The initializers named in `names`: encoding, shape and byte range in their external data file (none read)."""
     from onnx import TensorProto
-
-    from gpt2hub.verification.weights import RAW_DTYPES, Stored
 
     root = folder.resolve()
     tensors = []
@@ -214,7 +221,7 @@ def stored_tensors(folder: Path, graph, names: set[str]) -> list:
         element = TensorProto.DataType.Name(t.data_type)
         encoding = ENCODINGS.get(element, element)
         shape = tuple(int(d) for d in t.dims)
-        size = math.prod(shape) * RAW_DTYPES[encoding].itemsize if encoding in RAW_DTYPES else 0
+        size = math.prod(shape) * ITEM_BYTES[encoding] if encoding in ITEM_BYTES else 0
         tensors.append(Stored(t.name, encoding, shape, path, int(info.get("offset", 0)), int(info.get("length", size))))
     return tensors
 
@@ -222,24 +229,20 @@ def stored_tensors(folder: Path, graph, names: set[str]) -> list:
 def read_weights(folder: Path) -> Weights:
     """config.json and the graph's stored weights (named as gpt2hub's reference, Conv1D layout), memory-mapped
     from the external data file."""
-    from gpt2hub.verification.weights import RAW_DTYPES
-
     config = hf.read_config(folder)
     tensors = {}
     for s in stored_tensors(folder, _graph(folder), set(hf.reference_names(config["n_layer"]).values())):
         if s.encoding not in ("F32", "F16"):
             raise ConversionError(f"{folder / GRAPH}: {s.name} is {s.encoding}, not float32 or float16")
-        if s.nbytes != math.prod(s.shape) * RAW_DTYPES[s.encoding].itemsize or s.offset + s.nbytes > s.path.stat().st_size:
+        if s.nbytes != math.prod(s.shape) * ITEM_BYTES[s.encoding] or s.offset + s.nbytes > s.path.stat().st_size:
             raise ConversionError(f"{s.path}: {s.name} ({s.nbytes:,} bytes at {s.offset:,}) does not fit its shape or the file")
-        tensors[s.name] = np.memmap(s.path, RAW_DTYPES[s.encoding], "r", s.offset, s.shape)
+        tensors[s.name] = np.memmap(s.path, f"<f{ITEM_BYTES[s.encoding]}", "r", s.offset, s.shape)  # F32 or F16
     return Weights(config, tensors)
 
 
-def read_stored(folder: Path, hparams, original: Path):
+def read_stored(folder: Path, hparams: HParams, vocab: Vocab) -> StoredOutput:
     """Every weight's byte range in model.onnx_data and what it must be: the source tensor in config.json's dtype,
     in the checkpoint's Conv1D layout (what MatMul(x, W) needs); eps as the graph's LayerNormalization nodes."""
-    from gpt2hub.verification.weights import Expected, StoredOutput
-
     graph = _graph(folder)
     dtype = hf.read_dtype(folder)
     encoding = hf.ENCODINGS.get(dtype, dtype)

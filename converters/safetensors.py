@@ -15,10 +15,10 @@ import struct
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from gpt2hub.errors import ConversionError
+from gpt2hub.casts import CASTS, cast_for
+from gpt2hub.threads import BackgroundSha256, pipelined
 
-from . import (CASTS, BackgroundSha256, Format, Planned, Progress, Source, cast_for, copy_range, numel, pipelined,
-               plan, row_chunks)
+from . import CHUNK_BYTES, ConvertInput, Format, Planned, Progress, copy_range, numel, plan, row_chunks
 from . import hf
 
 WEIGHTS = "model.safetensors"
@@ -27,7 +27,7 @@ PAGE = 4096
 SHA_PLACEHOLDER = "0" * 64  # same length as the digest, patched in place once the source is hashed
 
 
-def header(source: Source, planned: list[Planned], dtype: str, sha256: list[str]) -> bytes:
+def header(source: ConvertInput, planned: list[Planned], dtype: str, sha256: list[str]) -> bytes:
     """The length prefix and JSON header; `__metadata__` names the source and the converter."""
     meta = {
         "format": "pt",
@@ -49,9 +49,9 @@ def header(source: Source, planned: list[Planned], dtype: str, sha256: list[str]
     return struct.pack("<Q", len(raw)) + raw
 
 
-def write(source: Source, out: Path, dtype: str, progress: Progress) -> None:
+def write(source: ConvertInput, out: Path, dtype: str, progress: Progress) -> None:
     planned = plan(source, hf.GLOBAL_RULES, hf.BLOCK_RULES)
-    hashing = None if source.data_sha256 else BackgroundSha256(source.ckpt.data_paths)
+    hashing = None if source.data_sha256 else BackgroundSha256(source.ckpt.data_paths, CHUNK_BYTES)
     try:
         with ThreadPoolExecutor(1) as pool:
             side_files = pool.submit(hf.write_side_files, source, out, dtype)
@@ -86,7 +86,7 @@ def _runs(planned: list[Planned]) -> list[tuple[int, int, int]]:
     return [tuple(r) for r in runs]  # type: ignore[misc]
 
 
-def _copy_runs(source: Source, planned: list[Planned], f, progress: Progress) -> None:
+def _copy_runs(source: ConvertInput, planned: list[Planned], f, progress: Progress) -> None:
     """f32: the output bytes are the source bytes; the kernel copies them (read/write where it can't)."""
     f.flush()
     dst_pos = f.tell()
@@ -95,33 +95,6 @@ def _copy_runs(source: Source, planned: list[Planned], f, progress: Progress) ->
             copy_range(src, f, offset, dst_pos, size, progress)
             dst_pos += size
     f.seek(dst_pos)
-
-
-def stored_tensors(path: Path) -> list:
-    """Every tensor's name, encoding, shape and byte range, from the header alone (the weights are read later)."""
-    from gpt2hub.verification.weights import Stored
-
-    if not path.is_file():
-        raise ConversionError(f"{path}: no such file (named in the shard index)")
-    with open(path, "rb") as f:
-        head = f.read(8)
-        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-        if not 0 < n <= min(path.stat().st_size - 8, 100 << 20):
-            raise ConversionError(f"{path}: not a safetensors file (header length {n})")
-        try:
-            header = json.loads(f.read(n))
-        except ValueError as e:
-            raise ConversionError(f"{path}: the safetensors header is not JSON ({e})") from None
-    encodings = {v: v for v in ST_DTYPES.values()}  # safetensors names F32/F16/BF16 as gguf-py does
-    tensors = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        if info["dtype"] not in encodings or not 0 <= start <= end:
-            raise ConversionError(f"{path}: {name}: dtype {info['dtype']} or byte range {start}..{end} is not readable")
-        tensors.append(Stored(name, encodings[info["dtype"]], tuple(info["shape"]), path, 8 + n + start, end - start))
-    return tensors
 
 
 FORMAT = Format(name="safetensors", rank=10, dtypes=tuple(ST_DTYPES), default_dtype="f32", write=write, **hf.FOLDER_FIELDS,

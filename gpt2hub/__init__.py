@@ -15,7 +15,7 @@ from .errors import Gpt2hubError
 from .progress import ProgressEvent, Reporter
 from .registry import ReleaseManifest, create_manifest, releases, resolve
 from .version import __version__
-from . import store
+from . import settings, store
 
 if TYPE_CHECKING:
     from .conversion import ConversionReport
@@ -74,7 +74,7 @@ def disk_usage(name: str | None = None) -> list[Usage]:
 
 
 def pull(name: str, *, manifest: Path | str | None = None, sources: Sequence[str] | str = (), endpoint_url: str | None = None,
-         connections: int = 8, verify: bool = False, force: bool = False, only: Sequence[str] = (),
+         connections: int = settings.CONNECTIONS, verify: bool = False, force: bool = False, only: Sequence[str] = (),
          to: Path | str | None = None, dry_run: bool = False,
          progress: Reporter | None = None, public_mirrors: bool = True) -> PullResult | PullPlan:
     """Fetch and verify every file of a release into <home>/<name>/original/; a verified release is a quick no-op.

@@ -15,11 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from .errors import Gpt2hubError
-
-
-class UnsafeDestination(Gpt2hubError):
-    """A final name that is a symlink (or not a regular file) where gpt2hub was to write a file."""
+from .errors import UnsafeDestination
 
 
 def temp_name_prefix(path: Path) -> str:

@@ -13,6 +13,8 @@ import click
 import gpt2hub
 from . import converters, registry, store
 from .errors import Gpt2hubError
+from .printing import (doctor_text, in_home, manifest_text, mirror_text, pull_plan_text, pull_text, releases_text,
+                       size_text, usage_text)
 from .progress import TerminalProgress
 
 
@@ -20,8 +22,8 @@ class Gpt2hubGroup(click.Group):
     """Turns library errors and Ctrl-C into one line on stderr and a non-zero exit."""
 
     def main(self, *args, **kwargs):
-        # The process ends with the command. Its last garbage collections, over every module imported, cost
-        # ~20 ms of a 0.3 s command (measured); frozen objects are left to the OS, as the whole heap is anyway.
+        # The process ends with the command: its last garbage collections would walk every module imported for
+        # nothing. Frozen objects are left to the OS, as the whole heap is anyway.
         atexit.unregister(gc.freeze)
         atexit.register(gc.freeze)
         return super().main(*args, **kwargs)
@@ -47,16 +49,6 @@ manifest_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 
 
-def _size(n: int | None) -> str:
-    if n is None:
-        return "unknown"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return ""
-
-
 def _names(formats) -> str:
     return ", ".join(f.name for f in formats)
 
@@ -78,16 +70,11 @@ def _file_formats_help() -> str:
     return "; ".join(f"a {f.file_suffix} file for {f.name}" for f in converters.formats() if not f.writes_folder)
 
 
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
-
-
 def _go_offline(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if value:
         from . import offline
 
-        offline.enable()
+        ctx.with_resource(offline.switched_on())  # put back when the command ends
 
 
 offline_option = click.option("--offline", is_flag=True, expose_value=False, callback=_go_offline, is_eager=True,
@@ -102,7 +89,7 @@ def main() -> None:
     from . import offline
 
     if offline.enabled():  # GPT2HUB_OFFLINE=1 set outside: switch the libraries' own offline modes on too
-        offline.enable()
+        click.get_current_context().with_resource(offline.switched_on())
 
 
 @main.command("list")
@@ -113,12 +100,7 @@ def list_cmd(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return
-    table = [["NAME", "ALIASES", "PARAMETERS", "DOWNLOAD", "STATE", "FORMATS", "ON DISK"]]
-    for r in rows:
-        table.append([r["name"], ", ".join(r["aliases"]), f"{r['parameters']:,}", _size(r["download_size"]) + ("" if r["download_size_known"] else "+"),
-                      r["state"], ", ".join(r["formats"]) or "-", _size(r["disk_bytes"]) if r["disk_bytes"] else "-"])
-    click.echo(_table(table))
-    click.echo(f"\nhome: {store.home()}")
+    click.echo(releases_text(rows))
 
 
 @main.command()
@@ -132,20 +114,7 @@ def info(name: str, manifest: Path | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({**m.to_dict(), **({"pulled": record.to_dict()} if record else {})}, indent=1))
         return
-    h = m.hparams
-    click.echo(f"{m.name}  ({', '.join(m.aliases) or 'no aliases'})")
-    if m.description:
-        click.echo(m.description)
-    click.echo(f"released {m.released or 'unknown'}; {m.parameters:,} parameters; "
-               f"n_layer={h.n_layer} n_head={h.n_head} n_embd={h.n_embd} n_ctx={h.n_ctx} n_vocab={h.n_vocab}")
-    click.echo(f"source folders: {', '.join(m.folders)}; {len(m.tensors)} tensors; manifest {m.path}")
-    rows = [["FILE", "SIZE", "SHA256", "STATUS"]]
-    for f in m.files:
-        rows.append([f.name, "unknown" if f.size is None else f"{f.size:,}", f.sha256 or "-", f.status])
-    click.echo(_table(rows))
-    if record is not None:
-        click.echo(f"\npulled to {store.release_dir(m.name)} ({'verified' if record.verified else 'not every file verified'}):")
-        click.echo(_checks_table(record.files))
+    click.echo(manifest_text(m, record))
 
 
 @main.command()
@@ -197,39 +166,15 @@ def pull(name: str, sources: tuple[str, ...], connections: int, verify: bool, fo
         click.echo(json.dumps(r.to_dict(), indent=1))
         return
     if dry_run:
-        rows = [["FILE", "SIZE", "STATE", "TO FETCH", "FROM"]]
-        for f in r.files:
-            rows.append([f.name, _size(f.size), f.state, _size(f.fetch) if f.fetch else "-",
-                         f.source or ("-" if f.fetch == 0 else "offline" if r.offline else "none")])
-        click.echo(_table(rows))
-        click.echo(f"\n{r.name}: would fetch {_size(r.fetch)} into {r.path}")
+        click.echo(pull_plan_text(r))
         for line in r.unavailable:
             click.echo(f"gpt2hub: no source for {line}", err=True)
         needs = [f for f in r.files if f.fetch and f.source is None]
         if r.offline and needs:
-            click.echo(f"gpt2hub: offline ({offline.ENV}=1): {len(needs)} files ({_size(sum(f.fetch for f in needs))}) "
+            click.echo(f"gpt2hub: offline ({offline.ENV}=1): {len(needs)} files ({size_text(sum(f.fetch for f in needs))}) "
                        "would need the network", err=True)
         return
-    weak = [f for f in r.files if not f.verified]
-    own = [f for f in r.files if f.check.users_own]  # the user's own sha256: said as such, not "verified"
-    state = ("checked against your own sha256" if own else "verified") if not weak \
-        else f"pulled ({len(r.files) - len(weak)} of {len(r.files)} files verified)"
-    if r.already:
-        click.echo(f"{r.name}: already {state} at {r.path}")
-    else:
-        rate = r.fetched / r.seconds / 1e6 if r.seconds else 0
-        click.echo(f"{r.name}: {len(r.files)} files {state} at {r.path} "
-                   f"({_size(r.fetched)} in {r.seconds:.1f} s, {rate:.0f} MB/s, from {', '.join(r.sources) or 'disk'})")
-    if weak or own:
-        click.echo(_checks_table({f.name: f for f in r.files}))
-
-
-def _checks_table(files: dict) -> str:
-    """FILE / CHECKED AGAINST rows from pull's results or record (anything with .check and .against)."""
-    rows = [["FILE", "CHECKED AGAINST", "DETAIL"]]
-    for name, f in sorted(files.items()):
-        rows.append([name, f.check.label, f.against])
-    return _table(rows)
+    click.echo(pull_text(r))
 
 
 @main.command()
@@ -261,7 +206,7 @@ def convert(name_or_dir: str | None, fmt: str, dtype: str | None, out: Path | No
     for note in r.notes:
         click.echo(note, err=True)
     click.echo(f"{r.release}: {r.tensors} tensors -> {r.format} {r.dtype} at {r.path} "
-               f"({_size(r.bytes_read)} in {r.seconds:.1f} s)")
+               f"({size_text(r.bytes_read)} in {r.seconds:.1f} s)")
 
 
 @main.command("tiktoken")
@@ -301,10 +246,10 @@ def rm(name: str, formats: str | None, dtype: str | None, everything: bool, dry_
         return
     verb = "would remove" if dry_run else "removed"
     for e in r.removed:
-        click.echo(f"{verb} {_in_home(e.path)} ({_size(e.bytes)}{', ' + e.note if e.note else ''})")
+        click.echo(f"{verb} {in_home(e.path)} ({size_text(e.bytes)}{', ' + e.note if e.note else ''})")
     for p in r.kept:
-        click.echo(f"kept {_in_home(p)} (not gpt2hub's)", err=True)
-    click.echo(f"{r.name}: {'would free' if dry_run else 'freed'} {_size(r.freed)}"
+        click.echo(f"kept {in_home(p)} (not gpt2hub's)", err=True)
+    click.echo(f"{r.name}: {'would free' if dry_run else 'freed'} {size_text(r.freed)}"
                + ("" if r.removed else " (nothing to remove)"))
 
 
@@ -317,25 +262,7 @@ def du(name: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([u.to_dict() for u in found], indent=1))
         return
-    if name is not None:
-        u = found[0]
-        rows = [["FORMAT", "FILE", "ON DISK"]] + [[e.format, str(e.path.relative_to(u.path)), _size(e.bytes)] for e in u.files]
-        rows += [["(other)", str(e.path.relative_to(u.path)), _size(e.bytes)] for e in u.other]
-        click.echo(_table(rows))
-    rows = [["NAME", "FORMAT", "ON DISK"]]
-    for u in found:
-        rows += [[u.name, fmt, _size(n)] for fmt, n in u.formats.items()]
-        rows += [[u.name, "(other)", _size(sum(e.bytes for e in u.other))]] if u.other else []
-        rows.append([u.name, "total", _size(u.bytes)])
-    click.echo(("\n" if name is not None else "") + _table(rows))
-    click.echo(f"\nhome: {store.home()}")
-
-
-def _in_home(path: Path) -> str:
-    try:
-        return str(path.relative_to(store.home()))
-    except ValueError:
-        return str(path)
+    click.echo(usage_text(found, name))
 
 
 @main.group()
@@ -365,15 +292,7 @@ def doctor(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report, indent=1))
         return
-    click.echo(f"home:  {report['home']} ({_size(report['free_bytes'])} free)")
-    click.echo(f"gpu:   {report['gpu'] or 'none seen (CPU only)'}")
-    rows = [["EXTRA", "PACKAGE", "VERSION", "ENABLES"]]
-    for extra, e in report["extras"].items():
-        rows.append([extra, e["package"], e["version"] or "not installed", e["for"]])
-    click.echo(_table(rows))
-    missing = [x for x, e in report["extras"].items() if not e["version"]]
-    if missing:
-        click.echo(f"\ninstall what is missing with: pip install 'gpt2hub[{','.join(missing)}]'")
+    click.echo(doctor_text(report))
 
 
 @main.command()
@@ -411,11 +330,7 @@ def mirror(name: str, dest: str, formats: str | None, endpoint_url: str | None, 
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1))
         return
-    rows = [["DEST", "SIZE", "ACTION"]] + [[f.dest, _size(f.size), f.action] for f in report.files]
-    click.echo(_table(rows))
-    done = f"{'would send' if dry_run else 'sent'} {_size(report.bytes_to_send if dry_run else report.bytes_sent)}" \
-        if report.bytes_sent is not None or dry_run else f"committed {report.commit}"
-    click.echo(f"\n{report.destination}: {done} in {report.seconds:.1f} s")
+    click.echo(mirror_text(report, dry_run))
 
 
 device_option = click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (PyTorch consumers).")

@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import secrets
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import converters, hashes, store
+from . import atomic, converters, hashes, store, vocabulary
 from .settings import CONVERT_LOCK
 from .version import __version__
 from .progress import ProgressEvent, Reporter, bytes_counter, emit
@@ -85,15 +86,14 @@ def _convert(found: Release, converter: converters.Format, dtype: str, out: Path
         if e.sliced or DTYPES.get(e.dtype_code % 100) != DTYPES[1]:
             raise ConversionError(f"{ckpt.index_path}: {name} is {'sliced' if e.sliced else e.dtype_name}; "
                                   "only whole float32 tensors can be converted")
-    source = converters.Source(ckpt=ckpt, hparams=h, vocab=converters.Vocab.from_folder(folder), release=release,
-                               version=__version__, data_sha256=_known_sha256(ckpt),
-                               untie=untie, max_shard_bytes=max_shard_bytes)
+    source = converters.ConvertInput(ckpt=ckpt, hparams=h, vocab=vocabulary.Vocab.from_folder(folder),
+                                     release=release, version=__version__, data_sha256=_known_sha256(ckpt),
+                                     untie=untie, max_shard_bytes=max_shard_bytes)
 
     final = _output_path(out, converter, dtype, release, folder)
     _check_replaceable(final, converter, force)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    _remove(tmp)
+    tmp = _temp_path(final)
     total = sum(ckpt.entries[n].size for n in model) + (ckpt.entries["model/wte"].size if untie else 0)
     try:
         if converter.writes_folder:
@@ -183,6 +183,11 @@ def _check_replaceable(final: Path, fmt: converters.Format, force: bool) -> None
         raise ConversionError(f"{final}: exists and is not a converted model folder; not replacing it")
 
 
+def _temp_path(final: Path) -> Path:
+    """A fresh name beside `final` in atomic.py's scheme (`.NAME.tmp-PID-RANDOM`), so `rm` knows a leftover."""
+    return final.parent / (atomic.temp_name_prefix(final) + secrets.token_hex(4))
+
+
 def _install(tmp: Path, final: Path) -> None:
     """Move a complete output into place; an old one (--force) is removed only after the swap."""
     if not final.exists():
@@ -191,7 +196,7 @@ def _install(tmp: Path, final: Path) -> None:
     if tmp.is_file() and final.is_file():
         os.replace(tmp, final)
         return
-    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    old = _temp_path(final)
     os.rename(final, old)
     try:
         os.rename(tmp, final)

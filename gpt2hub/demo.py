@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import tempfile
 import time
@@ -43,15 +42,10 @@ CONVERSIONS = tuple((f.name, dtype, f.requires) for f in converters.formats() fo
 
 def run_demo(workdir: Path | str | None = None, *, device: str = "cpu", progress: Reporter | None = None) -> DemoReport:
     """Build, serve, pull, convert, verify and sample a tiny release; each step's line an `output` event, none skipped silently."""
-    import gpt2hub
-    from . import registry
-
     report = DemoReport()
     keep = workdir is not None
     work = Path(workdir) if keep else Path(tempfile.mkdtemp(prefix="gpt2hub-demo-"))
     work.mkdir(parents=True, exist_ok=True)
-    saved_home = os.environ.get(settings.HOME)
-    os.environ[settings.HOME] = str(work / "home")
 
     def step(name: str, action: Callable[[], str], needs: str | None = None) -> bool:
         if needs and importlib.util.find_spec(needs) is None:
@@ -70,64 +64,73 @@ def run_demo(workdir: Path | str | None = None, *, device: str = "cpu", progress
         return ok
 
     try:
-        served = work / "served"
-        folder = served / DEMO_NAME
-        manifest_path = work / f"{DEMO_NAME}.json"
-
-        def build() -> str:
-            build_demo_release(folder)  # a tiny GPT-2 trained on a page of text, so its sample reads like text
-            m = registry.create_manifest(folder, DEMO_NAME)
-            registry.write_manifest(m, manifest_path)
-            return (f"{m.parameters:,} trained parameters, {len(m.tensors)} tensors, TF bundle written without "
-                    f"TensorFlow in {folder}")
-
-        if not step("build a release in OpenAI's layout", build):
-            return report
-        if offline.enabled():  # no connection at all, not even to loopback: pull from the folder it would serve
-            def pull() -> str:
-                path = gpt2hub.pull(DEMO_NAME, manifest=manifest_path, sources=[str(served)]).path
-                return f"{folder} -> {path} (sizes and sha256 checked)"
-
-            if not step(f"pull from a folder (offline, {offline.ENV}=1)", pull):
-                return report
-        else:
-            with serve(served) as base:
-                def pull() -> str:
-                    path = gpt2hub.pull(DEMO_NAME, manifest=manifest_path, sources=[base]).path
-                    return f"{base}/{DEMO_NAME}/ -> {path} (sizes and sha256 checked)"
-
-                if not step("pull over HTTP from loopback", pull):
-                    return report
-        for fmt, dtype, needs in CONVERSIONS:
-            def convert(fmt: str = fmt, dtype: str = dtype) -> str:
-                return str(gpt2hub.convert(DEMO_NAME, to=fmt, dtype=dtype, manifest=manifest_path).path)
-
-            step(f"convert to {fmt} {dtype}", convert, needs)
-
-        def verify() -> str:
-            result = gpt2hub.verify(DEMO_NAME, manifest=manifest_path, device=device)
-            failed = [f"{r.format} {r.dtype} ({r.consumer})" for r in result.rows if not r.passed]
-            failed += [c.name for c in result.integrity if not c.passed]
-            failed += [f"{Path(f.source).name} {f.what}" for f in result.files if not f.passed]
-            failed += [t.tokenizer for t in result.tokenization if not t.passed]
-            if not result.passed:
-                raise Gpt2hubError(f"verify failed: {', '.join(failed)}")
-            consumers = sorted({r.consumer for r in result.rows})
-            return (f"{len(result.integrity)} integrity checks, {len(result.files)} exact output checks, {len(result.rows)} logit rows "
-                    f"({', '.join(consumers)}), {len(result.tokenization)} tokenizers: all PASS")
-
-        step("verify every format through its consumer", verify, "torch")
-
-        def sample() -> str:
-            samples = gpt2hub.sample(DEMO_NAME, prompt="The model", length=8, seed=1, manifest=manifest_path, device=device)
-            return repr(samples.texts[0])
-
-        step("sample 8 tokens", sample, "torch")
+        with settings.overridden({settings.HOME: str(work / "home")}):  # the demo's own store, put back after
+            _steps(work, step, device)
         return report
     finally:
-        if saved_home is None:
-            os.environ.pop(settings.HOME, None)
-        else:
-            os.environ[settings.HOME] = saved_home
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _steps(work: Path, step: Callable[..., bool], device: str) -> None:
+    """The demo's steps in order, each through `step`; a failed build or pull stops the rest."""
+    import gpt2hub
+    from . import registry
+
+    served = work / "served"
+    folder = served / DEMO_NAME
+    manifest_path = work / f"{DEMO_NAME}.json"
+
+    def build() -> str:
+        build_demo_release(folder)  # a tiny GPT-2 trained on a page of text, so its sample reads like text
+        m = registry.create_manifest(folder, DEMO_NAME)
+        registry.write_manifest(m, manifest_path)
+        return (f"{m.parameters:,} trained parameters, {len(m.tensors)} tensors, TF bundle written without "
+                f"TensorFlow in {folder}")
+
+    if not step("build a release in OpenAI's layout", build):
+        return
+    if offline.enabled():  # no connection at all, not even to loopback: pull from the folder it would serve
+        def pull() -> str:
+            path = gpt2hub.pull(DEMO_NAME, manifest=manifest_path, sources=[str(served)]).path
+            return f"{folder} -> {path} (sizes and sha256 checked)"
+
+        if not step(f"pull from a folder (offline, {offline.ENV}=1)", pull):
+            return
+    else:
+        with serve(served) as base:
+            def pull() -> str:
+                path = gpt2hub.pull(DEMO_NAME, manifest=manifest_path, sources=[base]).path
+                return f"{base}/{DEMO_NAME}/ -> {path} (sizes and sha256 checked)"
+
+            if not step("pull over HTTP from loopback", pull):
+                return
+    for fmt, dtype, needs in CONVERSIONS:
+        def convert(fmt: str = fmt, dtype: str = dtype) -> str:
+            return str(gpt2hub.convert(DEMO_NAME, to=fmt, dtype=dtype, manifest=manifest_path).path)
+
+        step(f"convert to {fmt} {dtype}", convert, needs)
+
+    step("verify every format through its consumer", lambda: _verify(manifest_path, device), "torch")
+
+    def sample() -> str:
+        samples = gpt2hub.sample(DEMO_NAME, prompt="The model", length=8, seed=1, manifest=manifest_path, device=device)
+        return repr(samples.texts[0])
+
+    step("sample 8 tokens", sample, "torch")
+
+
+def _verify(manifest_path: Path, device: str) -> str:
+    """The demo's verify step: a one-line summary, or a Gpt2hubError naming what failed."""
+    import gpt2hub
+
+    result = gpt2hub.verify(DEMO_NAME, manifest=manifest_path, device=device)
+    failed = [f"{r.format} {r.dtype} ({r.consumer})" for r in result.rows if not r.passed]
+    failed += [c.name for c in result.integrity if not c.passed]
+    failed += [f"{Path(f.source).name} {f.what}" for f in result.files if not f.passed]
+    failed += [t.tokenizer for t in result.tokenization if not t.passed]
+    if not result.passed:
+        raise Gpt2hubError(f"verify failed: {', '.join(failed)}")
+    consumers = sorted({r.consumer for r in result.rows})
+    return (f"{len(result.integrity)} integrity checks, {len(result.files)} exact output checks, {len(result.rows)} logit rows "
+            f"({', '.join(consumers)}), {len(result.tokenization)} tokenizers: all PASS")

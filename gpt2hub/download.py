@@ -1,6 +1,6 @@
 """Fetch one file into `<name>.part` over parallel byte ranges, resumably.
 
-Resume state is `<name>.part.ranges.json`: the file's size and the byte spans already on disk.
+Resume state is the part's range record (`ranges.RangeRecord`): the byte spans already on disk.
 A span is recorded only after its bytes are written and flushed (fdatasync), so an interruption
 of any kind (Ctrl-C, kill -9, a reboot) never costs a finished span; only the spans in flight are
 fetched again. The file's sha256 is computed meanwhile, over the written prefix (flushed or not):
@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import math
 import os
 import queue
-import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,152 +23,15 @@ from pathlib import Path
 from typing import Callable
 
 from . import settings
-from .errors import DownloadError
-from .integrity import atomic_write_json
-from .sources import (CHUNK, MAX_RETRY_AFTER, SPEED_LIMIT, SPEED_LIMIT_ENV, SPEED_TIME, SPEED_TIME_ENV, RangeIgnored,
-                      Remote, TransferError)
+from .errors import DiskFull, DownloadError, RangeIgnored, TooSlow, TransferError
+from .ranges import MAX_RANGE, RECORD_SUFFIX, RangeRecord, merge, plan_ranges
+from .remote import CHUNK, Remote
+from .retry import RetryPolicy, SpeedCheck
 
-RECORD_SUFFIX = ".ranges.json"
-MIN_RANGE = 2 << 20  # the last ranges: the connections end together, and this much per connection is left to hash
-MAX_RANGE = 64 << 20
-# A range is the bytes not yet handed out / (GUIDED x connections) (guided self-scheduling): long requests
-# first, short ones at the end, so a slow connection leaves only a short tail.
-GUIDED = 2
 HASH_BLOCK = 8 << 20
 FLUSH_BYTES, FLUSH_EVERY = 8 << 20, 0.05  # the committer flushes this much new data, looking this often (s)
 STEAL_MIN = 1 << 20  # an idle connection takes half of a running range that has twice this left...
 STEAL_AFTER = 0.5  # ...and this many seconds to go at its pace (a new request costs a round trip or two)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Tries per range without progress, the exponential backoff (with jitter) between them, and the slowest
-    transfer that counts as progress: under `speed_limit` bytes/s for `speed_time` s fails the attempt."""
-
-    attempts: int = 6
-    base: float = 0.5
-    cap: float = 30.0
-    speed_limit: float | None = None  # None: $GPT2HUB_SPEED_LIMIT, else 1024
-    speed_time: float | None = None  # None: $GPT2HUB_SPEED_TIME, else 60
-
-    def min_speed(self) -> tuple[float, float]:
-        """(bytes per second, seconds): read when a transfer starts, so the environment of that moment counts."""
-        return (self.speed_limit or settings.number(SPEED_LIMIT_ENV, SPEED_LIMIT),
-                self.speed_time or settings.number(SPEED_TIME_ENV, SPEED_TIME))
-
-    def delay(self, failures: int, retry_after: float | None = None) -> float:
-        if retry_after is not None:
-            return min(retry_after, MAX_RETRY_AFTER)
-        return min(self.cap, self.base * 2 ** (failures - 1)) * random.uniform(0.75, 1.25)
-
-
-def plan_ranges(gaps: list[tuple[int, int]], connections: int, span: int | None = None) -> list[tuple[int, int]]:
-    """The gaps cut into ranges, in file order: `span` bytes each, or shrinking from MAX_RANGE to MIN_RANGE."""
-    left = sum(b - a for a, b in gaps)
-    connections = max(1, connections)
-    floor = min(MIN_RANGE, max(1 << 20, -(-left // connections)))  # a small file still spreads over the connections
-    out = []
-    for a, b in gaps:
-        while a < b:
-            step = span or max(floor, min(MAX_RANGE, left // (GUIDED * connections)))
-            end = min(b, a + step)
-            out.append((a, end))
-            left -= end - a
-            a = end
-    return out
-
-
-def _merge(spans: list[list[int]]) -> list[list[int]]:
-    out: list[list[int]] = []
-    for a, b in sorted(spans):
-        if out and a <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], b)
-        elif a < b:
-            out.append([a, b])
-    return out
-
-
-MAX_RECORD_BYTES = 1 << 20
-
-
-def _identity(st: os.stat_result) -> list[int]:
-    return [st.st_dev, st.st_ino]
-
-
-class RangeRecord:
-    """The spans of a `.part` file known to hold the right bytes, saved atomically after each change.
-
-    The record names its part by device and inode: it counts only while that very file is there at full
-    size, so a part deleted or replaced behind gpt2hub's back (or a record outliving its part) resumes nothing.
-    """
-
-    def __init__(self, part: Path, size: int):
-        self.part, self.path, self.size = part, record_path(part), size
-        self.done: list[list[int]] = []
-        self.identity: list[int] | None = None
-        self._lock = threading.Lock()
-        try:
-            if self.path.stat().st_size > MAX_RECORD_BYTES:
-                raise ValueError("oversized")
-            data = json.loads(self.path.read_text())
-            st = os.stat(part)
-            if data.get("size") == size and st.st_size == size and data.get("part") == _identity(st):
-                self.identity = _identity(st)
-                self.done = _merge([[int(a), int(b)] for a, b in data["done"] if 0 <= a < b <= size])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
-            pass
-
-    def bind(self, fd: int) -> None:
-        """Name the open part file this record describes (a fresh part starts with nothing done)."""
-        identity = _identity(os.fstat(fd))
-        if identity != self.identity:
-            with self._lock:
-                self.identity, self.done = identity, []
-
-    @property
-    def done_bytes(self) -> int:
-        return sum(b - a for a, b in self.done)
-
-    def missing(self) -> list[tuple[int, int]]:
-        gaps, pos = [], 0
-        for a, b in self.done:
-            if a > pos:
-                gaps.append((pos, a))
-            pos = b
-        if pos < self.size:
-            gaps.append((pos, self.size))
-        return gaps
-
-    @property
-    def prefix(self) -> int:
-        """How many bytes from the start are done."""
-        return self.done[0][1] if self.done and self.done[0][0] == 0 else 0
-
-    def add(self, start: int, end: int) -> None:
-        with self._lock:
-            self.done = _merge(self.done + [[start, end]])
-            self._save()
-
-    def remove(self, start: int, end: int) -> None:
-        with self._lock:
-            keep = []
-            for a, b in self.done:
-                keep += [[a, min(b, start)], [max(a, end), b]]
-            self.done = _merge([s for s in keep if s[0] < s[1]])
-            self._save()
-
-    def _save(self) -> None:
-        # No fsync: the record names only bytes already flushed, so a power cut that loses its latest version
-        # (or empties it) costs a refetch of those bytes, never a wrong byte; the fsync cost a disk flush per save.
-        atomic_write_json(self.path, {"size": self.size, "part": self.identity, "done": self.done}, indent=None,
-                          durable=False)
-
-    def delete(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def record_path(part: Path) -> Path:
-    return part.with_name(part.name + RECORD_SUFFIX)
 
 
 @dataclass
@@ -187,16 +48,12 @@ class FetchStats:
             self.fetched += n
 
 
-class DiskFull(DownloadError):
-    """No space left for the download; what was written is kept."""
-
-
 class _Abort(Exception):
     """Another worker failed or the user interrupted: stop quietly."""
 
 
-def fetch(remote: Remote, part: Path, size: int, *, connections: int = 8, etag: str | None = None,
-          retry: RetryPolicy = RetryPolicy(), span: int | None = None,
+def fetch(remote: Remote, part: Path, size: int, *, connections: int = settings.CONNECTIONS,
+          etag: str | None = None, retry: RetryPolicy = RetryPolicy(), span: int | None = None,
           progress: Callable[[int], None] | None = None,
           observe: Callable[[int, memoryview], None] | None = None) -> FetchStats:
     """Make `part` hold all `size` bytes of `remote`, fetching only what its range record lacks.
@@ -253,7 +110,7 @@ class _Written:
     def add(self, start: int, end: int) -> None:
         with self.changed:
             before = self.prefix
-            self.spans = _merge(self.spans + [[start, end]])
+            self.spans = merge(self.spans + [[start, end]])
             self.total += end - start
             if self.prefix > before:
                 self.changed.notify_all()
@@ -314,7 +171,7 @@ class _PrefixHasher(threading.Thread):
             self.join()
 
 
-def _write(fd: int, block: bytes, offset: int, part_name: str) -> None:
+def _write_block(fd: int, block: bytes, offset: int, part_name: str) -> None:
     try:
         view = memoryview(block)
         while view:
@@ -374,31 +231,6 @@ class _Committer(threading.Thread):
         self.join()
 
 
-class TooSlow(TransferError):
-    """A transfer under the minimum rate for the whole window: a failed attempt, however many bytes trickled in."""
-
-    def __init__(self, message: str):
-        super().__init__(message, retryable=True)
-
-
-class _SpeedCheck:
-    """curl's --speed-limit/--speed-time: fewer than limit x time bytes in any window of `time` seconds fails."""
-
-    def __init__(self, url: str, retry: RetryPolicy):
-        self.url = url
-        self.limit, self.window = retry.min_speed()
-        self.t0, self.bytes = time.monotonic(), 0
-
-    def add(self, n: int) -> None:
-        self.bytes += n
-        now = time.monotonic()
-        if now - self.t0 >= self.window:
-            if self.bytes < self.limit * (now - self.t0):
-                raise TooSlow(f"{self.url}: slower than {self.limit:,.0f} bytes/s for {self.window:g} s "
-                              f"({self.bytes:,} bytes in {now - self.t0:.1f} s)")
-            self.t0, self.bytes = now, 0
-
-
 class _Slot:
     """A range being fetched; `end` may shrink while it runs, when an idle connection takes its far half."""
 
@@ -423,7 +255,7 @@ def _fetch_range(remote: Remote, fd: int, slot: _Slot, lock: threading.Lock, com
         if stop.is_set():
             raise _Abort
         began = slot.pos
-        speed = _SpeedCheck(remote.url, retry)
+        speed = SpeedCheck(remote.url, retry)
         stream = remote.read(slot.pos, slot.end, etag=etag)
         try:
             for block in stream:
@@ -434,7 +266,7 @@ def _fetch_range(remote: Remote, fd: int, slot: _Slot, lock: threading.Lock, com
                     room = slot.end - slot.pos
                 if len(block) > room:
                     block = block[:room]  # the rest of the reply now belongs to another connection
-                _write(fd, block, slot.pos, part_name)
+                _write_block(fd, block, slot.pos, part_name)
                 written.add(slot.pos, slot.pos + len(block))
                 with lock:
                     slot.pos += len(block)
@@ -522,6 +354,15 @@ def _parallel(remote, fd, work, record, written, connections, etag, retry, progr
     total = sum(b - a for a, b in work)
     threads = [threading.Thread(target=worker, daemon=True)
                for _ in range(min(connections, max(len(work), total // STEAL_MIN)))]
+    _run_all(threads, stop, committer)
+    if committer.error is not None:
+        raise committer.error
+    if errors:
+        raise _one_line(next((e for e in errors if isinstance(e, RangeIgnored)), errors[0]), part_name)
+
+
+def _run_all(threads: list[threading.Thread], stop: threading.Event, committer: _Committer) -> None:
+    """Start the workers and wait for them; an interruption stops them all. The committer always finishes."""
     for t in threads:
         t.start()
     try:
@@ -533,10 +374,6 @@ def _parallel(remote, fd, work, record, written, connections, etag, retry, progr
         raise
     finally:
         committer.finish()  # what was written is recorded, whatever happened
-    if committer.error is not None:
-        raise committer.error
-    if errors:
-        raise _one_line(next((e for e in errors if isinstance(e, RangeIgnored)), errors[0]), part_name)
 
 
 def _one_line(e: BaseException, part_name: str) -> BaseException:
@@ -556,14 +393,14 @@ def _single_stream(remote, fd, record: RangeRecord, written: _Written, retry: Re
     have = 0  # bytes from the start already written by an earlier try
     while True:
         pos, mark = 0, 0
-        speed = _SpeedCheck(remote.url, retry)
+        speed = SpeedCheck(remote.url, retry)
         try:
             for block in remote.read(0, record.size, whole=True):
                 speed.add(len(block))
                 stats.count(len(block))
                 skip = min(len(block), max(0, have - pos))
                 if skip < len(block):
-                    _write(fd, block[skip:], pos + skip, part_name)
+                    _write_block(fd, block[skip:], pos + skip, part_name)
                     written.add(pos + skip, pos + len(block))
                     if progress:
                         progress(len(block) - skip)

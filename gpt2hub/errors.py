@@ -57,6 +57,59 @@ class ConsumerTimedOut(ConsumerCrashed):
     """A consumer run in a child process that gave no answer in time, and was stopped."""
 
 
+class SettingError(Gpt2hubError):
+    """An environment variable whose value gpt2hub does not understand."""
+
+
+class UnsafeDestination(Gpt2hubError):
+    """A final name that is a symlink (or not a regular file) where gpt2hub was to write a file."""
+
+
+class StoreError(Gpt2hubError):
+    """A removal that would touch something not gpt2hub's, or a release busy with a pull."""
+
+
+class OfflineError(Gpt2hubError):
+    """Something that needs the network, asked for in offline mode."""
+
+
+class TiktokenError(Gpt2hubError):
+    """Files that are not the ones tiktoken's gpt2 encoding expects, or a cache that cannot take them."""
+
+
+class TransferError(Gpt2hubError):
+    """One failed request; `retryable` says whether the same source may succeed on a retry."""
+
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None, missing: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.missing = missing  # the source does not have this file (404 / NoSuchKey / no such path)
+
+
+class RangeIgnored(TransferError):
+    """The server answered a ranged request with the whole file (200, not 206)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, retryable=False)
+
+
+class TooSlow(TransferError):
+    """A transfer under the minimum rate for the whole window: a failed attempt, however many bytes trickled in."""
+
+    def __init__(self, message: str):
+        super().__init__(message, retryable=True)
+
+
+class DiskFull(DownloadError):
+    """No space left for the download; what was written is kept."""
+
+
+class WrongFile(Gpt2hubError):
+    """Bytes (from a source, or on disk) that are not the release's file: pull tries the next source, and
+    names this one in its error if none has the file."""
+
+
 MAX_JSON_BYTES = 64 << 20  # no JSON input gpt2hub reads (hparams, configs, manifests) comes near this
 MAX_JSON_DEPTH = 32  # a manifest nests 4 deep; deeper is an attack on the parser, not data
 MAX_JSON_CONTAINERS = 1 << 18  # lists and objects (the 1558M manifest has ~1,200; 4 per tensor at most)

@@ -18,20 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import registry, store
-from .errors import Gpt2hubError, UnknownRelease
+from .errors import Gpt2hubError, StoreError, UnknownRelease
+from . import settings
 from .settings import CONVERT_LOCK
 
-LOCK_NAME = ".pull.lock"  # pulling.LOCK_NAME, without importing pulling (and requests) to read it
+LOCK_NAME = settings.PULL_LOCK
 LOCKS = (LOCK_NAME, CONVERT_LOCK)
-# A temp file of one of gpt2hub's writes, named for the file it becomes and the writer's pid: convert's
-# `.NAME.tmp-PID` (and its `.f32` side file, its `.NAME.old-PID` swap), atomic.py's `.NAME.tmp-PID-RANDOM`,
-# and the `.NAME.PID.tmp` of older JSON writes.
+# A temp file of one of gpt2hub's writes, named for the file it becomes and the writer's pid: atomic.py's
+# `.NAME.tmp-PID-RANDOM` (also convert's outputs, their `.f32` side file and --force's swap), and older
+# versions' `.NAME.tmp-PID` (`.f32`), `.NAME.old-PID` and `.NAME.PID.tmp`.
 TEMP = re.compile(r"\.(?P<name>.+?)\.(?:(?:tmp|old)-(?P<pid>\d+)(?:-[^/]+|\.f32)?|(?P<old_pid>\d+)\.tmp)")
 DAMAGED, LEFTOVER = "damaged", "leftover"  # Entry.note: why a file that is not a readable output is removed
-
-
-class StoreError(Gpt2hubError):
-    """A removal that would touch something not gpt2hub's, or a release busy with a pull."""
 
 
 @dataclass

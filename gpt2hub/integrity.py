@@ -1,63 +1,21 @@
 """What pull verified, per file and against what: the typed record `<release>/original/.gpt2hub-verified.json`.
 
-Every reader and writer of that record goes through here, and every JSON file gpt2hub writes goes
-through `gpt2hub.atomic` (here `atomic_write_json`), so no reader ever sees half a file.
+Every reader and writer of that record goes through here; it is written through `gpt2hub.atomic`, so no
+reader ever sees half of it.
 """
 
 from __future__ import annotations
 
-import enum
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .atomic import write_json
+from .trust import Check, HashStatus
 
 RECORD_NAME = ".gpt2hub-verified.json"  # in <home>/<name>/original/, written once every file checked out
 MAX_RECORD_BYTES = 4 << 20
-MEASURED_LABEL = "checked: the sha256 you measured yourself (manifest create)"  # never "published": not OpenAI's
-
-
-atomic_write_json = write_json  # the name download and mirroring import
-
-
-class Check(str, enum.Enum):
-    """What a file's bytes were checked against, strongest first; the first four count as verified."""
-
-    PUBLISHED_SHA256 = "published-sha256"  # the sha256 OpenAI published, from a shipped manifest
-    MEASURED_SHA256 = "measured-sha256"  # the sha256 the user measured from their own files (`manifest create`)
-    SHARED_SHA256 = "shared-sha256"  # the sha256 of the identical file OpenAI published for 124M
-    ORIGIN_CRC32C = "origin-crc32c"  # every tensor's CRC32C, from an index fetched from OpenAI's origin (or one
-    # whose own sha256 was verified); for the index itself: fetched from the origin
-    MIRROR_CRC32C = "mirror-crc32c"  # CRC32C from an index that came from a mirror only
-    MIRROR_SHA256 = "mirror-sha256"  # the sha256 a mirror's own manifest gives
-    SIZE = "size"  # the byte count only
-
-    @property
-    def verified(self) -> bool:
-        return self in (Check.PUBLISHED_SHA256, Check.MEASURED_SHA256, Check.SHARED_SHA256, Check.ORIGIN_CRC32C)
-
-    @property
-    def label(self) -> str:
-        return _LABELS[self]
-
-    @property
-    def users_own(self) -> bool:
-        """True for the sha256 the user measured from their own files: never to be called published."""
-        return self is Check.MEASURED_SHA256
-
-
-_LABELS = {
-    Check.PUBLISHED_SHA256: "verified: published sha256",
-    Check.MEASURED_SHA256: MEASURED_LABEL,
-    Check.SHARED_SHA256: "verified: sha256 of 124M's identical published file",
-    Check.ORIGIN_CRC32C: ("verified: CRC32C from an index fetched from OpenAI (or matching a published sha256, "
-                          "or the one you measured yourself)"),
-    Check.MIRROR_CRC32C: "not verified: CRC32C from a mirror's index only",
-    Check.MIRROR_SHA256: "not verified: the mirror's own sha256 only",
-    Check.SIZE: "not verified: size only",
-}
 
 
 @dataclass(frozen=True)
@@ -122,10 +80,10 @@ def read_record(folder: Path | str) -> Record | None:
 
 def _legacy(info: dict) -> str:
     """The check kind of a record written before kinds existed (sha256_status / verified_by)."""
-    if info.get("verified_by") == "sha256" and info.get("sha256_status") in ("published", "measured"):
-        return (Check.PUBLISHED_SHA256 if info["sha256_status"] == "published" else Check.MEASURED_SHA256).value
+    if info.get("verified_by") == "sha256" and info.get("sha256_status") in (HashStatus.PUBLISHED, HashStatus.MEASURED):
+        return HashStatus(info["sha256_status"]).check.value
     return Check.MIRROR_CRC32C.value if info.get("verified_by") == "crc32c" else Check.SIZE.value
 
 
 def write_record(folder: Path | str, record: Record) -> Path:
-    return atomic_write_json(Path(folder) / RECORD_NAME, record.to_dict(), sort_keys=True)
+    return write_json(Path(folder) / RECORD_NAME, record.to_dict(), sort_keys=True)

@@ -30,7 +30,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
-from . import settings
+from . import atomic, settings
 from .errors import ConsumerCrashed, ConsumerTimedOut, Gpt2hubError
 
 T = TypeVar("T")
@@ -195,10 +195,8 @@ def _serve(request, result: str, limit: int = 0) -> None:
         memory = limit and not isinstance(e, Gpt2hubError) and (
             isinstance(e, MemoryError) or _OUT_OF_MEMORY.search(f"{type(e).__name__}: {e}"))
         outcome = ("memory", None, description) if memory else ("raised", error, description)
-    tmp = result + ".tmp"
-    with open(tmp, "wb") as f:
-        pickle.dump(outcome, f, protocol=pickle.HIGHEST_PROTOCOL)  # an unpicklable value: the child fails
-    os.replace(tmp, result)
+    # An unpicklable value: the child fails, and no result is written.
+    atomic.write_bytes(result, pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL), durable=False)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # skip interpreter teardown: native libraries' exit handlers are slow, and some crash

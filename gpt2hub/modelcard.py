@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import converters
 from .errors import MirrorError
-from .integrity import Check, FileCheck
+from .integrity import FileCheck
 from .registry import ReleaseManifest
 
 CARD_FILE = "model_card.md"
@@ -23,8 +23,6 @@ BASE_METADATA = {
 }
 _PLAIN_KEY = re.compile(r"[a-z_][a-z0-9_]*")
 FORMAT_TAGS = {**{f.name: f.tags for f in converters.formats()}, "original": ("tensorflow",)}
-# What pull checked that vouches for a file as OpenAI's own (the user's own measured sha256 does not).
-OPENAI_CHECKS = (Check.PUBLISHED_SHA256, Check.SHARED_SHA256, Check.ORIGIN_CRC32C)
 
 
 def card_text() -> str:
@@ -64,7 +62,7 @@ def _yaml(value: object, indent: int = 0) -> list[str]:
 
 def openai_verified(m: ReleaseManifest, pulled: dict[str, FileCheck]) -> bool:
     """Whether pull checked every file of the release against something OpenAI published."""
-    return bool(m.files) and all(f.name in pulled and pulled[f.name].check in OPENAI_CHECKS for f in m.files)
+    return bool(m.files) and all(f.name in pulled and pulled[f.name].check.openais for f in m.files)
 
 
 def metadata(m: ReleaseManifest, formats: list[str], original_sha256: dict[str, str],
@@ -116,7 +114,7 @@ def _checked(m: ReleaseManifest, checks: dict[str, tuple[str, str]], pulled: dic
                  "or every tensor's CRC32C from OpenAI's index), and its sha256 measured again before upload matched: "
                  "these are OpenAI's original weights, unchanged.")
     else:
-        weak = sorted(n for n in (f.name for f in m.files) if n not in pulled or pulled[n].check not in OPENAI_CHECKS)
+        weak = sorted(n for n in (f.name for f in m.files) if n not in pulled or not pulled[n].check.openais)
         claim = (f"**Not verified as OpenAI's:** {', '.join(f'`{n}`' for n in weak)} "
                  "had nothing OpenAI published to be checked against when pulled (see below), so this repository "
                  "does not claim to hold OpenAI's weights unchanged.")

@@ -6,19 +6,16 @@ says so, before any connection is opened. Local folders are on disk, so they sta
 
 from __future__ import annotations
 
-import os
+import contextlib
 import re
+from typing import Iterator
 
 from . import settings
-from .errors import Gpt2hubError
+from .errors import OfflineError
 
 ENV = settings.OFFLINE
 # The libraries gpt2hub drives have their own switches: set them too, so none of them reaches out either.
 LIBRARY_SWITCHES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-
-
-class OfflineError(Gpt2hubError):
-    """Something that needs the network, asked for in offline mode."""
 
 
 def enabled() -> bool:
@@ -26,11 +23,11 @@ def enabled() -> bool:
     return settings.flag(ENV)
 
 
-def enable() -> None:
-    """Offline for this process and the processes it starts."""
-    settings.set_flag(ENV)
-    for var in LIBRARY_SWITCHES:
-        os.environ[var] = "1"
+@contextlib.contextmanager
+def switched_on() -> Iterator[None]:
+    """Offline during a with-block, in this process and the processes it starts; the variables are put back after."""
+    with settings.overridden(dict.fromkeys((ENV, *LIBRARY_SWITCHES), "1")):
+        yield
 
 
 def is_remote(spec: str) -> bool:

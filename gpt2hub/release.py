@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import converters, registry, store
 from .errors import Gpt2hubError
-from .registry import ReleaseManifest
+from .manifest import ReleaseManifest
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,12 @@ value gpt2hub does not understand is refused in one line rather than read as on 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from typing import Iterator, Mapping
 
-from .errors import Gpt2hubError
+from .errors import SettingError
 
 HOME = "GPT2HUB_HOME"
 MANIFESTS = "GPT2HUB_MANIFESTS"
@@ -24,13 +26,14 @@ CONSUMER_MEMORY = "GPT2HUB_CONSUMER_MEMORY"  # GiB of address space a consumer c
 
 CONNECTIONS = 8  # parallel connections of a pull or an upload
 CONVERT_LOCK = ".convert.lock"  # in <home>/<name>/: held by a convert of the release; rm refuses while it is
+PULL_LOCK = ".pull.lock"  # in <home>/<name>/, beside the format folders: held by a pull of the release
+
+# Other programs' variables that gpt2hub reads.
+XDG_CACHE_HOME = "XDG_CACHE_HOME"  # the user's cache folder; the store's default home is under it
+TIKTOKEN_CACHE_DIRS = ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR")  # tiktoken's cache folder, in its order
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
-
-
-class SettingError(Gpt2hubError):
-    """An environment variable whose value gpt2hub does not understand."""
 
 
 def parse_bool(name: str, value: str) -> bool:
@@ -53,6 +56,11 @@ def text(name: str) -> str | None:
     return os.environ.get(name) or None
 
 
+def library(name: str) -> str | None:
+    """Another library's own variable `name` (e.g. HF_ENDPOINT), read now rather than when it was imported."""
+    return text(name)
+
+
 def number(name: str, default: float) -> float:
     """The positive, finite number in `name`, or `default` when unset or empty."""
     raw = os.environ.get(name)
@@ -67,6 +75,26 @@ def number(name: str, default: float) -> float:
     return value
 
 
-def set_flag(name: str, on: bool = True) -> None:
-    """Set the switch `name` for this process and the processes it starts."""
-    os.environ[name] = "1" if on else "0"
+def raw_value(name: str) -> str | None:
+    """The variable `name` exactly as set (an empty value stays ""), or None when unset."""
+    return os.environ.get(name)
+
+
+@contextlib.contextmanager
+def overridden(values: Mapping[str, str]) -> Iterator[None]:
+    """Set variables for this process and the processes it starts during a with-block, then put back what was there."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+
+
+def set_default(name: str, value: str) -> None:
+    """Set another program's variable for this process unless the user set it (in a consumer's child process)."""
+    os.environ.setdefault(name, value)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from . import converters, settings
@@ -21,7 +20,7 @@ def home() -> Path:
     """
     if explicit := settings.text(HOME_ENV):
         return Path(explicit).expanduser().resolve()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    cache = settings.library(settings.XDG_CACHE_HOME) or Path.home() / ".cache"
     return (Path(cache).expanduser() / "gpt2hub").resolve()
 
 

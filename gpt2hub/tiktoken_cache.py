@@ -3,8 +3,8 @@
 tiktoken's `gpt2` encoding reads two URLs through `tiktoken.load.read_file_cached`, which first looks
 for `<cache dir>/<sha1 of the URL>` and uses that file when its sha256 is the one expected. Every
 GPT-2 release ships byte-identical files with exactly those sha256, so copying them there makes
-`tiktoken.get_encoding("gpt2")` work with no network. The URLs and hashes are read from tiktoken
-itself (its `gpt2()` constructor), never copied here, so a tiktoken that changes them is followed.
+`tiktoken.get_encoding("gpt2")` work with no network. The URLs and hashes are pinned below (GPT2_FILES);
+tests/test_structure.py compares them with tiktoken's own `gpt2()` constructor.
 """
 
 from __future__ import annotations
@@ -15,15 +15,18 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import atomic, registry, store
-from .errors import Gpt2hubError
+from . import atomic, registry, settings, store
+from .errors import TiktokenError, UnsafeDestination
 
 FILES = {"encoder_json_file": "encoder.json", "vocab_bpe_file": "vocab.bpe"}  # gpt2()'s keyword -> release file
 HASHES = {"encoder_json_file": "encoder_json_hash", "vocab_bpe_file": "vocab_bpe_hash"}
-
-
-class TiktokenError(Gpt2hubError):
-    """Files that are not the ones tiktoken's gpt2 encoding expects, or a cache that cannot take them."""
+# release file -> (URL, sha256) as tiktoken_ext.openai_public.gpt2() passes them to data_gym_to_mergeable_bpe_ranks.
+GPT2_FILES = {
+    "encoder.json": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+                     "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
+    "vocab.bpe": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+                  "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
+}
 
 
 @dataclass(frozen=True)
@@ -49,37 +52,20 @@ class TiktokenReport:
 
 
 def gpt2_files() -> dict[str, tuple[str, str]]:
-    """release file name -> (URL, sha256) as tiktoken's own `gpt2()` asks for them."""
-    import tiktoken_ext.openai_public as openai_public
-
-    asked: dict = {}
-
-    def record(**kwargs):
-        asked.update(kwargs)
-        return {}
-
-    loader = openai_public.data_gym_to_mergeable_bpe_ranks
-    openai_public.data_gym_to_mergeable_bpe_ranks = record  # gpt2() looks it up at call time
-    try:
-        openai_public.gpt2()
-    except TypeError:
-        pass  # positional arguments: caught below as missing keywords
-    finally:
-        openai_public.data_gym_to_mergeable_bpe_ranks = loader
-    if not all(k in asked for k in (*FILES, *HASHES.values())):
-        raise TiktokenError("this tiktoken's gpt2 encoding does not load encoder.json and vocab.bpe by URL and sha256")
-    return {name: (asked[key], asked[HASHES[key]]) for key, name in FILES.items()}
+    """release file name -> (URL, sha256) as tiktoken's `gpt2()` asks for them (the pinned GPT2_FILES)."""
+    return dict(GPT2_FILES)
 
 
 def cache_dir(explicit: Path | str | None = None) -> Path:
     """The folder tiktoken reads: TIKTOKEN_CACHE_DIR, else DATA_GYM_CACHE_DIR, else <tmp>/data-gym-cache."""
     if explicit is not None:
         return Path(explicit).expanduser()
-    for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
-        if var in os.environ:
-            if os.environ[var] == "":
+    for var in settings.TIKTOKEN_CACHE_DIRS:
+        value = settings.raw_value(var)
+        if value is not None:
+            if value == "":
                 raise TiktokenError(f"{var} is empty, which turns tiktoken's cache off: nothing can be read offline")
-            return Path(os.environ[var]).expanduser()
+            return Path(value).expanduser()
     return Path(tempfile.gettempdir()) / "data-gym-cache"
 
 
@@ -129,7 +115,7 @@ def install(target: str | os.PathLike | None = None, cache: Path | str | None = 
             if not already:
                 atomic.write_bytes(path, data[name])  # whole or not at all, through a private temp file
             report.files.append(CachedFile(name, url, path, sha256, already))
-    except atomic.UnsafeDestination as e:
+    except UnsafeDestination as e:
         raise TiktokenError(f"{e} (in tiktoken's shared cache; remove it if you did not put it there)") from None
     except OSError as e:
         raise TiktokenError(f"{out}: cannot write tiktoken's cache ({e.strerror or e})") from None

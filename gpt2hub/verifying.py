@@ -31,14 +31,15 @@ from .errors import ConsumerCrashed, ConversionError, VerificationError
 from .layout import HParams
 from .release import locate
 from .verification.consumers import (CONSUMER_MODULES, address_space, consumer_run, gpt2hub_logits, installed,  # noqa: F401
-                                     one_line, tensorflow_logits)
+                                     one_line)
 from .verification.integrity import check_integrity
+from .verification.original_graph import tensorflow_logits
 from .verification.outputs import Output, converted_outputs, read_back
 from .verification.references import F64, forward_lanes
-from .verification.report import Check, FileCheck, Report, Row, TokenizerRow, format_report  # noqa: F401
+from .verification.report import IntegrityRow, OutputRow, Report, Row, TokenizerRow, format_report  # noqa: F401
 from .verification.tokenization import TOKENIZER_TEXT, check_tokenizers  # noqa: F401
 from .verification.tolerances import arithmetic_of, compare, judge  # noqa: F401
-from .verification.weights import LayerCache, held_weights, prove
+from .verification.weights import LayerCache, Proof, held_weights, prove
 
 # The default input: prose with punctuation, digits and a quote; long enough to exercise attention.
 DEFAULT_PROMPT = (
@@ -108,9 +109,22 @@ def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | 
         report.seconds = time.perf_counter() - t0
         return report
     ckpt = Checkpoint(release.original)
-    src = str(release.original)
-
     outputs = converted_outputs(release, fmts)
+    read = _read_outputs(report, outputs, explicit, hp, release.original)
+    say(f"exact weights and metadata of {len(read)} outputs")
+    proofs = _prove_outputs(report, ckpt, read)
+    layer_cache = LayerCache(ckpt)
+    groups = _consumer_groups(report, release.original, fmts, read, proofs, layer_cache, ids, device)
+    _judge_groups(report, groups, hp, ids, layer_cache, say)
+    say("tokenization parity")
+    report.tokenization = check_tokenizers(release.original, outputs)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _read_outputs(report: Report, outputs: list[tuple[str, Path | None]], explicit: bool, hp: HParams,
+                  original: Path) -> list[Output]:
+    """Every converted output read back; one that cannot be is a row of its own, and its consumer still runs."""
     read: list[Output] = []
     for fmt, path in outputs:
         if path is None:
@@ -118,37 +132,49 @@ def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | 
                 report.rows.append(Row(fmt, "-", converters.get(fmt).consumer, "-", tolerance="-", note="not converted"))
             continue
         try:
-            read.append(read_back(fmt, path, hp, release.original))
+            read.append(read_back(fmt, path, hp, original))
         except NotImplementedError as e:  # a format that cannot be read back exactly: said, and its consumer runs
-            report.files.append(FileCheck(fmt, "-", "weights", str(path), True, str(e)))
+            report.files.append(OutputRow(fmt, "-", "weights", str(path), True, str(e)))
             read.append(Output(fmt, path, None, []))
             continue
         except Exception as e:  # an output that cannot be read back fails its checks; its consumer still runs
-            report.files.append(FileCheck(fmt, "-", "weights", str(path), False, one_line(e)))
+            report.files.append(OutputRow(fmt, "-", "weights", str(path), False, one_line(e)))
             read.append(Output(fmt, path, None, []))
-    say(f"exact weights and metadata of {len(read)} outputs")
+    return read
+
+
+def _prove_outputs(report: Report, ckpt, read: list[Output]) -> dict[int, Proof]:
+    """Each read-back output's tensors proven against the checkpoint and its metadata checked: id(output) -> proof."""
     proven = [o for o in read if o.stored is not None]
     proofs = dict(zip(map(id, proven), prove(ckpt, [(o.stored.tensors, o.stored.expected) for o in proven])))
     for o in proven:
         proof = proofs[id(o)]
-        report.files.append(FileCheck(o.format, o.dtype, "weights", str(o.path), proof.passed, proof.detail()))
-        report.files.append(FileCheck(o.format, o.dtype, "metadata", str(o.path), not o.problems,
+        report.files.append(OutputRow(o.format, o.dtype, "weights", str(o.path), proof.passed, proof.detail()))
+        report.files.append(OutputRow(o.format, o.dtype, "metadata", str(o.path), not o.problems,
                                       "; ".join(o.problems) or "hparams, eps and vocabulary as the release"))
+    return proofs
 
-    # Consumer rows, grouped by the weights they run on: key -> (weights, [(row, how to get its logits)]).
-    groups: dict[object, tuple[Callable, list[tuple[Row, Callable[[], np.ndarray]]]]] = {}
+
+# The consumer rows that run on one set of weights: (those weights, [(row, how to get its logits)]).
+Group = tuple[Callable, list[tuple[Row, Callable[[], np.ndarray]]]]
+
+
+def _consumer_groups(report: Report, original: Path, fmts: list[str], read: list[Output], proofs: dict[int, Proof],
+                     layer_cache: LayerCache, ids: list[int], device: str) -> list[Group]:
+    """Every consumer row to run, grouped by the weights it runs on (the original's first, TensorFlow last of them)."""
+    groups: dict[object, Group] = {}
+    src = str(original)
 
     def add(held: tuple, row: Row, run: Callable[[], np.ndarray]) -> None:
         groups.setdefault(held[0], (held[1], []))[1].append((row, run))
 
-    layer_cache = LayerCache(ckpt)
     source = held_weights(layer_cache, None, None)
     if "original" in fmts:
         torch_runs: dict[str, np.ndarray] = {}
 
         def gpt2hub_run(which: str) -> np.ndarray:  # one model load for the one-pass and the cached rows
             if not torch_runs:
-                torch_runs["full"], torch_runs["cached"] = isolation.run(gpt2hub_logits, (release.original, ids, device),
+                torch_runs["full"], torch_runs["cached"] = isolation.run(gpt2hub_logits, (original, ids, device),
                                                                          name="gpt2hub", memory_gib=address_space(device))
             return torch_runs.pop(which)
 
@@ -161,22 +187,27 @@ def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | 
         tf_row = Row("original", "f64", "tensorflow", src)
 
         def tf_run() -> np.ndarray:  # OpenAI's graph (f32) if model.ckpt.meta has the forward, else a transcription (f64)
-            logits, tf_row.dtype, tf_row.note = isolation.run(tensorflow_logits, (release.original, ids), name="tensorflow")
+            logits, tf_row.dtype, tf_row.note = isolation.run(tensorflow_logits, (original, ids), name="tensorflow")
             return logits
 
         add(source, tf_row, tf_run)
     elif "original" in fmts:
         report.notes.append("TensorFlow not installed: the original graph was not run")
+    return list(groups.values())
 
+
+def _judge_groups(report: Report, groups: list[Group], hp: HParams, ids: list[int], layer_cache: LayerCache,
+                  say: Callable[[str], None]) -> None:
+    """Per group, the float64 reference and its noise in each consumer's arithmetic; then each consumer, judged."""
     lanes = []
-    for weights, members in groups.values():
+    for weights, members in groups:
         wanted = [arithmetic_of(r.consumer.split(" (")[0], r.dtype) for r, _ in members]
         lanes.append((weights, list({a.name: a for a in [F64, *wanted] if a is not None}.values())))
     say(f"float64 reference on {len(lanes)} set(s) of weights, and its noise in "
         + ", ".join(sorted({a.name for _, arithmetics in lanes for a in arithmetics[1:]})))
     references = forward_lanes(lanes, hp, ids)
     layer_cache.items.clear()
-    for (_, members), (_, arithmetics), runs in zip(groups.values(), lanes, references):
+    for (_, members), (_, arithmetics), runs in zip(groups, lanes, references):
         reference = runs[0]
         noise = {a.name: float(np.abs(r - reference).max()) for a, r in zip(arithmetics, runs)}
         for row, run in members:
@@ -188,8 +219,4 @@ def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | 
                 report.rows.append(row)
             gc.collect()
         runs.clear()
-    say("tokenization parity")
-    report.tokenization = check_tokenizers(release.original, outputs)
-    report.seconds = time.perf_counter() - t0
-    return report
 

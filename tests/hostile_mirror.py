@@ -19,8 +19,8 @@ import struct
 from pathlib import Path
 
 from gpt2hub.registry import MIRROR_MANIFEST
-from gpt2hub.tfcheckpoint import (NO_COMPRESSION, TABLE_MAGIC, _BlockBuilder, _put_varint, crc32c, encode_header,
-                                  mask_crc)
+from gpt2hub.sstable import NO_COMPRESSION, TABLE_MAGIC, _BlockBuilder, crc32c, mask_crc, put_varint as _put_varint
+from gpt2hub.tfbundle import encode_header
 from tests.httpserver import FaultyServer
 
 # Each attack: how it changes a valid manifest (a dict), or the raw body it serves instead.

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 import gpt2hub
-from gpt2hub import converters, registry, tokenizer
+from gpt2hub import converters, registry, tokenizer, vocabulary
 from gpt2hub.errors import CheckpointError
 from gpt2hub.progress import ProgressEvent, TerminalProgress
 
 API = ("pull", "convert", "verify", "sample", "sample_interactive", "mirror", "run_demo", "diagnose")
-CLI_MAY_IMPORT = {"errors", "progress", "converters", "registry", "store"}  # data and errors, not operations
+CLI_MAY_IMPORT = {"errors", "progress", "printing", "converters", "registry", "store"}  # data, errors, text: no operations
 
 
 @pytest.fixture(autouse=True)
@@ -184,7 +184,7 @@ def test_converters_and_tiktoken_read_the_vocabulary_with_the_same_one_line_erro
         shutil.copy(tiny_release / name, tmp_path / name)
     _damage(tmp_path, how)
     errors = []
-    for read in (converters.Vocab.from_folder, tokenizer.mergeable_ranks):
+    for read in (vocabulary.Vocab.from_folder, tokenizer.mergeable_ranks):
         with pytest.raises(CheckpointError, match=message) as e:
             read(tmp_path)
         errors.append(str(e.value))
@@ -192,7 +192,7 @@ def test_converters_and_tiktoken_read_the_vocabulary_with_the_same_one_line_erro
 
 
 def test_the_vocabulary_reader_agrees_with_tiktoken(tiny_release):
-    vocab = converters.Vocab.from_folder(tiny_release)
+    vocab = vocabulary.Vocab.from_folder(tiny_release)
     ranks, eot = tokenizer.mergeable_ranks(tiny_release)
     assert eot == vocab.eot_id and len(ranks) + 1 == len(vocab.tokens)
     assert len(vocab.merges) == len(vocab.tokens) - 257  # every id past the bytes is one merge, then <|endoftext|>

@@ -21,7 +21,8 @@ from gpt2hub.cli import main
 from gpt2hub.conversion import convert
 from gpt2hub.errors import CheckpointError, ConversionError, Gpt2hubError
 from gpt2hub.layout import is_model_tensor
-from gpt2hub.tfcheckpoint import Checkpoint, write_checkpoint
+from gpt2hub.tfcheckpoint import Checkpoint
+from gpt2hub.tfwriter import write_checkpoint
 from gpt2hub.testing.release import tiktoken_encoding
 
 # "The dog was found in a field near the intersection of West" (GPT-2 ids; the tiny model has n_ctx 64).
@@ -238,11 +239,12 @@ def test_pytorch_records_are_64_byte_aligned_like_torch_save(outputs):
 
 
 def test_zip64_records_load_in_torch(tiny_release, tmp_path, monkeypatch):
-    """Shards of the 1558M model pass 4 GiB: lower zipfile's zip64 threshold to write that layout small."""
+    """Shards of the 1558M model pass 4 GiB: lower the zip writer's zip64 threshold to write that layout small."""
     import torch
-    import zipfile
 
-    monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 1 << 16)
+    from gpt2hub import zipwriter
+
+    monkeypatch.setattr(zipwriter, "ZIP64_LIMIT", 1 << 16)
     path = convert(tiny_release, to="pytorch", out=tmp_path / "pt").path / "pytorch_model.bin"
     with open(path, "rb") as f:
         assert b"PK\x06\x06" in f.read()  # the zip64 end of central directory record

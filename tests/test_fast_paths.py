@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 
 import gpt2hub
-from gpt2hub.converters import ONE_PASS_FROM, cast_for, to_bf16, to_bf16_one_pass
+from gpt2hub.casts import ONE_PASS_FROM, cast_for, to_bf16, to_bf16_one_pass
 
 
 def _ggml_bf16(x: np.ndarray) -> np.ndarray:

@@ -12,7 +12,8 @@ import pytest
 
 from gpt2hub import converters, store
 from gpt2hub.cli import main
-from gpt2hub.converters import CASTS, Format
+from gpt2hub.casts import CASTS
+from gpt2hub.converters import Format
 from gpt2hub.errors import ConversionError
 
 FORMATS = converters.formats()
@@ -56,7 +57,7 @@ def test_names_and_ranks_are_unique():
 
 
 def test_cli_store_mirror_card_and_demo_take_their_formats_from_the_registry():
-    mirror = importlib.import_module("gpt2hub.mirroring")
+    mirror = importlib.import_module("gpt2hub.mirror_plan")
     modelcard = importlib.import_module("gpt2hub.modelcard")
     demo = importlib.import_module("gpt2hub.demo")
     params = {p.name: p for p in main.commands["convert"].params}

@@ -15,7 +15,8 @@ from click.testing import CliRunner
 import gpt2hub
 from gpt2hub import registry, store
 from gpt2hub.cli import main
-from gpt2hub.housekeeping import StoreError, on_disk, remove, usage
+from gpt2hub.errors import StoreError
+from gpt2hub.housekeeping import on_disk, remove, usage
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,8 @@ import gpt2hub
 from gpt2hub import registry, store
 from gpt2hub.cli import main
 from gpt2hub.errors import DownloadError, MirrorError, UnknownRelease
-from gpt2hub.mirroring import MIRROR_MANIFEST, SHA256_METADATA
+from gpt2hub.registry import MIRROR_MANIFEST
+from gpt2hub.upload_s3 import SHA256_METADATA
 from tests.hubserver import HubServer
 from tests.s3server import SeaweedS3, find_weed
 

@@ -30,7 +30,7 @@ def reference(tiny_release):
 
 def test_float64_logits_equal_tensorflow_running_the_original_graph(tiny_release, reference):
     pytest.importorskip("tensorflow")
-    from gpt2hub.verification.consumers import tf_transcription as tf_original_graph
+    from gpt2hub.verification.original_graph import tf_transcription as tf_original_graph
 
     ours, _ = logits_of(reference)
     theirs = tf_original_graph(tiny_release, TOKENS)
@@ -40,7 +40,7 @@ def test_float64_logits_equal_tensorflow_running_the_original_graph(tiny_release
 
 def test_float32_logits_match_tensorflow_float32_graph(tiny_release):
     pytest.importorskip("tensorflow")
-    from gpt2hub.verification.consumers import tf_transcription as tf_original_graph
+    from gpt2hub.verification.original_graph import tf_transcription as tf_original_graph
 
     ours, _ = logits_of(M.from_checkpoint(tiny_release, dtype=torch.float32))
     np.testing.assert_allclose(ours, tf_original_graph(tiny_release, TOKENS, dtype="float32"), rtol=0, atol=1e-5)

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 
 import gpt2hub
-from gpt2hub import pulling, registry, store
-from gpt2hub.download import MAX_RANGE, MIN_RANGE, RetryPolicy, plan_ranges, record_path
+from gpt2hub import crc_repair, registry, store
 from gpt2hub.errors import DownloadError
 from gpt2hub.integrity import Check
 from gpt2hub.pulling import pull
-from gpt2hub.sources import CHUNK
+from gpt2hub.ranges import MAX_RANGE, MIN_RANGE, plan_ranges, record_path
+from gpt2hub.remote import CHUNK
+from gpt2hub.retry import RetryPolicy
 from gpt2hub.tfcheckpoint import read_index
 from tests.httpserver import Faults, FaultyServer
 
@@ -241,7 +242,7 @@ def test_a_cut_single_stream_is_read_again_without_rewriting_what_it_wrote(serve
 
 def test_tensor_crcs_are_computed_while_downloading_not_read_back(server, tiny_manifest, tiny_release, monkeypatch):
     calls = []
-    monkeypatch.setattr(pulling, "range_crc32c", lambda *a, **k: calls.append(a) or 0)
+    monkeypatch.setattr(crc_repair, "range_crc32c", lambda *a, **k: calls.append(a) or 0)
     r = _pull(server, tiny_manifest)
     assert _same_files(r.path, tiny_release) and all(f.verified for f in r.files) and not calls
 

@@ -14,10 +14,10 @@ import pytest
 
 import gpt2hub
 from gpt2hub import registry, store
-from gpt2hub.download import RangeRecord, RetryPolicy
-from gpt2hub.errors import DownloadError
-from gpt2hub.offline import OfflineError
+from gpt2hub.errors import DownloadError, OfflineError
 from gpt2hub.pulling import pull
+from gpt2hub.ranges import RangeRecord
+from gpt2hub.retry import RetryPolicy
 from tests.httpserver import FaultyServer
 from tests.test_pull import mirror_root, tiny_manifest  # noqa: F401 - the same session fixtures as pull's tests
 

@@ -14,27 +14,24 @@ from hypothesis import strategies as st
 
 from gpt2hub.errors import CheckpointError, ChecksumError
 from gpt2hub.layout import HParams, tensor_shapes
-from gpt2hub.tfcheckpoint import (
+from gpt2hub.sstable import (
     FOOTER_SIZE,
     TABLE_MAGIC,
-    Checkpoint,
-    TensorEntry,
     _BlockBuilder,
     _block_entries,
-    _put_varint,
     _read_block,
     _read_handle,
     _short_successor,
     build_table,
     crc32c,
-    encode_entry,
-    encode_header,
     mask_crc,
-    read_index,
+    put_varint,
     read_table,
     unmask_crc,
-    write_checkpoint,
 )
+from gpt2hub.tfbundle import TensorEntry, encode_entry, encode_header
+from gpt2hub.tfcheckpoint import Checkpoint, read_index
+from gpt2hub.tfwriter import write_checkpoint
 from gpt2hub.testing.release import REAL_FIXTURES
 from tests.checks import one_line
 
@@ -331,11 +328,11 @@ def snappy_table(items: list[tuple[bytes, bytes]], contents=None) -> bytes:
     compressed = bytes(cramjam.snappy.compress_raw(data.finish())) if contents is None else contents
     out = block(compressed, 1)
     index = _BlockBuilder(1)
-    index.add(_short_successor(items[-1][0]), _put_varint(0) + _put_varint(len(compressed)))
-    meta_handle = _put_varint(len(out)) + _put_varint(8)
+    index.add(_short_successor(items[-1][0]), put_varint(0) + put_varint(len(compressed)))
+    meta_handle = put_varint(len(out)) + put_varint(8)
     out += block(_BlockBuilder(16).finish(), 0)
     index_raw = index.finish()
-    index_handle = _put_varint(len(out)) + _put_varint(len(index_raw))
+    index_handle = put_varint(len(out)) + put_varint(len(index_raw))
     out += block(index_raw, 0)
     return out + (meta_handle + index_handle).ljust(40, b"\0") + struct.pack("<Q", TABLE_MAGIC)
 
@@ -528,7 +525,7 @@ def test_range_crc32c_reads_in_chunks_and_equals_the_whole_buffers_crc(tmp_path,
 def test_small_buffers_crc32c_in_python_as_the_crc32c_package_does(data, start):
     import crc32c as package
 
-    from gpt2hub.tfcheckpoint import _small_crc32c
+    from gpt2hub.sstable import _small_crc32c
 
     assert _small_crc32c(b"123456789", 0) == 0xE3069283  # the CRC-32C check value
     assert _small_crc32c(data, start) == package.crc32c(data, start)

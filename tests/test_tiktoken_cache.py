@@ -15,8 +15,9 @@ from click.testing import CliRunner
 
 import gpt2hub
 from gpt2hub.cli import main
+from gpt2hub.errors import TiktokenError
 from gpt2hub.testing.release import REAL_FIXTURES
-from gpt2hub.tiktoken_cache import TiktokenError, gpt2_files
+from gpt2hub.tiktoken_cache import gpt2_files
 from tests.checks import one_line
 
 TEXT = ("Hello world!  It's 2019 — naïve café 🤗\n\n\t  x<|endoftext|>The end's  \u00a0 ok?!\r\n"

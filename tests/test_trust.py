@@ -20,14 +20,19 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import gpt2hub
 from gpt2hub import registry, store
-from gpt2hub.download import RetryPolicy, record_path
 from gpt2hub.errors import CheckpointError, DownloadError, Gpt2hubError
+from gpt2hub.manifest import MAX_MANIFEST_BYTES
 from gpt2hub.integrity import Check, read_record
 from gpt2hub.pulling import pull
+from gpt2hub.ranges import record_path
 from gpt2hub.registry import ReleaseManifest, create_manifest
-from gpt2hub.sources import PUBLIC_MIRRORS, default_sources, redact
-from gpt2hub.tfcheckpoint import (NO_COMPRESSION, TABLE_MAGIC, Checkpoint, _BlockBuilder,
-                                  _put_varint, crc32c, encode_header, mask_crc, read_index, write_checkpoint)
+from gpt2hub.remote import redact
+from gpt2hub.retry import RetryPolicy
+from gpt2hub.sources import PUBLIC_MIRRORS, default_sources
+from gpt2hub.sstable import NO_COMPRESSION, TABLE_MAGIC, _BlockBuilder, crc32c, mask_crc, put_varint as _put_varint
+from gpt2hub.tfbundle import encode_header
+from gpt2hub.tfcheckpoint import Checkpoint, read_index
+from gpt2hub.tfwriter import write_checkpoint
 from tests.checks import invoke as cli
 from tests.hostile_mirror import HOSTILE, HostileMirror, deep_json, hostile_manifest, key_bomb_index
 from tests.httpserver import Faults, FaultyServer
@@ -341,7 +346,7 @@ def test_an_index_whose_keys_expand_to_gigabytes_is_refused_in_bounded_memory(tm
 
 def test_an_oversized_mirror_manifest_is_never_read(evil, base):
     body = json.dumps(base).encode()
-    evil.publish("foo", body + b" " * (registry.MAX_MANIFEST_BYTES + 1 - len(body)))
+    evil.publish("foo", body + b" " * (MAX_MANIFEST_BYTES + 1 - len(body)))
     one_line_error(cli("pull", "foo", "--source", evil.url, "--quiet"), "larger than a manifest may be")
     assert not [s for s in evil.server.log if s.file == registry.MIRROR_MANIFEST and s.sent > 0]
 
@@ -360,7 +365,7 @@ def test_a_source_that_drips_bytes_fails_the_attempt(evil, base, tmp_path, monke
 def test_a_dying_committer_ends_the_pull_with_one_line(evil, tmp_path, monkeypatch):
     import errno
 
-    import gpt2hub.download
+    import gpt2hub.ranges
 
     manifest = registry.write_manifest(create_manifest(evil.root / "foo", "foo"), tmp_path / "foo.json")
     dest = store.release_dir("foo")
@@ -369,7 +374,7 @@ def test_a_dying_committer_ends_the_pull_with_one_line(evil, tmp_path, monkeypat
     def full(*args, **kwargs):  # the record can never be written (its temp file is private: nothing to plant)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(gpt2hub.download, "atomic_write_json", full)
+    monkeypatch.setattr(gpt2hub.ranges, "write_json", full)
     t0 = time.monotonic()
     with pytest.raises(DownloadError, match="cannot record finished bytes") as e:
         pull("foo", manifest=manifest, sources=[evil.url], retry=FAST, span=1 << 20)

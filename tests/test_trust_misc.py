@@ -16,8 +16,9 @@ import pytest
 
 import gpt2hub
 from gpt2hub import hashes, offline, registry, store, vocab_cache
-from gpt2hub.integrity import MEASURED_LABEL, Check, FileCheck, Record, write_record
+from gpt2hub.integrity import Check, FileCheck, Record, write_record
 from gpt2hub.testing.release import REAL_FIXTURES
+from gpt2hub.trust import MEASURED_LABEL
 from tests.checks import invoke as cli
 
 VICTIM_BYTES = b"the victim's own file\n"

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from gpt2hub import registry, s3, store
-from gpt2hub.errors import S3AddressError
+from gpt2hub.errors import S3AddressError, SettingError
 from gpt2hub.integrity import read_record
-from gpt2hub.pulling import FREE_SPACE_MARGIN, MAX_META_BYTES, pull
+from gpt2hub.pull_plan import FREE_SPACE_MARGIN, MAX_META_BYTES
+from gpt2hub.pulling import pull
 from gpt2hub.registry import create_manifest
-from gpt2hub.settings import SettingError
 from gpt2hub.sources import PUBLIC_MIRRORS, default_sources
 from tests.checks import invoke as cli
 from tests.hostile_mirror import HostileMirror

@@ -109,7 +109,7 @@ def test_openais_real_meta_graph_passes_the_allowlist_on_its_own():
     import tensorflow as tf
     from tensorflow.core.protobuf import meta_graph_pb2
 
-    from gpt2hub.verification.consumers import graph_logits_tensor, read_meta_graph, unsafe_dependency, unsafe_op
+    from gpt2hub.verification.original_graph import graph_logits_tensor, read_meta_graph, unsafe_dependency, unsafe_op
 
     meta = meta_graph_pb2.MetaGraphDef()
     meta.ParseFromString((REAL_FIXTURES / "model.ckpt.meta").read_bytes())
@@ -124,7 +124,7 @@ def test_openais_real_meta_graph_passes_the_allowlist_on_its_own():
 
 @pytest.mark.skipif(not HAS_TF, reason="TensorFlow not installed")
 def test_a_meta_graph_that_is_not_a_protobuf_is_not_run(tiny_release, tmp_path):
-    from gpt2hub.verification.consumers import read_meta_graph
+    from gpt2hub.verification.original_graph import read_meta_graph
 
     original = copy_release(tiny_release, tmp_path)
     (original / "model.ckpt.meta").write_bytes(b"\xff" * 64)

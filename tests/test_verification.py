@@ -287,7 +287,7 @@ def test_tensorflow_runs_openais_graph_when_the_meta_graph_has_the_forward(tmp_p
 def test_openais_real_124m_meta_graph_has_the_forward():
     import tensorflow as tf
 
-    from gpt2hub.verification.consumers import graph_logits_tensor
+    from gpt2hub.verification.original_graph import graph_logits_tensor
 
     graph = tf.Graph()
     with graph.as_default():

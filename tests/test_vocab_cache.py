@@ -10,8 +10,9 @@ import pytest
 
 import gpt2hub
 from gpt2hub import vocab_cache
-from gpt2hub.converters import Vocab, hf
+from gpt2hub.converters import hf
 from gpt2hub.tokenizer import ENDOFTEXT
+from gpt2hub.vocabulary import Vocab
 
 
 @pytest.fixture

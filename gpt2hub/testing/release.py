@@ -33,7 +33,7 @@ import numpy as np
 
 from ..layout import HParams, tensor_shapes
 from ..registry import OPENAI_FILES
-from ..tfcheckpoint import write_checkpoint
+from ..tfwriter import write_checkpoint
 from ..tokenizer import ENDOFTEXT
 from . import strict
 from .vocab import generated_vocab
@@ -169,7 +169,7 @@ def _write_checkpoint(out: Path, shapes: dict[str, tuple[int, ...]], seed: int, 
                 )
         if forward_heads:  # the forward too, as OpenAI's own model.ckpt.meta holds it: int32 [1, n_ctx] -> logits
             from gpt2hub.layout import HParams
-            from gpt2hub.verification.consumers import openai_model
+            from gpt2hub.verification.original_graph import openai_model
 
             n_vocab, n_embd = shapes["model/wte"]
             n_ctx = shapes["model/wpe"][0]

@@ -11,7 +11,8 @@ import numpy as np
 from .. import converters
 from ..layout import HParams
 from ..release import Release
-from .weights import StoredOutput
+from ..stored import StoredOutput
+from ..vocabulary import Vocab
 
 EPS = 1e-5  # openai/gpt-2 src/model.py norm()
 
@@ -51,7 +52,7 @@ def read_back(fmt: str, path: Path, hparams: HParams, original: Path) -> Output:
     form = converters.get(fmt)
     if form.read_stored is None:
         raise NotImplementedError(f"not proven: the {fmt} format declares no exact read-back (Format.read_stored)")
-    stored = form.read_stored(path, hparams, original)
+    stored = form.read_stored(path, hparams, Vocab.in_folder(original))  # the vocabulary read only where compared
     want = {"n_vocab": hparams.n_vocab, "n_ctx": hparams.n_ctx, "n_embd": hparams.n_embd, "n_head": hparams.n_head,
             "n_layer": hparams.n_layer, "eps": EPS}
     problems = []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 @dataclass
-class Check:
+class IntegrityRow:
     """One integrity fact about the original files."""
 
     name: str
@@ -16,7 +16,7 @@ class Check:
 
 
 @dataclass
-class FileCheck:
+class OutputRow:
     """One exact fact about a converted output: its tensors against the source, or its metadata against the manifest."""
 
     format: str
@@ -80,8 +80,8 @@ class Report:
     original: str
     device: str
     tokens: list[int]
-    integrity: list[Check] = field(default_factory=list)
-    files: list[FileCheck] = field(default_factory=list)
+    integrity: list[IntegrityRow] = field(default_factory=list)
+    files: list[OutputRow] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
     tokenization: list[TokenizerRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)

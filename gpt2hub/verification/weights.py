@@ -2,21 +2,22 @@
 
 A format describes each tensor it stores (`Stored`: name, encoding, shape, where its bytes are) and what
 it should be (`Expected`: the TF variable, the encoding, whether the layout is transposed, how many zero
-rows pad it). The checks are then generic, per encoding: F32 bit-identical to the source; F16/BF16 equal
-to the source rounded to nearest even; block types (Q8_0, ...) byte-identical to gguf-py's reference
-quantizer, or else every dequantized value within that type's proven error bound; padding rows all zero
-bits. Tensors stream one row-chunk at a time through read(2), so memory stays at a few chunks whatever
-the model size.
+rows pad it), both from gpt2hub.stored. The checks are then generic, per encoding: F32 bit-identical to
+the source; F16/BF16 equal to the source rounded to nearest even; block types (Q8_0, ...) byte-identical
+to gguf-py's reference quantizer, or else every dequantized value within that type's proven error bound;
+padding rows all zero bits. Tensors stream one row-chunk at a time through read(2), so memory stays at a
+few chunks whatever the model size.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+
+from ..stored import Expected, Stored, StoredOutput
 
 CHUNK_BYTES = 16 << 20
 RAW_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}  # BF16 as its bits
@@ -32,39 +33,6 @@ def _q8_0_bound(amax: np.ndarray) -> np.ndarray:
 
 # Proven per-block error bounds of block types, |dequantized - source| <= bound(block's max |x|).
 BLOCK_BOUNDS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"Q8_0": _q8_0_bound}
-
-
-@dataclass(frozen=True)
-class Stored:
-    """One tensor as an output stores it: name, encoding (gguf-py's type name), logical shape, byte range."""
-
-    name: str
-    encoding: str
-    shape: tuple[int, ...]
-    path: Path
-    offset: int
-    nbytes: int
-
-
-@dataclass(frozen=True)
-class Expected:
-    """What a stored tensor must be: the TF variable it comes from, its encoding, and whether it is transposed."""
-
-    source: str
-    encoding: str
-    transpose: bool = False
-    zero_rows: int = 0  # rows stored after the source's, every bit zero (llm.c pads wte to a multiple of 128)
-
-
-@dataclass
-class StoredOutput:
-    """An output as its format reads it back for the proofs: what it stores, what it must store, its metadata."""
-
-    dtype: str
-    config: dict  # GPTConfig's fields as the output declares them: n_vocab, n_ctx, n_embd, n_head, n_layer, eps, activation
-    tensors: dict[str, Stored]
-    expected: dict[str, Expected]
-    problems: list[str] = field(default_factory=list)  # format-specific metadata that is wrong (tokenizer, semantics keys)
 
 
 def _qtype(encoding: str):
