@@ -95,7 +95,7 @@ def clashes(m: ReleaseManifest, *, path: Path | None = None) -> list[str]:
 
 def user_manifest_dirs() -> list[Path]:
     """Folders searched for user manifests: $GPT2HUB_MANIFESTS (path list), then <home>/manifests."""
-    dirs = [Path(p) for p in (settings.text(MANIFESTS_ENV) or "").split(os.pathsep) if p]
+    dirs = [Path(p) for p in (settings.value(MANIFESTS_ENV) or "").split(os.pathsep) if p]
     return dirs + [store.home() / "manifests"]
 
 

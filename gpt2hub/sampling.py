@@ -181,7 +181,7 @@ class Sampler:
         return "".join(pieces) + tail
 
 
-def header(i: int) -> str:
+def sample_header(i: int) -> str:
     return "=" * HEADER_WIDTH + f" SAMPLE {i} " + "=" * HEADER_WIDTH
 
 
@@ -198,7 +198,7 @@ class Samples:
         return {"release": self.release, "path": str(self.path), "texts": self.texts, "prompts": self.prompts}
 
 
-def run(sampler: Sampler, prompt: str | None, nsamples: int = 1, length: int | None = None, settings: Settings = Settings(),
+def generate_samples(sampler: Sampler, prompt: str | None, nsamples: int = 1, length: int | None = None, settings: Settings = Settings(),
         seed: int | None = None, progress: Reporter | None = None) -> list[str]:
     """nsamples samples (0: until interrupted); sample i uses (seed + i) mod 2**64, so a seed fixes every sample."""
     if nsamples < 0:
@@ -208,7 +208,7 @@ def run(sampler: Sampler, prompt: str | None, nsamples: int = 1, length: int | N
     sampler.plan(prompt, length)  # a bad length, seed or top-k fails before any output
     texts, i = [], 0
     while nsamples == 0 or i < nsamples:
-        emit(progress, ProgressEvent.output(header(i + 1) + "\n"))
+        emit(progress, ProgressEvent.output(sample_header(i + 1) + "\n"))
         texts.append(sampler.sample(prompt, length, settings, None if seed is None else (seed + i) % SEEDS, progress))
         emit(progress, ProgressEvent.output("\n"))
         i += 1
@@ -228,7 +228,7 @@ def interactive(sampler: Sampler, nsamples: int = 1, length: int | None = None, 
         if not text.strip():
             emit(progress, ProgressEvent.output("Prompt should not be empty!\n"))
             continue
-        texts = run(sampler, text, nsamples or 1, length, settings, seed, progress)
+        texts = generate_samples(sampler, text, nsamples or 1, length, settings, seed, progress)
         result.texts += texts
         result.prompts += [text] * len(texts)
 
@@ -240,7 +240,7 @@ def sample(target: str | os.PathLike | None = None, *, prompt: str | None = None
     settings = Settings(temperature, top_k, top_p)
     check_seed(seed)  # bad arguments fail before the model is loaded
     sampler = Sampler(target, device, manifest)
-    texts = run(sampler, prompt, nsamples, length, settings, seed, progress)
+    texts = generate_samples(sampler, prompt, nsamples, length, settings, seed, progress)
     return Samples(sampler.release.name, sampler.release.original, texts, [prompt] * len(texts))
 
 

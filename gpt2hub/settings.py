@@ -51,14 +51,14 @@ def flag(name: str) -> bool:
     return parse_bool(name, os.environ.get(name, ""))
 
 
-def text(name: str) -> str | None:
+def value(name: str) -> str | None:
     """The variable `name`, or None when unset or empty."""
     return os.environ.get(name) or None
 
 
 def library(name: str) -> str | None:
     """Another library's own variable `name` (e.g. HF_ENDPOINT), read now rather than when it was imported."""
-    return text(name)
+    return value(name)
 
 
 def number(name: str, default: float) -> float:

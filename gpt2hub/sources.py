@@ -25,7 +25,7 @@ PUBLIC_MIRRORS = (
 def origin_url() -> str:
     """OpenAI's base URL, or $GPT2HUB_ORIGIN where set (tests: a loopback server). The origin's index vouches
     for a data file without a published sha256."""
-    return settings.text(settings.ORIGIN) or OPENAI_URL
+    return settings.value(settings.ORIGIN) or OPENAI_URL
 
 
 def open_source(spec: str, endpoint_url: str | None = None, connections: int = settings.CONNECTIONS,
@@ -43,7 +43,7 @@ def open_source(spec: str, endpoint_url: str | None = None, connections: int = s
 
 def user_sources(explicit: list[str] | tuple[str, ...] = ()) -> list[str]:
     """The sources the user named: `--source`, else $GPT2HUB_SOURCE."""
-    return list(explicit) or [s for s in re.split(r"[\s,]+", settings.text(settings.SOURCE) or "") if s]
+    return list(explicit) or [s for s in re.split(r"[\s,]+", settings.value(settings.SOURCE) or "") if s]
 
 
 def no_public_mirrors() -> bool:

@@ -18,7 +18,7 @@ def home() -> Path:
 
     Resolved (absolute, links followed), so every command names a release's folders the same way.
     """
-    if explicit := settings.text(HOME_ENV):
+    if explicit := settings.value(HOME_ENV):
         return Path(explicit).expanduser().resolve()
     cache = settings.library(settings.XDG_CACHE_HOME) or Path.home() / ".cache"
     return (Path(cache).expanduser() / "gpt2hub").resolve()

@@ -30,7 +30,7 @@ def folder(k: str) -> Path:
     return store.home() / CACHE / k
 
 
-def load(k: str, name: str) -> str | None:
+def cached(k: str, name: str) -> str | None:
     """The cached text, or None: not cached, unreadable, or not what was written."""
     try:
         want = json.loads((folder(k) / INDEX).read_text()).get(name)
@@ -55,9 +55,9 @@ def save(k: str, name: str, text: str) -> None:
         pass
 
 
-def text(k: str, name: str, build: Callable[[], str]) -> str:
+def cached_text(k: str, name: str, build: Callable[[], str]) -> str:
     """The cached text of `name`, built (and kept) on a miss."""
-    found = load(k, name)
+    found = cached(k, name)
     if found is None:
         found = build()
         save(k, name, found)

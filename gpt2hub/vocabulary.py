@@ -45,7 +45,7 @@ class Vocab:
 
     def derived(self, name: str, build: Callable[[], str]) -> str:
         """A text built from this vocabulary only (tokenizer.json, say), from the cache when it was built before."""
-        return vocab_cache.text(self.key, name, build)
+        return vocab_cache.cached_text(self.key, name, build)
 
     @cached_property
     def facts(self) -> dict:

@@ -22,3 +22,33 @@ def invoke(*args: str):
     if result.exception and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result
+
+
+DEAD_PROXY = "http://127.0.0.1:9"  # nothing listens: a test that reaches for the internet fails at once
+KEPT = ("GPT2HUB_STRICT_TESTS", "GPT2HUB_SHARED")  # the test run's own switches
+
+
+def isolate(monkeypatch: pytest.MonkeyPatch, home, *, no_internet: bool = True) -> None:
+    """A fresh GPT2HUB_HOME with none of gpt2hub's other switches set; https through a dead proxy, loopback direct."""
+    import os
+
+    for var in [v for v in os.environ if v.startswith("GPT2HUB_") and v not in KEPT]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("GPT2HUB_HOME", str(home))
+    if no_internet:
+        for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+            monkeypatch.delenv(var, raising=False)
+        for var in ("HTTPS_PROXY", "https_proxy"):
+            monkeypatch.setenv(var, DEAD_PROXY)
+        for var in ("NO_PROXY", "no_proxy"):
+            monkeypatch.setenv(var, "127.0.0.1,localhost")
+
+
+def one_line_error(result, *needles: str) -> str:
+    """The CLI result is exit 1 with exactly one stderr line that is not a warning: the error, holding `needles`."""
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("gpt2hub: warning:")]
+    assert result.exit_code == 1 and len(errors) == 1 and errors[0].startswith("gpt2hub: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for n in needles:
+        assert n in errors[0], errors[0]
+    return errors[0]

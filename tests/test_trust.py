@@ -33,7 +33,7 @@ from gpt2hub.sstable import NO_COMPRESSION, TABLE_MAGIC, _BlockBuilder, crc32c, 
 from gpt2hub.tfbundle import encode_header
 from gpt2hub.tfcheckpoint import Checkpoint, read_index
 from gpt2hub.tfwriter import write_checkpoint
-from tests.checks import invoke as cli
+from tests.checks import invoke as cli, isolate, one_line_error
 from tests.hostile_mirror import HOSTILE, HostileMirror, deep_json, hostile_manifest, key_bomb_index
 from tests.httpserver import Faults, FaultyServer
 
@@ -47,15 +47,7 @@ DEAD = "http://127.0.0.1:9/nothing"
 @pytest.fixture(autouse=True)
 def env(tmp_path, monkeypatch):
     """A fresh home, no internet (https to a dead proxy), none of gpt2hub's switches set."""
-    monkeypatch.setenv("GPT2HUB_HOME", str(tmp_path / "home"))
-    for var in ("GPT2HUB_SOURCE", "GPT2HUB_MANIFESTS", "GPT2HUB_ORIGIN", "GPT2HUB_NO_PUBLIC_MIRRORS",
-                "GPT2HUB_ACCEPT_DIFFERENT_SHARED", "GPT2HUB_SPEED_LIMIT", "GPT2HUB_SPEED_TIME",
-                "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    for var in ("HTTPS_PROXY", "https_proxy"):
-        monkeypatch.setenv(var, DEAD_PROXY)
-    for var in ("NO_PROXY", "no_proxy"):
-        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    isolate(monkeypatch, tmp_path / "home")
 
 
 @pytest.fixture(scope="module")
@@ -70,15 +62,6 @@ def evil(tmp_path, tiny_release):
         m.release("foo", tiny_release)
         yield m
 
-
-def one_line_error(result, *needles: str) -> str:
-    """The result is exit 1 with exactly one stderr line that is not a warning: the error."""
-    errors = [line for line in result.stderr.splitlines() if not line.startswith("gpt2hub: warning:")]
-    assert result.exit_code == 1 and len(errors) == 1 and errors[0].startswith("gpt2hub: error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    for n in needles:
-        assert n in errors[0], errors[0]
-    return errors[0]
 
 
 def home() -> Path:

@@ -19,7 +19,7 @@ from gpt2hub import hashes, offline, registry, store, vocab_cache
 from gpt2hub.integrity import Check, FileCheck, Record, write_record
 from gpt2hub.testing.release import REAL_FIXTURES
 from gpt2hub.trust import MEASURED_LABEL
-from tests.checks import invoke as cli
+from tests.checks import invoke as cli, isolate, one_line_error
 
 VICTIM_BYTES = b"the victim's own file\n"
 
@@ -27,25 +27,8 @@ VICTIM_BYTES = b"the victim's own file\n"
 @pytest.fixture(autouse=True)
 def env(tmp_path, monkeypatch):
     """A fresh home, no internet (https to a dead proxy), none of gpt2hub's switches set."""
-    monkeypatch.setenv("GPT2HUB_HOME", str(tmp_path / "home"))
-    for var in ("GPT2HUB_SOURCE", "GPT2HUB_MANIFESTS", "GPT2HUB_ORIGIN", "GPT2HUB_NO_PUBLIC_MIRRORS", "GPT2HUB_OFFLINE",
-                "GPT2HUB_ACCEPT_DIFFERENT_SHARED", "GPT2HUB_SPEED_LIMIT", "GPT2HUB_SPEED_TIME",
-                "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    for var in ("HTTPS_PROXY", "https_proxy"):
-        monkeypatch.setenv(var, "http://127.0.0.1:9")
-    for var in ("NO_PROXY", "no_proxy"):
-        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    isolate(monkeypatch, tmp_path / "home")
 
-
-def one_line_error(result, *needles: str) -> str:
-    """The result is exit 1 with exactly one stderr line that is not a warning: the error."""
-    errors = [line for line in result.stderr.splitlines() if not line.startswith("gpt2hub: warning:")]
-    assert result.exit_code == 1 and len(errors) == 1 and errors[0].startswith("gpt2hub: error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    for n in needles:
-        assert n in errors[0], errors[0]
-    return errors[0]
 
 
 @pytest.fixture

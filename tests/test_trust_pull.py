@@ -24,7 +24,7 @@ from gpt2hub.pull_plan import FREE_SPACE_MARGIN, MAX_META_BYTES
 from gpt2hub.pulling import pull
 from gpt2hub.registry import create_manifest
 from gpt2hub.sources import PUBLIC_MIRRORS, default_sources
-from tests.checks import invoke as cli
+from tests.checks import invoke as cli, isolate, one_line_error
 from tests.hostile_mirror import HostileMirror
 from tests.httpserver import Faults
 
@@ -39,16 +39,9 @@ DEAD = "http://127.0.0.1:9/nothing"
 @pytest.fixture(autouse=True)
 def env(tmp_path, monkeypatch):
     """A fresh home, no internet (https to a dead proxy), none of gpt2hub's switches set, no AWS config."""
-    monkeypatch.setenv("GPT2HUB_HOME", str(tmp_path / "home"))
-    for var in ("GPT2HUB_SOURCE", "GPT2HUB_MANIFESTS", "GPT2HUB_ORIGIN", "GPT2HUB_NO_PUBLIC_MIRRORS",
-                "GPT2HUB_ACCEPT_DIFFERENT_SHARED", "GPT2HUB_SPEED_LIMIT", "GPT2HUB_SPEED_TIME", "GPT2HUB_OFFLINE",
-                "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY",
-                "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+    isolate(monkeypatch, tmp_path / "home")
+    for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(var, raising=False)
-    for var in ("HTTPS_PROXY", "https_proxy"):
-        monkeypatch.setenv(var, DEAD_PROXY)
-    for var in ("NO_PROXY", "no_proxy"):
-        monkeypatch.setenv(var, "127.0.0.1,localhost")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
 
@@ -67,15 +60,6 @@ def unsized(manifest: dict, *names: str) -> dict:
             f.update(size=None, sha256=None, status="expected")
     return manifest
 
-
-def one_line_error(result, *needles: str) -> str:
-    """The result is exit 1 with exactly one stderr line that is not a warning: the error."""
-    errors = [line for line in result.stderr.splitlines() if not line.startswith("gpt2hub: warning:")]
-    assert result.exit_code == 1 and len(errors) == 1 and errors[0].startswith("gpt2hub: error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    for n in needles:
-        assert n in errors[0], errors[0]
-    return errors[0]
 
 
 def parts(folder: Path) -> list[tuple[str, int]]:

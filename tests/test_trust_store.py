@@ -25,7 +25,7 @@ from gpt2hub import registry, store
 from gpt2hub.errors import ConversionError
 from gpt2hub.settings import CONVERT_LOCK
 from gpt2hub.testing import STRICT_VARIABLE
-from tests.checks import invoke as cli, one_line
+from tests.checks import invoke as cli, isolate, one_line
 
 DATA = "model.ckpt.data-00000-of-00001"
 REPO = Path(__file__).resolve().parent.parent
@@ -37,10 +37,7 @@ UINT8, UINT32, STRING, ARRAY = 0, 4, 8, 9
 @pytest.fixture(autouse=True)
 def env(tmp_path, monkeypatch):
     """A fresh home, none of gpt2hub's switches set."""
-    monkeypatch.setenv("GPT2HUB_HOME", str(tmp_path / "home"))
-    for var in ("GPT2HUB_SOURCE", "GPT2HUB_MANIFESTS", "GPT2HUB_ORIGIN", "GPT2HUB_NO_PUBLIC_MIRRORS",
-                "GPT2HUB_ACCEPT_DIFFERENT_SHARED", "GPT2HUB_SPEED_LIMIT", "GPT2HUB_SPEED_TIME"):
-        monkeypatch.delenv(var, raising=False)
+    isolate(monkeypatch, tmp_path / "home", no_internet=False)
 
 
 @pytest.fixture(scope="session")

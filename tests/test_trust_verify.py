@@ -20,7 +20,7 @@ import pytest
 
 from gpt2hub.layout import HPARAM_MAX
 from gpt2hub.testing.release import REAL_FIXTURES
-from tests.checks import invoke as cli
+from tests.checks import invoke as cli, isolate
 
 HAS_TF = importlib.util.find_spec("tensorflow") is not None
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
@@ -31,16 +31,7 @@ GUARD_SECONDS = 300
 @pytest.fixture(autouse=True)
 def env(tmp_path, monkeypatch):
     """A fresh home, no internet (https to a dead proxy), none of gpt2hub's switches set."""
-    monkeypatch.setenv("GPT2HUB_HOME", str(tmp_path / "home"))
-    for var in ("GPT2HUB_SOURCE", "GPT2HUB_MANIFESTS", "GPT2HUB_ORIGIN", "GPT2HUB_NO_PUBLIC_MIRRORS",
-                "GPT2HUB_ACCEPT_DIFFERENT_SHARED", "GPT2HUB_SPEED_LIMIT", "GPT2HUB_SPEED_TIME",
-                "GPT2HUB_CONSUMER_TIMEOUT", "GPT2HUB_CONSUMER_MEMORY",
-                "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    for var in ("HTTPS_PROXY", "https_proxy"):
-        monkeypatch.setenv(var, "http://127.0.0.1:9")
-    for var in ("NO_PROXY", "no_proxy"):
-        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    isolate(monkeypatch, tmp_path / "home")
 
 
 def guarded_verify(*args: str) -> subprocess.CompletedProcess:
