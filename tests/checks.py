@@ -52,3 +52,26 @@ def one_line_error(result, *needles: str) -> str:
     for n in needles:
         assert n in errors[0], errors[0]
     return errors[0]
+
+
+def pulled_store(release, root, conversions: list[tuple[str, str | None]]):
+    """A home under `root` holding `release` as `tiny`, pulled from a folder source and converted to each (format,
+    dtype) of `conversions` (None: the format's default); returns the home."""
+    import os
+    import shutil
+
+    import gpt2hub
+    from gpt2hub import registry
+
+    mirror, home = root / "mirror", root / "home"
+    shutil.copytree(release, mirror / "tiny")
+    old = os.environ.get("GPT2HUB_HOME")
+    os.environ["GPT2HUB_HOME"] = str(home)
+    try:
+        registry.save_user_manifest(registry.create_manifest(release, "tiny"))
+        gpt2hub.pull("tiny", sources=[str(mirror)])
+        for fmt, dtype in conversions:
+            gpt2hub.convert("tiny", to=fmt, dtype=dtype)
+    finally:
+        os.environ.pop("GPT2HUB_HOME") if old is None else os.environ.update(GPT2HUB_HOME=old)
+    return home

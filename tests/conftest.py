@@ -47,3 +47,19 @@ def s3_server(tmp_path_factory):
     server = start_seaweed(tmp_path_factory.mktemp("s3server"))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """The stand-in Hub (tests.hubserver), huggingface_hub pointed at it with its token set, Xet off (the legacy LFS path)."""
+    from huggingface_hub import constants
+
+    from tests.hubserver import TOKEN, HubServer
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-hf-token"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    with HubServer(TOKEN) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        yield server

@@ -13,29 +13,17 @@ import pytest
 from click.testing import CliRunner
 
 import gpt2hub
-from gpt2hub import registry, store
+from gpt2hub import store
 from gpt2hub.cli import main
 from gpt2hub.errors import StoreError
 from gpt2hub.housekeeping import on_disk, remove, usage
+from tests.checks import pulled_store
 
 
 @pytest.fixture(scope="session")
 def pulled_home(tiny_release, tmp_path_factory) -> Path:
     """A home holding `tiny` pulled (from a folder source) and converted to safetensors, gguf f32 and q8_0."""
-    root = tmp_path_factory.mktemp("store")
-    mirror, home = root / "mirror", root / "home"
-    shutil.copytree(tiny_release, mirror / "tiny")
-    old = os.environ.get("GPT2HUB_HOME")
-    os.environ["GPT2HUB_HOME"] = str(home)
-    try:
-        registry.save_user_manifest(registry.create_manifest(tiny_release, "tiny"))
-        gpt2hub.pull("tiny", sources=[str(mirror)])
-        gpt2hub.convert("tiny", to="safetensors")
-        for dtype in ("f32", "q8_0"):
-            gpt2hub.convert("tiny", to="gguf", dtype=dtype)
-    finally:
-        os.environ.pop("GPT2HUB_HOME") if old is None else os.environ.update(GPT2HUB_HOME=old)
-    return home
+    return pulled_store(tiny_release, tmp_path_factory.mktemp("store"), [("safetensors", None), ("gguf", "f32"), ("gguf", "q8_0")])
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from gpt2hub.cli import main
 from gpt2hub.errors import DownloadError, MirrorError, UnknownRelease
 from gpt2hub.registry import MIRROR_MANIFEST
 from gpt2hub.upload_s3 import SHA256_METADATA
-from tests.hubserver import HubServer
 from tests.s3server import SeaweedS3, find_weed
 
 NAME = "tiny"
@@ -414,21 +413,6 @@ def test_cli_missing_bucket_exits_1_with_one_line(s3_server, pulled):
 
 # --- Hugging Face Hub (stand-in server) -------------------------------------------------------
 
-TOKEN = "hf_test_token"
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    """The stand-in Hub, with huggingface_hub pointed at it, its token set and Xet off (legacy LFS path)."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-hf-token"))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    with HubServer(TOKEN) as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        yield server
 
 
 @pytest.fixture

@@ -20,10 +20,8 @@ from gpt2hub import registry, store
 from gpt2hub.errors import MirrorError
 from gpt2hub.integrity import Check, FileCheck
 from tests.checks import invoke as cli, one_line
-from tests.hubserver import HubServer
 
 NAME = "tiny"
-TOKEN = "hf_test_token"
 UTC = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 
 
@@ -58,20 +56,6 @@ def pulled(tiny_release) -> registry.ReleaseManifest:
 def safetensors(pulled) -> Path:
     """The pulled release converted to safetensors: its folder."""
     return gpt2hub.convert(NAME, "safetensors").path
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    """The Hub stand-in, huggingface_hub pointed at it with a token, Xet off (the legacy LFS path)."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-hf-token"))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    with HubServer(TOKEN) as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        yield server
 
 
 @pytest.fixture

@@ -21,11 +21,11 @@ import pytest
 
 import gpt2hub
 from gpt2hub.converters import gguf as gguf_format
-from gpt2hub import registry, store
+from gpt2hub import registry
 from gpt2hub.errors import ConversionError
 from gpt2hub.settings import CONVERT_LOCK
 from gpt2hub.testing import STRICT_VARIABLE
-from tests.checks import invoke as cli, isolate, one_line
+from tests.checks import invoke as cli, isolate, one_line, pulled_store
 
 DATA = "model.ckpt.data-00000-of-00001"
 REPO = Path(__file__).resolve().parent.parent
@@ -43,20 +43,7 @@ def env(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def pulled_home(tiny_release, tmp_path_factory) -> Path:
     """A home holding `tiny` pulled from a folder and converted to safetensors, gguf f32 and llm.c."""
-    root = tmp_path_factory.mktemp("store")
-    mirror, home = root / "mirror", root / "home"
-    shutil.copytree(tiny_release, mirror / "tiny")
-    old = os.environ.get("GPT2HUB_HOME")
-    os.environ["GPT2HUB_HOME"] = str(home)
-    try:
-        registry.save_user_manifest(registry.create_manifest(tiny_release, "tiny"))
-        gpt2hub.pull("tiny", sources=[str(mirror)])
-        gpt2hub.convert("tiny", to="safetensors")
-        gpt2hub.convert("tiny", to="gguf", dtype="f32")
-        gpt2hub.convert("tiny", to="llmc")
-    finally:
-        os.environ.pop("GPT2HUB_HOME") if old is None else os.environ.update(GPT2HUB_HOME=old)
-    return home
+    return pulled_store(tiny_release, tmp_path_factory.mktemp("store"), [("safetensors", None), ("gguf", "f32"), ("llmc", None)])
 
 
 @pytest.fixture
