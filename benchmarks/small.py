@@ -92,8 +92,8 @@ def startup(before: Path, work: Path, repeat: int) -> None:
 
 def convert(before: Path, release: Path, work: Path, repeat: int, formats: list[tuple[str, str]]) -> None:
     manifest = work / "manifest.json"
-    if not manifest.exists():
-        subprocess.run([PY, "-m", "gpt2hub.cli", "manifest", "create", str(release), "--name", release.name, "-o",
+    if not manifest.exists():  # a name of its own: a manifest may not take a shipped release's name
+        subprocess.run([PY, "-m", "gpt2hub.cli", "manifest", "create", str(release), "--name", f"bench-{release.name.lower()}", "-o",
                         str(manifest)], check=True, env=env_for(None, work / "home-convert"), stdout=subprocess.DEVNULL)
     out = work / "out"
 

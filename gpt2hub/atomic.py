@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -37,6 +36,8 @@ def refuse_link(path: Path) -> None:
 @contextlib.contextmanager
 def writing(path: Path | str, *, durable: bool = True, mode: int = 0o644) -> Iterator[BinaryIO]:
     """Open a private temp file beside `path`; on a clean exit fsync it (if `durable`) and rename it onto `path`."""
+    import tempfile  # here, not at start-up: it costs every command a few ms of imports
+
     path = Path(path)
     refuse_link(path)
     fd, tmp = tempfile.mkstemp(prefix=temp_name_prefix(path), dir=path.parent)

@@ -142,7 +142,7 @@ def path(name: str, fmt: str, manifest: Path | None) -> None:
 @click.option("--to", "to", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Put the files in this folder (OpenAI's layout) instead of the store.")
 @click.option("--dry-run", is_flag=True, help="Print what would be fetched, from where, and what is here; touch no file.")
-@click.option("--no-public-mirrors", is_flag=True, envvar="GPT2HUB_NO_PUBLIC_MIRRORS",
+@click.option("--no-public-mirrors", is_flag=True,
               help="Only your sources and OpenAI's, never the public third-party copies "
                    "(also $GPT2HUB_NO_PUBLIC_MIRRORS=1).")
 @offline_option

@@ -168,6 +168,10 @@ def dry_run(job: PullJob) -> PullPlan:
             except (TransferError, DownloadError) as e:
                 why.append(f"{spec}: {short(e, spec)}")
                 continue
+            if size is None and st.size > size_cap(job.m, f)[0]:
+                cap, what = size_cap(job.m, f)
+                why.append(f"{spec}: announces {st.size:,} bytes; {f.name} can hold at most {cap:,} ({what})")
+                continue
             source, size = spec, size if size is not None else st.size
             break
         if source is None and (why or not job.sources.offline):  # offline, no folder source: the CLI says so once

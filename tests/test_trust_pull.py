@@ -77,8 +77,10 @@ def test_a_terabyte_announced_for_774m_meta_is_refused_before_a_byte(tmp_path, m
         (evil.root / "774M").mkdir()
         (evil.root / "774M" / META).write_bytes(b"\0" * 4096)
         evil.server.faults = Faults(only=META, announce_size=TIB)
+        plan = cli("pull", "774M", "--only", META, "--source", evil.url, "--dry-run")
         result = cli("pull", "774M", "--only", META, "--source", evil.url)
         gets = [s for s in evil.server.log if s.file == META and s.status == 206]
+    assert f"announces {TIB:,} bytes" in plan.output + plan.stderr and f"{TIB:,}" not in plan.stdout.split("announces")[0]
     one_line_error(result, META, f"announces {TIB:,} bytes", f"at most {MAX_META_BYTES:,}")
     assert gets == [] and parts(store.home()) == []
 
@@ -253,10 +255,11 @@ def test_a_switch_word_gpt2hub_does_not_know_is_refused(wrong_checkpoint, monkey
     assert not (store.release_dir("355M") / "checkpoint").exists()
 
 
-def test_no_public_mirrors_takes_the_same_words_from_the_library(wrong_checkpoint, monkeypatch):
-    """(The CLI's --no-public-mirrors option reads the variable through click.)"""
+def test_no_public_mirrors_takes_the_same_words_in_the_library_and_the_cli(wrong_checkpoint, monkeypatch):
     monkeypatch.setenv("GPT2HUB_NO_PUBLIC_MIRRORS", "maybe")
     with pytest.raises(SettingError, match=r"\$GPT2HUB_NO_PUBLIC_MIRRORS='maybe': not a switch"):
         pull("355M", only=["checkpoint"], sources=[wrong_checkpoint.url])
+    result = cli("pull", "355M", "--only", "checkpoint", "--source", wrong_checkpoint.url)
+    one_line_error(result, "$GPT2HUB_NO_PUBLIC_MIRRORS='maybe'", "not a switch")  # not click's own word list
     monkeypatch.setenv("GPT2HUB_NO_PUBLIC_MIRRORS", "off")
     assert PUBLIC_MIRRORS[0] in default_sources(public_mirrors=True)
