@@ -177,16 +177,18 @@ def expand(global_rules: dict[str, Rule], block_rules: dict[str, Rule], n_layer:
 
 @dataclass
 class ConvertInput:
-    """An open checkpoint and what is known about it; converters only read from it."""
+    """An open checkpoint and what is known about it; converters read from it and note only `hashed`."""
 
     ckpt: Checkpoint
     hparams: HParams
     vocab: Vocab
     release: str
     version: str
-    data_sha256: list[str] | None = None  # per data shard, from the verified record or manifest
+    data_sha256: list[str] | None = None  # per data shard, hashed earlier with the file unchanged since
+    hashed: list[str] | None = None  # per data shard, what a writer measured while converting (None: nothing)
     untie: bool = False
     max_shard_bytes: int | None = None  # pytorch only: None means the format's default
+    source_kind: str = "tf"  # tfcheckpoint.KIND: ckpt is OpenAI's layout; hf_source.KIND: an HF folder read as one
 
     def entries(self) -> list[TensorEntry]:
         """Every model tensor, in data-file order (so the source is read sequentially)."""
@@ -262,6 +264,24 @@ def copy_range(src, dst, offset: int, dst_pos: int, size: int, progress: Progres
         while view:
             view = view[os.write(dst.fileno(), view):]
         progress(len(chunk))
+
+
+def copy_runs(source: ConvertInput, entries: list[TensorEntry], f, progress: Progress) -> None:
+    """f32 outputs whose bytes are the source's: the entries' bytes, in the order given, from f's position on;
+    maximal runs of entries adjacent in the data file go as one copy (the kernel's where it can)."""
+    runs: list[list[int]] = []  # [shard, offset, size]
+    for e in entries:
+        if runs and runs[-1][0] == e.shard_id and runs[-1][1] + runs[-1][2] == e.offset:
+            runs[-1][2] += e.size
+        else:
+            runs.append([e.shard_id, e.offset, e.size])
+    f.flush()
+    dst_pos = f.tell()
+    for shard, offset, size in runs:
+        with open(source.ckpt.data_paths[shard], "rb") as src:
+            copy_range(src, f, offset, dst_pos, size, progress)
+            dst_pos += size
+    f.seek(dst_pos)
 
 
 def _kernel_copy(src: int, dst: int, src_pos: int, dst_pos: int, size: int, progress: Progress) -> bool:

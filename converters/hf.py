@@ -306,6 +306,11 @@ def _rebuild_tensor(storage, offset, shape, stride, *_):
     return _TensorRef(key, STORAGE_ENCODINGS[storage_type], offset, tuple(shape), tuple(stride))
 
 
+class _TorchStateDict(dict):
+    """OrderedDict as a state dict unpickles: a dict whose `_metadata` attribute (module versions, set by the
+    pickle's BUILD opcode on torch.save of `model.state_dict()`) is kept as data and never read."""
+
+
 def _state_dict_unpickler(stream) -> pickle.Unpickler:
     """data.pkl read to (storage key, type, shape) without torch: torch.load(mmap=True) would keep every page it
     reads resident (6 GB at 1558M). Anything but a plain state dict of tensors is refused."""
@@ -313,7 +318,7 @@ def _state_dict_unpickler(stream) -> pickle.Unpickler:
     class StateDictUnpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str):
             if (module, name) == ("collections", "OrderedDict"):
-                return dict
+                return _TorchStateDict
             if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
                 return _rebuild_tensor
             if module == "torch" and name in STORAGE_ENCODINGS:

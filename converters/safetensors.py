@@ -18,7 +18,7 @@ from pathlib import Path
 from gpt2hub.casts import CASTS, cast_for
 from gpt2hub.threads import BackgroundSha256, pipelined
 
-from . import CHUNK_BYTES, ConvertInput, Format, Planned, Progress, copy_range, numel, plan, row_chunks
+from . import CHUNK_BYTES, ConvertInput, Format, Planned, Progress, copy_runs, numel, plan, row_chunks
 from . import hf
 
 WEIGHTS = "model.safetensors"
@@ -36,6 +36,8 @@ def header(source: ConvertInput, planned: list[Planned], dtype: str, sha256: lis
         "source_sha256": ",".join(sha256),
         "converter": f"gpt2hub {source.version}",
     }
+    if source.source_kind != "tf":  # source_file and source_sha256 then name the HF weight files, not a TF data file
+        meta["source_kind"] = source.source_kind
     entries: dict[str, object] = {"__metadata__": meta}
     size, offset = CASTS[dtype][0], 0
     for p in planned:
@@ -58,7 +60,7 @@ def write(source: ConvertInput, out: Path, dtype: str, progress: Progress) -> No
             with open(out / WEIGHTS, "wb") as f:
                 f.write(header(source, planned, dtype, source.data_sha256 or [SHA_PLACEHOLDER] * len(source.ckpt.data_paths)))
                 if dtype == "f32":
-                    _copy_runs(source, planned, f, progress)
+                    copy_runs(source, [p.entry for p in planned], f, progress)
                 else:
                     cast = cast_for(dtype, sum(p.entry.size for p in planned))
                     blocks = (b for p in planned for b in row_chunks(source, p))
@@ -67,34 +69,12 @@ def write(source: ConvertInput, out: Path, dtype: str, progress: Progress) -> No
                         progress(n)
                 if hashing:
                     f.seek(0)
-                    f.write(header(source, planned, dtype, hashing.result()))
+                    source.hashed = hashing.result()
+                    f.write(header(source, planned, dtype, source.hashed))
             side_files.result()
     finally:
         if hashing:
             hashing.close()
-
-
-def _runs(planned: list[Planned]) -> list[tuple[int, int, int]]:
-    """(shard, offset, size) of maximal runs of tensors adjacent in the data file."""
-    runs: list[list[int]] = []
-    for p in planned:
-        e = p.entry
-        if runs and runs[-1][0] == e.shard_id and runs[-1][1] + runs[-1][2] == e.offset:
-            runs[-1][2] += e.size
-        else:
-            runs.append([e.shard_id, e.offset, e.size])
-    return [tuple(r) for r in runs]  # type: ignore[misc]
-
-
-def _copy_runs(source: ConvertInput, planned: list[Planned], f, progress: Progress) -> None:
-    """f32: the output bytes are the source bytes; the kernel copies them (read/write where it can't)."""
-    f.flush()
-    dst_pos = f.tell()
-    for shard, offset, size in _runs(planned):
-        with open(source.ckpt.data_paths[shard], "rb") as src:
-            copy_range(src, f, offset, dst_pos, size, progress)
-            dst_pos += size
-    f.seek(dst_pos)
 
 
 FORMAT = Format(name="safetensors", rank=10, dtypes=tuple(ST_DTYPES), default_dtype="f32", write=write, **hf.FOLDER_FIELDS,

@@ -188,14 +188,17 @@ def pull(name: str, sources: tuple[str, ...], connections: int, verify: bool, fo
               "write output.weight (for llama.cpp builds before March 2025).")
 @click.option("--hparams", "hparams_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="hparams.json to use (else the folder's, else inferred from the tensor shapes).")
+@click.option("--from", "from_", type=click.Choice(gpt2hub.SOURCE_KINDS), default=None,
+              help="Read DIR as this kind: tf (OpenAI's layout) or hf (a Hugging Face GPT-2 folder); "
+                   "default: detected from its content.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @manifest_option
 @json_option
 def convert(name_or_dir: str | None, fmt: str, dtype: str | None, out: Path | None, force: bool, untie: bool,
-            hparams_file: Path | None, quiet: bool, manifest: Path | None, as_json: bool) -> None:
-    """Convert a pulled release (NAME, or the only one pulled) or a TF checkpoint DIR."""
+            hparams_file: Path | None, from_: str | None, quiet: bool, manifest: Path | None, as_json: bool) -> None:
+    """Convert a pulled release (NAME, or the only one pulled), a TF checkpoint DIR or a Hugging Face GPT-2 DIR."""
     r = gpt2hub.convert(name_or_dir, fmt, dtype, out, force, untie=untie, hparams=hparams_file, manifest=manifest,
-                        progress=TerminalProgress(bars=not (quiet or as_json)))
+                        progress=TerminalProgress(bars=not (quiet or as_json)), from_=from_)
     if as_json:
         click.echo(json.dumps(r.to_dict(), indent=1))
         return

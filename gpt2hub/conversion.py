@@ -1,4 +1,4 @@
-"""Convert a GPT-2 TF checkpoint (a pulled release or any folder) to safetensors, PyTorch or GGUF.
+"""Convert a GPT-2 checkpoint (a pulled release, a TF checkpoint folder or a Hugging Face GPT-2 folder) to every format.
 
 The driver: find the input, settle the hparams against the tensor shapes, refuse what cannot be
 written before writing anything, then let one converter stream the tensors into a temporary name
@@ -16,11 +16,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import atomic, converters, hashes, store, vocabulary
+from . import atomic, converters, hashes, hf_source, store, tfcheckpoint, vocabulary
 from .settings import CONVERT_LOCK
 from .version import __version__
 from .progress import ProgressEvent, Reporter, bytes_counter, emit
-from .release import Release, locate
+from .release import KINDS, Release, locate
 from .errors import ConversionError
 from .layout import HParams, check_shapes, infer_hparams, is_model_tensor
 from .tfcheckpoint import DTYPES, Checkpoint
@@ -38,10 +38,11 @@ class ConversionReport:
     tensors: int
     bytes_read: int
     hparams: dict
-    hparams_from: str  # "hparams.json", "--hparams FILE", "manifest" or "inferred from shapes"
-    ignored: list[str] = field(default_factory=list)  # non-model variables: optimizer slots, step counters
+    hparams_from: str  # "hparams.json", "--hparams FILE", "manifest", "inferred from shapes" or "config.json"
+    ignored: list[str] = field(default_factory=list)  # non-model variables: optimizer slots, step counters, HF buffers
     notes: list[str] = field(default_factory=list)  # what the converter reports, e.g. llama.cpp's tensor types
     seconds: float = 0.0
+    source_kind: str = tfcheckpoint.KIND  # OpenAI's layout, or hf_source.KIND (a Hugging Face GPT-2 folder)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -52,7 +53,7 @@ class ConversionReport:
 def convert(name_or_dir: str | Path | None = None, to: str | None = None, dtype: str | None = None,
             out: Path | str | None = None, force: bool = False, *, untie: bool = False,
             hparams: Path | str | None = None, manifest: Path | str | None = None, progress: Reporter | None = None,
-            max_shard_bytes: int | None = None) -> ConversionReport:
+            max_shard_bytes: int | None = None, from_: str | None = None) -> ConversionReport:
     """Convert a release (a name, a folder, or the one pulled) to `to`; nothing is written on a bad input (see gpt2hub.convert)."""
     started = time.perf_counter()
     to = to or converters.DEFAULT
@@ -66,7 +67,7 @@ def convert(name_or_dir: str | Path | None = None, to: str | None = None, dtype:
         untied = " and ".join(f.name for f in converters.formats() if f.untie)
         raise ConversionError(f"--untie applies to {untied} only ({to} ties the head to wte)")
 
-    found = locate(name_or_dir, manifest, error=ConversionError)
+    found = locate(name_or_dir, manifest, error=ConversionError, kinds=KINDS, from_=from_)
     with _holding_lock(found, progress):
         return _convert(found, converter, dtype, out, force, untie, hparams, progress, max_shard_bytes, started)
 
@@ -76,25 +77,34 @@ def _convert(found: Release, converter: converters.Format, dtype: str, out: Path
              started: float) -> ConversionReport:
     to = converter.name
     folder, release, m = found.original, found.name, found.manifest
-    ckpt = Checkpoint(folder)
-    model = {n: e.shape for n, e in ckpt.entries.items() if is_model_tensor(n)}
-    ignored = sorted(n for n in ckpt.entries if not is_model_tensor(n))
-    h, hparams_from = _hparams(folder, hparams, m, model)
+    if found.kind == hf_source.KIND:
+        if hparams is not None:
+            raise ConversionError(f"--hparams applies to TF checkpoints; {folder}'s hparams come from its config.json")
+        ckpt = hf_source.HfCheckpoint(folder)  # names, shapes, dtypes and every config field checked
+        h, hparams_from, vocab, ignored = ckpt.hparams, "config.json", ckpt.vocab, sorted(ckpt.ignored)
+        model = {n: e.shape for n, e in ckpt.entries.items()}
+    else:
+        ckpt = Checkpoint(folder)
+        model = {n: e.shape for n, e in ckpt.entries.items() if is_model_tensor(n)}
+        ignored = sorted(n for n in ckpt.entries if not is_model_tensor(n))
+        h, hparams_from = _hparams(folder, hparams, m, model)
+        vocab = None
     check_shapes(h, model, str(ckpt.index_path))
     for name in model:
         e = ckpt.entries[name]
         if e.sliced or DTYPES.get(e.dtype_code % 100) != DTYPES[1]:
             raise ConversionError(f"{ckpt.index_path}: {name} is {'sliced' if e.sliced else e.dtype_name}; "
                                   "only whole float32 tensors can be converted")
-    source = converters.ConvertInput(ckpt=ckpt, hparams=h, vocab=vocabulary.Vocab.from_folder(folder),
+    source = converters.ConvertInput(ckpt=ckpt, hparams=h, vocab=vocab or vocabulary.Vocab.from_folder(folder),
                                      release=release, version=__version__, data_sha256=_known_sha256(ckpt),
-                                     untie=untie, max_shard_bytes=max_shard_bytes)
+                                     untie=untie, max_shard_bytes=max_shard_bytes, source_kind=found.kind)
 
     final = _output_path(out, converter, dtype, release, folder)
     _check_replaceable(final, converter, force)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(final)
     total = sum(ckpt.entries[n].size for n in model) + (ckpt.entries["model/wte"].size if untie else 0)
+    stats = [p.stat() for p in ckpt.data_paths]  # a hash measured while converting is remembered only if unchanged
     try:
         if converter.writes_folder:
             tmp.mkdir()
@@ -105,6 +115,8 @@ def _convert(found: Release, converter: converters.Format, dtype: str, out: Path
         finally:
             emit(progress, ProgressEvent.end(task))
         _install(tmp, final)
+        for path, st, digest in zip(ckpt.data_paths, stats, source.hashed or []):
+            hashes.remember(path, digest, st)  # the next convert of these bytes need not hash them again
     except BaseException:
         _remove(tmp)
         raise
@@ -112,7 +124,7 @@ def _convert(found: Release, converter: converters.Format, dtype: str, out: Path
         ckpt.close()
     return ConversionReport(path=final, format=to, dtype=dtype, release=release, source=folder, tensors=len(model),
                             bytes_read=total, hparams=h.to_dict(), hparams_from=hparams_from, ignored=ignored,
-                            notes=notes, seconds=time.perf_counter() - started)
+                            notes=notes, seconds=time.perf_counter() - started, source_kind=found.kind)
 
 
 def output_path(release: str, fmt: str, dtype: str) -> Path:
@@ -130,7 +142,7 @@ def _hparams(folder: Path, given: Path | str | None, m, shapes: dict) -> tuple[H
     return infer_hparams(shapes), "inferred from shapes (n_head = n_embd / 64)"
 
 
-def _known_sha256(ckpt: Checkpoint) -> list[str] | None:
+def _known_sha256(ckpt: Checkpoint | hf_source.HfCheckpoint) -> list[str] | None:
     """Data-file sha256s hashed before (by pull or mirror) with the file's size, mtime and ctime unchanged
     since; None means hash while converting. A manifest's or record's hash vouches for no bytes on disk now."""
     known = [hashes.known(path) for path in ckpt.data_paths]

@@ -15,7 +15,8 @@ def _consumed_by(consumer: str) -> str:
 
 # extra -> (import name, distribution name, what it enables)
 EXTRAS: dict[str, tuple[str, str, str]] = {
-    "tf": ("tensorflow", "tensorflow-cpu", "second reference in verify (the original graph run by TensorFlow)"),
+    "tf": ("tensorflow", "tensorflow-cpu", "second reference in verify (the original graph run by TensorFlow), "
+           f"consumer of {_consumed_by('tensorflow')} outputs"),
     "torch": ("torch", "torch", "reference model, verify, sample"),
     "transformers": ("transformers", "transformers", f"consumer of the {_consumed_by('transformers')} formats"),
     **{f.extra: (f.requires, f.requires, f"writing {f.name} files") for f in converters.formats() if f.extra},

@@ -115,6 +115,14 @@ MAX_JSON_DEPTH = 32  # a manifest nests 4 deep; deeper is an attack on the parse
 MAX_JSON_CONTAINERS = 1 << 18  # lists and objects (the 1558M manifest has ~1,200; 4 per tensor at most)
 
 
+def one_line(e: BaseException) -> str:
+    """An exception as one line: gpt2hub's own message, else its type and first line."""
+    if isinstance(e, Gpt2hubError):
+        return str(e)
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
 def parse_json(text: str | bytes, where: str, error: type[Gpt2hubError] = Gpt2hubError,
                max_depth: int = MAX_JSON_DEPTH, max_containers: int = MAX_JSON_CONTAINERS) -> object:
     """Parsed JSON, or `error` naming `where`: not JSON, nested deeper than `max_depth`, or holding more

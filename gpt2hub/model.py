@@ -291,7 +291,7 @@ def load(path: Path | str, device: str | torch.device = "cpu", dtype: torch.dtyp
         return from_checkpoint(path, device, dtype)
     fmt = converters.detect(path)
     if fmt is None:
-        kinds = ["a TF checkpoint folder", *dict.fromkeys(f.looks_like for f in converters.formats())]
+        kinds = list(dict.fromkeys(["a TF checkpoint folder", *(f.looks_like for f in converters.formats())]))
         raise ConversionError(f"{path}: not {', '.join(kinds[:-1])} or {kinds[-1]}")
     weights = fmt.read_weights(path)
     tensors = {n: t if isinstance(t, torch.Tensor) else _from_numpy(np.asarray(t)) for n, t in weights.tensors.items()}

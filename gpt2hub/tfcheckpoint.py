@@ -21,6 +21,7 @@ from .tfbundle import (DT_STRING, DTYPES, HEADER_KEY, ITEMSIZE, BundleHeader, Te
 
 np = lazy.module("numpy")  # loaded on first use: reading an index does not need it
 
+KIND = "tf"  # OpenAI's TensorFlow layout as a source kind (convert --from tf)
 MAX_INDEX_BYTES = 64 << 20  # a whole .index file (the real 1558M one: 20 KB); sstable caps the keys inside
 CRC_CHUNK_BYTES = 8 << 20  # read size of the CRC pass: bounds its resident memory
 

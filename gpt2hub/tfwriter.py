@@ -40,6 +40,11 @@ def write_checkpoint(prefix: Path | str, tensors: Iterable[tuple[str, np.ndarray
                 f.write(raw)
                 entries[name] = TensorEntry(name, code, tuple(array.shape), 0, offset, raw.nbytes, mask_crc(crc32c(raw)))
                 offset += raw.nbytes
-        items = [(HEADER_KEY, encode_header(1))] + [(n.encode(), encode_entry(e)) for n, e in entries.items()]
-        index_file.write(build_table(items))
+        index_file.write(index_bytes(entries.values()))
     return entries
+
+
+def index_bytes(entries: Iterable[TensorEntry]) -> bytes:
+    """A single-shard bundle's `.index`: the header, then every entry by bytewise-sorted name, as SaveV2 writes it."""
+    items = sorted((e.name.encode(), encode_entry(e)) for e in entries)
+    return build_table([(HEADER_KEY, encode_header(1))] + items)

@@ -21,7 +21,12 @@ def read_vocab(folder: Path) -> tuple[list[str], list[str], int]:
 
     The one reader of encoder.json + vocab.bpe: converters and the tiktoken encoding both start here.
     """
-    enc_path, bpe_path = folder / "encoder.json", folder / "vocab.bpe"
+    return read_vocab_files(folder / "encoder.json", folder / "vocab.bpe")
+
+
+def read_vocab_files(enc_path: Path, bpe_path: Path) -> tuple[list[str], list[str], int]:
+    """read_vocab of two named files: OpenAI's encoder.json + vocab.bpe, or an HF folder's vocab.json + merges.txt
+    (the same token -> id map and the same merges under other names, merges.txt opening with `#version`)."""
     encoder_text, bpe_text = _read_text(enc_path), _read_text(bpe_path)
     try:
         encoder = parse_json(encoder_text, str(enc_path), CheckpointError)  # bounded nesting: one line, not a RecursionError

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import vocab_cache
-from .tokenizer import read_vocab
+from .tokenizer import read_vocab_files
 from .version import __version__
 
 
@@ -25,7 +25,12 @@ class Vocab:
     def from_folder(cls, folder: Path) -> "Vocab":
         """The vocabulary of a release folder (gpt2hub.tokenizer.read_vocab's checks and errors), read on first
         use; one seen before (the same files' sha256) is not read again."""
-        vocab = cls.in_folder(folder)
+        return cls.from_files(folder / "encoder.json", folder / "vocab.bpe")
+
+    @classmethod
+    def from_files(cls, encoder_json: Path, vocab_bpe: Path) -> "Vocab":
+        """from_folder for files named otherwise (an HF folder's vocab.json and merges.txt)."""
+        vocab = cls(encoder_json, vocab_bpe)
         vocab.facts  # a vocabulary not seen before is read now: a bad one fails before anything is written
         return vocab
 
@@ -40,7 +45,7 @@ class Vocab:
         try:
             return vocab_cache.key([self.encoder_json, self.vocab_bpe], f"gpt2hub {__version__}")
         except OSError:
-            read_vocab(self.encoder_json.parent)  # says what is wrong with the files, in one line
+            read_vocab_files(self.encoder_json, self.vocab_bpe)  # says what is wrong with the files, in one line
             raise
 
     def derived(self, name: str, build: Callable[[], str]) -> str:
@@ -68,4 +73,4 @@ class Vocab:
 
     @cached_property
     def _parsed(self) -> tuple[list[str], list[str], int]:
-        return read_vocab(self.encoder_json.parent)
+        return read_vocab_files(self.encoder_json, self.vocab_bpe)

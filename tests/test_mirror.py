@@ -382,7 +382,7 @@ def test_s3_denied_access_is_one_line_error(pulled, tmp_path, monkeypatch):
 
 
 def test_unknown_format_is_an_error(pulled):
-    with pytest.raises(MirrorError, match=r"^unknown format safetensor; formats: original, safetensors, pytorch, gguf, llmc, onnx$"):
+    with pytest.raises(MirrorError, match=r"^unknown format safetensor; formats: original, safetensors, pytorch, gguf, llmc, onnx, tf$"):
         gpt2hub.mirror(NAME, "s3://bucket/p", formats=["safetensor"], dry_run=True)
 
 

@@ -21,7 +21,7 @@ import pytest
 
 import gpt2hub
 from gpt2hub.converters import gguf as gguf_format
-from gpt2hub import registry
+from gpt2hub import hashes, registry
 from gpt2hub.errors import ConversionError
 from gpt2hub.settings import CONVERT_LOCK
 from gpt2hub.testing import STRICT_VARIABLE
@@ -274,6 +274,22 @@ def test_a_corrupted_data_file_of_the_right_size_is_not_labelled_with_the_publis
 def test_an_unchanged_pulled_data_file_keeps_its_measured_hash(home):
     out = gpt2hub.convert("tiny", to="safetensors", force=True).path
     assert source_sha256(out) == hashlib.sha256((home / "tiny" / "original" / DATA).read_bytes()).hexdigest()
+
+
+def test_a_hash_measured_while_converting_is_remembered_only_for_the_bytes_it_read(tiny_release, tmp_path):
+    folder = shutil.copytree(tiny_release, tmp_path / "ckpt")  # not pulled: nothing has hashed it yet
+    data = folder / DATA
+    assert hashes.known(data) is None
+    out = gpt2hub.convert(folder, to="safetensors").path
+    truth = hashlib.sha256(data.read_bytes()).hexdigest()
+    assert source_sha256(out) == truth and hashes.known(data) == truth  # the next convert need not hash it
+    with open(data, "r+b") as f:  # changed after: the remembered hash no longer counts
+        byte = f.read(1)[0]
+        f.seek(0)
+        f.write(bytes([byte ^ 1]))
+    assert hashes.known(data) is None
+    out = gpt2hub.convert(folder, to="safetensors", force=True).path
+    assert source_sha256(out) == hashlib.sha256(data.read_bytes()).hexdigest() != truth
 
 
 # --- ggml's quantizer missing or broken: gguf-py's, with the same bytes --------------------------------------

@@ -319,7 +319,7 @@ def test_an_unknown_format_name_is_a_one_line_error(tiny_release):
     result = run_cli("verify", str(tiny_release), "--formats", "original,onyx")
     assert result.exit_code == 1
     assert result.output.strip() == ("gpt2hub: error: unknown format 'onyx'; "
-                                     "formats: original, safetensors, pytorch, gguf, llmc, onnx")
+                                     "formats: original, safetensors, pytorch, gguf, llmc, onnx, tf")
 
 
 def test_a_folder_without_a_checkpoint_is_a_one_line_error(tmp_path):

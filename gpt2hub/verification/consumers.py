@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..errors import ConversionError, Gpt2hubError, VerificationError
+from ..errors import ConversionError, VerificationError, one_line
 from ..llamacpp import with_llama
 from .report import Row
 
@@ -24,14 +24,6 @@ TORCH_DTYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "float64
 
 def installed(consumer: str) -> bool:
     return importlib.util.find_spec(CONSUMER_MODULES[consumer]) is not None
-
-
-def one_line(e: BaseException) -> str:
-    """An exception as one line: gpt2hub's own message, else its type and first line."""
-    if isinstance(e, Gpt2hubError):
-        return str(e)
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def consumer_run(fmt: str, consumer: str, path: Path, dtype: str, tokens: Sequence[int], device: str) -> tuple[Row, Callable[[], np.ndarray]]:
@@ -48,6 +40,16 @@ def consumer_run(fmt: str, consumer: str, path: Path, dtype: str, tokens: Sequen
     if consumer == "llama.cpp":
         return Row(fmt, dtype, consumer, str(path), note="cpu,f32-KV-cache"), \
             lambda: isolation.run(llama_logits, (path, tokens), name="llama.cpp")
+    if consumer == "tensorflow":  # a TF checkpoint folder: run as the original is (original_graph.py)
+        row = Row(fmt, dtype, consumer, str(path))
+
+        def tensorflow_run() -> np.ndarray:  # the row says what ran: OpenAI's graph (f32) or the transcription (f64)
+            from .original_graph import tensorflow_logits
+
+            logits, row.dtype, row.note = isolation.run(tensorflow_logits, (path, tokens), name=consumer)
+            return logits
+
+        return row, tensorflow_run
     if consumer == "onnxruntime":
         return Row(fmt, dtype, consumer, str(path), note="cpu"), \
             lambda: isolation.run(onnxruntime_logits, (path, tokens), name=consumer)

@@ -14,10 +14,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .. import settings
-from ..errors import CheckpointError, VerificationError, read_capped
+from ..errors import CheckpointError, VerificationError, one_line, read_capped
 from ..layout import HParams
 from ..trust import HashStatus
-from .consumers import one_line
 
 META = "model.ckpt.meta"
 MAX_META_BYTES = 64 << 20  # a meta graph holds no weights: OpenAI's are 0.47 MB (124M) and 0.93 MB (355M)
