@@ -67,12 +67,12 @@ def number(name: str, default: float) -> float:
     if not raw:
         return default
     try:
-        value = float(raw)
+        n = float(raw)
     except ValueError:
         raise SettingError(f"${name}: not a number ({raw!r})") from None
-    if not (value > 0 and math.isfinite(value)):
+    if not (n > 0 and math.isfinite(n)):
         raise SettingError(f"${name}: must be a positive finite number, not {raw!r}")
-    return value
+    return n
 
 
 def raw_value(name: str) -> str | None:

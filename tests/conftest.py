@@ -16,6 +16,20 @@ if importlib.util.find_spec("torch") is not None:
 pytest_plugins = ["tests.ci", "pytester"]  # tests.ci: in CI a skip is a failure
 
 
+@pytest.fixture
+def real_vocab_folder(tmp_path):
+    """A folder `124M` holding OpenAI's real encoder.json and vocab.bpe (all a tiktoken cache needs)."""
+    import shutil
+
+    if REAL_FIXTURES is None:  # in CI, tests.ci stops the session before this
+        pytest.skip("../shared/fixtures/openai-124M-real absent")
+    folder = tmp_path / "124M"
+    folder.mkdir()
+    for name in ("encoder.json", "vocab.bpe"):
+        shutil.copyfile(REAL_FIXTURES / name, folder / name)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_release(tmp_path_factory):
     """A complete GPT-2 release (SHAPES["tiny"]) in OpenAI's layout, written once per session."""

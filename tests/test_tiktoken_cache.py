@@ -41,13 +41,8 @@ pytestmark = pytest.mark.skipif(REAL_FIXTURES is None, reason="../shared/fixture
 
 
 @pytest.fixture
-def release(tmp_path) -> Path:
-    """A folder with OpenAI's real encoder.json and vocab.bpe (all a tiktoken cache needs)."""
-    folder = tmp_path / "124M"
-    folder.mkdir()
-    for name in ("encoder.json", "vocab.bpe"):
-        shutil.copyfile(REAL_FIXTURES / name, folder / name)
-    return folder
+def release(real_vocab_folder) -> Path:
+    return real_vocab_folder
 
 
 def offline(cache: Path, *args: str, tmp: Path) -> subprocess.CompletedProcess:

@@ -46,12 +46,8 @@ needs_real = pytest.mark.skipif(REAL_FIXTURES is None, reason="../shared/fixture
 
 
 @pytest.fixture
-def tokenizer_folder(tmp_path) -> Path:
-    folder = tmp_path / "124M"
-    folder.mkdir()
-    for name in ("encoder.json", "vocab.bpe"):
-        shutil.copyfile(REAL_FIXTURES / name, folder / name)
-    return folder
+def tokenizer_folder(real_vocab_folder) -> Path:
+    return real_vocab_folder
 
 
 def cache_names() -> dict[str, str]:
