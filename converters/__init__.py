@@ -19,9 +19,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
-from gpt2hub import lazy
+from gpt2hub import lazy, source_tensors
 from gpt2hub.errors import CheckpointError, ConversionError
 from gpt2hub.layout import SCOPE, HParams, tensor_shapes
+from gpt2hub.source_tensors import matrix_shape
 from gpt2hub.stored import StoredOutput
 
 if TYPE_CHECKING:  # types only: the vocabulary's cache lives in the store, which imports this registry
@@ -188,7 +189,9 @@ class ConvertInput:
     hashed: list[str] | None = None  # per data shard, what a writer measured while converting (None: nothing)
     untie: bool = False
     max_shard_bytes: int | None = None  # pytorch only: None means the format's default
-    source_kind: str = "tf"  # tfcheckpoint.KIND: ckpt is OpenAI's layout; hf_source.KIND: an HF folder read as one
+    source_kind: str = "tf"  # the source's kind (gpt2hub.source_kinds): "tf" is OpenAI's layout; others are read as one
+    # Said in the output's metadata and report: e.g. "dequantized from Q4_K" (a GGUF source), "" when exact
+    source_note: str = ""
 
     def entries(self) -> list[TensorEntry]:
         """Every model tensor, in data-file order (so the source is read sequentially)."""
@@ -234,11 +237,6 @@ def plan(source: ConvertInput, global_rules: dict[str, Rule], block_rules: dict[
     return out
 
 
-def matrix_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Conv1D weights are stored [1, in, out]; every format writes them as (in, out) matrices."""
-    return shape[1:] if len(shape) == 3 and shape[0] == 1 else shape
-
-
 # --- reading a tensor in bounded pieces ---------------------------------------------------------
 # Reads go through read(2), not the checkpoint's memory map: mapped pages a process has touched
 # count in its resident set, so streaming a 6 GB file through a map would "use" 6 GB.
@@ -267,17 +265,30 @@ def copy_range(src, dst, offset: int, dst_pos: int, size: int, progress: Progres
 
 
 def copy_runs(source: ConvertInput, entries: list[TensorEntry], f, progress: Progress) -> None:
-    """f32 outputs whose bytes are the source's: the entries' bytes, in the order given, from f's position on;
-    maximal runs of entries adjacent in the data file go as one copy (the kernel's where it can)."""
-    runs: list[list[int]] = []  # [shard, offset, size]
+    """f32 outputs in OpenAI's layout: the entries' float32 bytes, in the order given, from f's position on.
+    Plain entries (source_tensors.is_plain) adjacent in the data file go as one copy (the kernel's where it can);
+    any other is decoded a row-chunk at a time."""
+    runs: list[list] = []  # [shard, offset, size] of plain bytes, or [entry] to decode
     for e in entries:
-        if runs and runs[-1][0] == e.shard_id and runs[-1][1] + runs[-1][2] == e.offset:
+        if not source_tensors.is_plain(e):
+            runs.append([e])
+        elif runs and len(runs[-1]) == 3 and runs[-1][0] == e.shard_id and runs[-1][1] + runs[-1][2] == e.offset:
             runs[-1][2] += e.size
         else:
             runs.append([e.shard_id, e.offset, e.size])
     f.flush()
     dst_pos = f.tell()
-    for shard, offset, size in runs:
+    for run in runs:
+        if len(run) == 1:
+            f.seek(dst_pos)
+            for block in source_tensors.rows(source.ckpt.data_paths, run[0], transpose=False):
+                data = np.ascontiguousarray(block, "<f4")
+                f.write(memoryview(data).cast("B"))
+                progress(data.nbytes)
+            f.flush()
+            dst_pos = f.tell()
+            continue
+        shard, offset, size = run
         with open(source.ckpt.data_paths[shard], "rb") as src:
             copy_range(src, f, offset, dst_pos, size, progress)
             dst_pos += size
@@ -304,6 +315,9 @@ def _kernel_copy(src: int, dst: int, src_pos: int, dst_pos: int, size: int, prog
 def row_chunks(source: ConvertInput, p: Planned, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
     """The tensor in its output layout, as float32 blocks of whole output rows (maybe strided views)."""
     e = p.entry
+    if not source_tensors.is_plain(e):
+        yield from source_tensors.rows(source.ckpt.data_paths, e, p.rule.transpose, chunk_bytes)
+        return
     shape = matrix_shape(e.shape)
     with open(source.ckpt.data_paths[e.shard_id], "rb") as f:
         if len(shape) == 1 or p.rule.transpose:
@@ -323,6 +337,11 @@ def row_chunks(source: ConvertInput, p: Planned, chunk_bytes: int = CHUNK_BYTES)
         for r in range(0, shape[0], rows):
             n = min(rows, shape[0] - r)
             yield read_bytes(f, e.offset + r * row_bytes, n * row_bytes, e.name).view("<f4").reshape(n, shape[1])
+
+
+def f32_size(e: TensorEntry) -> int:
+    """Bytes of the tensor as float32 in OpenAI's layout (what an f32 output holds of it)."""
+    return 4 * math.prod(e.shape)
 
 
 def numel(shape: tuple[int, ...]) -> int:

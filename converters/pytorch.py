@@ -20,9 +20,10 @@ from pathlib import Path
 from gpt2hub import zipwriter
 from gpt2hub.casts import CASTS, cast_for
 from gpt2hub.errors import CheckpointError
+from gpt2hub.source_tensors import is_plain
 from gpt2hub.threads import pipelined
 
-from . import CHUNK_BYTES, ConvertInput, Format, Planned, Progress, copy_range, numel, plan, row_chunks
+from . import CHUNK_BYTES, ConvertInput, Format, Planned, Progress, copy_range, f32_size, numel, plan, row_chunks
 from . import hf
 
 WEIGHTS = "pytorch_model.bin"
@@ -110,14 +111,15 @@ def _write_shard(path: Path, source: ConvertInput, planned: list[Planned], keys:
                  progress: Progress) -> None:
     stem = path.stem
     size = CASTS[dtype][0]
-    cast = cast_for(dtype, sum(p.entry.size for p in planned))
+    cast = cast_for(dtype, sum(f32_size(p.entry) for p in planned))
     pickle_bytes = state_dict_pickle([(p.name, STORAGE_TYPES[dtype], k, p.shape) for p, k in zip(planned, keys)])
     small = [("data.pkl", pickle_bytes), (".format_version", b"1"), (".storage_alignment", str(ALIGNMENT).encode()),
              ("byteorder", b"little")]
     with open(path, "wb") as f, zipwriter.ZipWriter(f) as zf:
         for name, data in small:
             zf.add(f"{stem}/{name}", data, _padding(zf.offset, f"{stem}/{name}", len(data)))
-        same_bytes = dtype == "f32" and not any(p.rule.transpose for p in planned)  # records = the data file's bytes
+        # records = the data file's bytes
+        same_bytes = dtype == "f32" and all(not p.rule.transpose and is_plain(p.entry) for p in planned)
         if same_bytes and KERNEL_COPY:
             # CRCs read ahead on threads, bytes copied by the kernel.
             crcs = pipelined(lambda p: _crc32(source.ckpt.data_paths[p.entry.shard_id], p.entry.offset, p.entry.size),

@@ -18,7 +18,7 @@ from pathlib import Path
 from gpt2hub.casts import CASTS, cast_for
 from gpt2hub.threads import BackgroundSha256, pipelined
 
-from . import CHUNK_BYTES, ConvertInput, Format, Planned, Progress, copy_runs, numel, plan, row_chunks
+from . import CHUNK_BYTES, ConvertInput, Format, Planned, Progress, copy_runs, f32_size, numel, plan, row_chunks
 from . import hf
 
 WEIGHTS = "model.safetensors"
@@ -62,7 +62,7 @@ def write(source: ConvertInput, out: Path, dtype: str, progress: Progress) -> No
                 if dtype == "f32":
                     copy_runs(source, [p.entry for p in planned], f, progress)
                 else:
-                    cast = cast_for(dtype, sum(p.entry.size for p in planned))
+                    cast = cast_for(dtype, sum(f32_size(p.entry) for p in planned))
                     blocks = (b for p in planned for b in row_chunks(source, p))
                     for data, n in pipelined(lambda b: (cast(b), b.nbytes), blocks):
                         f.write(memoryview(data).cast("B"))

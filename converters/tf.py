@@ -21,14 +21,14 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gpt2hub import lazy
+from gpt2hub import lazy, source_tensors
 from gpt2hub.errors import CheckpointError, ConversionError
 from gpt2hub.layout import HParams, tensor_shapes
 from gpt2hub.sstable import mask_crc
 from gpt2hub.stored import Expected, Stored, StoredOutput
 from gpt2hub.tfbundle import TensorEntry
 
-from . import ConvertInput, Format, Progress, Weights, copy_runs, matrix_shape
+from . import ConvertInput, Format, Progress, Weights, copy_runs, f32_size, matrix_shape
 from . import hf
 
 if TYPE_CHECKING:
@@ -57,16 +57,22 @@ def layout(source: ConvertInput) -> list[tuple[TensorEntry, TensorEntry]]:
     out, offset = [], 0
     for e in sorted(source.entries(), key=lambda e: e.name.encode()):
         crc = e.crc32c or _crc_of(source, e)
-        out.append((e, TensorEntry(e.name, DT_FLOAT, e.shape, 0, offset, e.size, crc)))
-        offset += e.size
+        out.append((e, TensorEntry(e.name, DT_FLOAT, e.shape, 0, offset, f32_size(e), crc)))
+        offset += f32_size(e)
     return out
 
 
 def _crc_of(source: ConvertInput, e: TensorEntry) -> int:
-    """The masked CRC32C of a tensor's bytes, for a source that records none (TF always records one)."""
+    """The masked CRC32C of a tensor's float32 bytes, for a source that records none (TF always records one)."""
+    from gpt2hub.sstable import crc32c
     from gpt2hub.tfcheckpoint import range_crc32c
 
-    return mask_crc(range_crc32c(source.ckpt.data_paths[e.shard_id], e.offset, e.size, e.name))
+    if source_tensors.is_plain(e):
+        return mask_crc(range_crc32c(source.ckpt.data_paths[e.shard_id], e.offset, e.size, e.name))
+    crc = 0
+    for block in source_tensors.rows(source.ckpt.data_paths, e, transpose=False):
+        crc = crc32c(memoryview(np.ascontiguousarray(block, "<f4")).cast("B"), crc)
+    return mask_crc(crc)
 
 
 def write(source: ConvertInput, out: Path, dtype: str, progress: Progress) -> list[str]:

@@ -15,9 +15,9 @@ from .errors import Gpt2hubError
 from .progress import ProgressEvent, Reporter
 from .registry import ReleaseManifest, create_manifest, releases, resolve
 from .version import __version__
-from . import settings, store
+from . import settings, source_kinds, store
 
-SOURCE_KINDS = ("tf", "hf")  # what convert reads, --from's choices: OpenAI's TF layout, an HF GPT-2 folder (release.KINDS)
+SOURCE_KINDS = source_kinds.names()  # what convert reads, --from's choices (gpt2hub.source_kinds)
 
 if TYPE_CHECKING:
     from .conversion import ConversionReport
@@ -108,11 +108,11 @@ def pull(name: str, *, manifest: Path | str | None = None, sources: Sequence[str
 def convert(name_or_dir: str | Path | None = None, to: str | None = None, dtype: str | None = None,
             out: Path | str | None = None, force: bool = False, *, untie: bool = False,
             hparams: Path | str | None = None, manifest: Path | str | None = None,
-            progress: Reporter | None = None, from_: str | None = None) -> ConversionReport:
+            progress: Reporter | None = None, from_: str | None = None, vocab: Path | str | None = None) -> ConversionReport:
     """Convert a release to another format in bounded memory; nothing is written on a bad input.
 
-    name_or_dir: a pulled release's name, a TF checkpoint folder, a Hugging Face GPT-2 folder (config.json +
-        model.safetensors or pytorch_model.bin, sharded or not), or None for the only release pulled.
+    name_or_dir: a pulled release's name, a checkpoint of any kind in SOURCE_KINDS (a TF checkpoint folder, a
+        Hugging Face GPT-2 folder, ...: a folder or a file), or None for the only release pulled.
     to: a format of gpt2hub.converters.names() (None: converters.DEFAULT).
     dtype: one of that format's dtypes (None: its default).
     out: the output path, or a folder to put a one-file output in (None: the store, or beside a folder).
@@ -121,14 +121,15 @@ def convert(name_or_dir: str | Path | None = None, to: str | None = None, dtype:
     hparams: an hparams.json to use (else the folder's, the manifest's, or inferred from the shapes).
     manifest: a manifest file describing the release.
     progress: the reporting hook: one byte task "<format> <dtype>" over the tensors read.
-    from_: "tf" or "hf" to read a folder as that kind (None: detected from its content).
+    from_: a name of SOURCE_KINDS to read the path as that kind (None: detected from its content).
+    vocab: a folder with GPT-2's encoder.json + vocab.bpe, for a source that carries no vocabulary.
     Returns a ConversionReport: .path, .format, .dtype, .tensors, .hparams and where they came from, and
     .notes (e.g. which ggml type llama.cpp gave each tensor of a K-quant mix).
     """
     from .conversion import convert as run
 
     return run(name_or_dir, to, dtype, out, force, untie=untie, hparams=hparams, manifest=manifest, progress=progress,
-               from_=from_)
+               from_=from_, vocab=vocab)
 
 
 def verify(name_or_dir: str | Path | None = None, *, formats: Sequence[str] | str | None = None, device: str = "cpu",

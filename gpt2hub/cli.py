@@ -189,16 +189,18 @@ def pull(name: str, sources: tuple[str, ...], connections: int, verify: bool, fo
 @click.option("--hparams", "hparams_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="hparams.json to use (else the folder's, else inferred from the tensor shapes).")
 @click.option("--from", "from_", type=click.Choice(gpt2hub.SOURCE_KINDS), default=None,
-              help="Read DIR as this kind: tf (OpenAI's layout) or hf (a Hugging Face GPT-2 folder); "
-                   "default: detected from its content.")
+              help="Read PATH as this kind (default: detected from its content).")
+@click.option("--vocab", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="A folder with GPT-2's encoder.json + vocab.bpe, for a source that carries no vocabulary.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @manifest_option
 @json_option
 def convert(name_or_dir: str | None, fmt: str, dtype: str | None, out: Path | None, force: bool, untie: bool,
-            hparams_file: Path | None, from_: str | None, quiet: bool, manifest: Path | None, as_json: bool) -> None:
-    """Convert a pulled release (NAME, or the only one pulled), a TF checkpoint DIR or a Hugging Face GPT-2 DIR."""
+            hparams_file: Path | None, from_: str | None, vocab: Path | None, quiet: bool, manifest: Path | None,
+            as_json: bool) -> None:
+    """Convert a pulled release (NAME, or the only one pulled) or a checkpoint PATH of any kind --from lists."""
     r = gpt2hub.convert(name_or_dir, fmt, dtype, out, force, untie=untie, hparams=hparams_file, manifest=manifest,
-                        progress=TerminalProgress(bars=not (quiet or as_json)), from_=from_)
+                        progress=TerminalProgress(bars=not (quiet or as_json)), from_=from_, vocab=vocab)
     if as_json:
         click.echo(json.dumps(r.to_dict(), indent=1))
         return

@@ -16,11 +16,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import atomic, converters, hashes, hf_source, store, tfcheckpoint, vocabulary
+from . import atomic, converters, hashes, source_kinds, store, tfcheckpoint, vocabulary
 from .settings import CONVERT_LOCK
 from .version import __version__
 from .progress import ProgressEvent, Reporter, bytes_counter, emit
-from .release import KINDS, Release, locate
+from .release import Release, locate
 from .errors import ConversionError
 from .layout import HParams, check_shapes, infer_hparams, is_model_tensor
 from .tfcheckpoint import DTYPES, Checkpoint
@@ -42,7 +42,7 @@ class ConversionReport:
     ignored: list[str] = field(default_factory=list)  # non-model variables: optimizer slots, step counters, HF buffers
     notes: list[str] = field(default_factory=list)  # what the converter reports, e.g. llama.cpp's tensor types
     seconds: float = 0.0
-    source_kind: str = tfcheckpoint.KIND  # OpenAI's layout, or hf_source.KIND (a Hugging Face GPT-2 folder)
+    source_kind: str = tfcheckpoint.KIND  # a gpt2hub.source_kinds name: "tf" is OpenAI's layout
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -53,7 +53,8 @@ class ConversionReport:
 def convert(name_or_dir: str | Path | None = None, to: str | None = None, dtype: str | None = None,
             out: Path | str | None = None, force: bool = False, *, untie: bool = False,
             hparams: Path | str | None = None, manifest: Path | str | None = None, progress: Reporter | None = None,
-            max_shard_bytes: int | None = None, from_: str | None = None) -> ConversionReport:
+            max_shard_bytes: int | None = None, from_: str | None = None,
+            vocab: Path | str | None = None) -> ConversionReport:
     """Convert a release (a name, a folder, or the one pulled) to `to`; nothing is written on a bad input (see gpt2hub.convert)."""
     started = time.perf_counter()
     to = to or converters.DEFAULT
@@ -67,21 +68,27 @@ def convert(name_or_dir: str | Path | None = None, to: str | None = None, dtype:
         untied = " and ".join(f.name for f in converters.formats() if f.untie)
         raise ConversionError(f"--untie applies to {untied} only ({to} ties the head to wte)")
 
-    found = locate(name_or_dir, manifest, error=ConversionError, kinds=KINDS, from_=from_)
+    found = locate(name_or_dir, manifest, error=ConversionError, kinds=None, from_=from_)
+    options = source_kinds.OpenOptions(vocab=Path(vocab).expanduser() if vocab is not None else None)
     with _holding_lock(found, progress):
-        return _convert(found, converter, dtype, out, force, untie, hparams, progress, max_shard_bytes, started)
+        return _convert(found, converter, dtype, out, force, untie, hparams, progress, max_shard_bytes, started, options)
 
 
 def _convert(found: Release, converter: converters.Format, dtype: str, out: Path | str | None, force: bool, untie: bool,
              hparams: Path | str | None, progress: Reporter | None, max_shard_bytes: int | None,
-             started: float) -> ConversionReport:
+             started: float, options: source_kinds.OpenOptions) -> ConversionReport:
     to = converter.name
     folder, release, m = found.original, found.name, found.manifest
-    if found.kind == hf_source.KIND:
+    kind = source_kinds.get(found.kind)
+    source_notes: list[str] = []
+    if kind.open is not None:
+        ckpt = kind.open(folder, options)  # names, shapes, dtypes and every config field checked
         if hparams is not None:
-            raise ConversionError(f"--hparams applies to TF checkpoints; {folder}'s hparams come from its config.json")
-        ckpt = hf_source.HfCheckpoint(folder)  # names, shapes, dtypes and every config field checked
-        h, hparams_from, vocab, ignored = ckpt.hparams, "config.json", ckpt.vocab, sorted(ckpt.ignored)
+            ckpt.close()
+            raise ConversionError(f"--hparams applies to TF checkpoints; {folder}'s hparams come from its "
+                                  f"{ckpt.hparams_from}")
+        h, hparams_from, vocab, ignored = ckpt.hparams, ckpt.hparams_from, ckpt.vocab, sorted(ckpt.ignored)
+        source_notes = list(ckpt.notes)
         model = {n: e.shape for n, e in ckpt.entries.items()}
     else:
         ckpt = Checkpoint(folder)
@@ -97,13 +104,15 @@ def _convert(found: Release, converter: converters.Format, dtype: str, out: Path
                                   "only whole float32 tensors can be converted")
     source = converters.ConvertInput(ckpt=ckpt, hparams=h, vocab=vocab or vocabulary.Vocab.from_folder(folder),
                                      release=release, version=__version__, data_sha256=_known_sha256(ckpt),
-                                     untie=untie, max_shard_bytes=max_shard_bytes, source_kind=found.kind)
+                                     untie=untie, max_shard_bytes=max_shard_bytes, source_kind=found.kind,
+                                     source_note="; ".join(source_notes))
 
-    final = _output_path(out, converter, dtype, release, folder)
+    final = _output_path(out, converter, dtype, release, found.beside)
     _check_replaceable(final, converter, force)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(final)
-    total = sum(ckpt.entries[n].size for n in model) + (ckpt.entries["model/wte"].size if untie else 0)
+    total = sum(converters.f32_size(ckpt.entries[n]) for n in model) + \
+        (converters.f32_size(ckpt.entries["model/wte"]) if untie else 0)
     stats = [p.stat() for p in ckpt.data_paths]  # a hash measured while converting is remembered only if unchanged
     try:
         if converter.writes_folder:
@@ -111,7 +120,7 @@ def _convert(found: Release, converter: converters.Format, dtype: str, out: Path
         task = f"{to} {dtype}"
         emit(progress, ProgressEvent.begin(task, total))
         try:
-            notes = converter.write(source, tmp, dtype, bytes_counter(progress, task)) or []
+            notes = source_notes + (converter.write(source, tmp, dtype, bytes_counter(progress, task)) or [])
         finally:
             emit(progress, ProgressEvent.end(task))
         _install(tmp, final)
@@ -142,7 +151,7 @@ def _hparams(folder: Path, given: Path | str | None, m, shapes: dict) -> tuple[H
     return infer_hparams(shapes), "inferred from shapes (n_head = n_embd / 64)"
 
 
-def _known_sha256(ckpt: Checkpoint | hf_source.HfCheckpoint) -> list[str] | None:
+def _known_sha256(ckpt) -> list[str] | None:
     """Data-file sha256s hashed before (by pull or mirror) with the file's size, mtime and ctime unchanged
     since; None means hash while converting. A manifest's or record's hash vouches for no bytes on disk now."""
     known = [hashes.known(path) for path in ckpt.data_paths]

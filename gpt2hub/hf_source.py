@@ -19,6 +19,7 @@ from .converters.hf import BLOCK_RULES, GLOBAL_RULES, WEIGHT_FILES, read_config,
 from .converters import expand, matrix_shape
 from .errors import ConversionError, load_json
 from .layout import HPARAM_KEYS, HParams, tensor_shapes
+from .source_kinds import SourceKind
 from .stored import Stored
 from .tfbundle import TensorEntry
 from .vocabulary import Vocab
@@ -68,18 +69,6 @@ def is_hf_folder(folder: Path) -> bool:
     """config.json saying model_type gpt2, beside a weight file or a shard index."""
     config = _config(folder)
     return config is not None and config.get("model_type") == "gpt2" and _weights_present(folder)
-
-
-def describe(folder: Path) -> str:
-    """What a folder looked like, in a few words, for an error saying it is no source gpt2hub reads."""
-    config = _config(folder)
-    if config is not None:
-        weights = "beside weights" if _weights_present(folder) else "without model.safetensors or pytorch_model.bin"
-        return f"config.json with model_type {str(config.get('model_type'))[:40]!r} {weights}"
-    names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-    if not names:
-        return "an empty folder"
-    return "files " + ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
 
 # --- config.json ---------------------------------------------------------------------------------
@@ -185,6 +174,8 @@ class HfCheckpoint:
                       and not (self.folder / s).is_file()), None)
         self.index_path = index or self.data_paths[0]
         self.ignored: list[str] = []
+        self.notes: list[str] = []
+        self.hparams_from = "config.json"
         self.entries = self._entries()
 
     def _entries(self) -> dict[str, TensorEntry]:
@@ -269,3 +260,9 @@ def _vocab(folder: Path) -> Vocab:
                               "is not supported yet")
     return Vocab.from_files(*paths)
 
+
+
+SOURCE = SourceKind(name=KIND, rank=10, is_file=False, detect=is_hf_folder,
+                    open=lambda path, options: HfCheckpoint(path),
+                    accepts="a Hugging Face GPT-2 folder (config.json with model_type gpt2 + model.safetensors or "
+                            "pytorch_model.bin)")

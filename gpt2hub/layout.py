@@ -12,7 +12,19 @@ from .errors import ConversionError, load_json
 HPARAM_KEYS = ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")
 # Far above any GPT-2 (1558M: 48 layers, 1600 wide, 1024 context, 50257 tokens), low enough that a
 # hostile hparams.json or manifest cannot make gpt2hub enumerate billions of tensors.
-HPARAM_MAX = {"n_vocab": 1 << 22, "n_ctx": 1 << 20, "n_embd": 1 << 16, "n_head": 1 << 12, "n_layer": 1024}
+HPARAM_MAX = {"n_vocab": 1 << 22, "n_ctx": 1 << 20, "n_embd": 1 << 16, "n_head": 1 << 12, "n_layer": 1024,
+              "n_inner": 1 << 18}
+# How a GPT-2-family model may differ from OpenAI's GPT-2, with GPT-2's values: every source's config field that
+# changes the model maps to one of these, so it is carried into every target that can express it, or refused there.
+GELU_TANH, GELU_EXACT = "gelu_tanh", "gelu_exact"  # GPT-2's tanh approximation; the erf form (nanoGPT, HF "gelu")
+ACTIVATIONS = (GELU_TANH, GELU_EXACT)
+VARIANT_DEFAULTS: dict[str, object] = {
+    "n_inner": None,  # the MLP's width; None: 4 * n_embd
+    "eps": 1e-5,  # LayerNorm's epsilon (HF layer_norm_epsilon)
+    "activation": GELU_TANH,
+    "tied": True,  # the head is wte; False: its own tensor model/lm_head [n_vocab, n_embd]
+    "attn_scale_by_layer": False,  # HF scale_attn_by_inverse_layer_idx: layer i's scores also divided by i + 1
+}
 
 # Per-layer variables of openai/gpt-2 src/model.py, with shapes in terms of E = n_embd.
 # Conv1D weights keep their leading 1: [1, in, out].
@@ -36,21 +48,27 @@ GLOBAL_TENSORS: dict[str, tuple[str, ...]] = {
     "ln_f/g": ("E",),
     "ln_f/b": ("E",),
 }
+HEAD_TENSOR = "lm_head"  # an untied head, in no OpenAI checkpoint: gpt2hub's name for HF's lm_head.weight
 SCOPE = "model/"
 
 
 @dataclass(frozen=True)
 class HParams:
-    """The five numbers of a GPT-2 `hparams.json`."""
+    """The five numbers of a GPT-2 `hparams.json`, and how a GPT-2-family model differs from GPT-2 (VARIANT_DEFAULTS)."""
 
     n_vocab: int
     n_ctx: int
     n_embd: int
     n_head: int
     n_layer: int
+    n_inner: int | None = None
+    eps: float = 1e-5
+    activation: str = GELU_TANH
+    tied: bool = True
+    attn_scale_by_layer: bool = False
 
     def __post_init__(self) -> None:
-        for key in HPARAM_KEYS:
+        for key in HPARAM_KEYS + (("n_inner",) if self.n_inner is not None else ()):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConversionError(f"hparams: {key} must be a positive integer, got {str(value)[:40]!r}")
@@ -58,14 +76,23 @@ class HParams:
                 raise ConversionError(f"hparams: {key} {value:,} is beyond gpt2hub's limit of {HPARAM_MAX[key]:,}")
         if self.n_embd % self.n_head:
             raise ConversionError(f"hparams: n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        eps = self.eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= 0.1:
+            raise ConversionError(f"hparams: eps must be a number in (0, 0.1], got {str(eps)[:40]!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ConversionError(f"hparams: activation {str(self.activation)[:40]!r} is not one of {', '.join(ACTIVATIONS)}")
+        for key in ("tied", "attn_scale_by_layer"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConversionError(f"hparams: {key} must be true or false, got {str(getattr(self, key))[:40]!r}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object], source: str = "hparams") -> "HParams":
+        """The five numbers (required) and any variant fields present (GPT-2's values where absent)."""
         missing = [k for k in HPARAM_KEYS if k not in data]
         if missing:
             raise ConversionError(f"{source}: missing {', '.join(missing)}")
         try:
-            return cls(**{k: data[k] for k in HPARAM_KEYS})  # type: ignore[arg-type]
+            return cls(**{k: data[k] for k in HPARAM_KEYS + tuple(VARIANT_DEFAULTS) if k in data})  # type: ignore[arg-type]
         except ConversionError as e:  # name the file the bad value came from
             raise ConversionError(f"{source}: {str(e).removeprefix('hparams: ')}") from None
 
@@ -76,8 +103,17 @@ class HParams:
             raise ConversionError(f"{path}: expected a JSON object")
         return cls.from_dict(data, str(path))
 
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+    def to_dict(self) -> dict:
+        """The five numbers, then each variant field that differs from GPT-2's value."""
+        return {k: v for k, v in asdict(self).items() if k in HPARAM_KEYS} | self.variant()
+
+    def variant(self) -> dict:
+        """The fields in which this model differs from OpenAI's GPT-2 ({} for GPT-2 itself)."""
+        return {k: getattr(self, k) for k, default in VARIANT_DEFAULTS.items() if getattr(self, k) != default}
+
+    def base(self) -> "HParams":
+        """The five numbers alone, every variant field at GPT-2's value."""
+        return HParams(**{k: getattr(self, k) for k in HPARAM_KEYS})
 
     def to_json(self) -> str:
         """The text of `hparams.json`, formatted byte for byte as OpenAI's."""
@@ -86,6 +122,11 @@ class HParams:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def n_ff(self) -> int:
+        """The MLP's width: n_inner, or GPT-2's 4 * n_embd."""
+        return self.n_inner if self.n_inner is not None else 4 * self.n_embd
 
     @property
     def parameters(self) -> int:
@@ -100,13 +141,16 @@ def _numel(shape: Iterable[int]) -> int:
 
 
 def _dim(symbol: str, h: HParams) -> int:
-    sizes = {"1": 1, "E": h.n_embd, "3E": 3 * h.n_embd, "4E": 4 * h.n_embd, "V": h.n_vocab, "C": h.n_ctx}
+    sizes = {"1": 1, "E": h.n_embd, "3E": 3 * h.n_embd, "4E": h.n_ff, "V": h.n_vocab, "C": h.n_ctx}
     return sizes[symbol]
 
 
 def tensor_shapes(h: HParams) -> dict[str, tuple[int, ...]]:
-    """Every model variable's TF name and shape, in bytewise-sorted name order (the order on disk)."""
+    """Every model variable's TF name and shape, in bytewise-sorted name order (the order on disk); an untied
+    head adds model/lm_head. ("4E" is the MLP's width, n_ff.)"""
     shapes = {SCOPE + name: tuple(_dim(s, h) for s in dims) for name, dims in GLOBAL_TENSORS.items()}
+    if not h.tied:
+        shapes[SCOPE + HEAD_TENSOR] = (h.n_vocab, h.n_embd)
     for i in range(h.n_layer):
         for name, dims in BLOCK_TENSORS.items():
             shapes[f"{SCOPE}h{i}/{name}"] = tuple(_dim(s, h) for s in dims)
@@ -128,7 +172,7 @@ def is_model_tensor(name: str) -> bool:
     if not name.startswith(SCOPE):
         return False
     rest = name[len(SCOPE):]
-    if rest in GLOBAL_TENSORS:
+    if rest in GLOBAL_TENSORS or rest == HEAD_TENSOR:
         return True
     head, _, tail = rest.partition("/")
     return head[:1] == "h" and head[1:].isdigit() and tail in BLOCK_TENSORS

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import converters, hf_source, registry, store, tfcheckpoint
+from . import converters, registry, source_kinds, store, tfcheckpoint
 from .errors import Gpt2hubError
 from .manifest import ReleaseManifest
 
@@ -19,7 +19,12 @@ class Release:
     original: Path
     in_store: bool
     manifest: ReleaseManifest | None
-    kind: str = tfcheckpoint.KIND  # what `original` holds: OpenAI's layout, or hf_source.KIND (a Hugging Face GPT-2 folder)
+    kind: str = tfcheckpoint.KIND  # what `original` holds (a gpt2hub.source_kinds name): "tf" is OpenAI's layout
+
+    @property
+    def beside(self) -> Path:
+        """The path outputs are named after outside the store: the folder, or the file without its suffix."""
+        return self.original.with_suffix("") if self.original.is_file() else self.original
 
     def output_paths(self, fmt: str) -> list[Path]:
         """Where `gpt2hub convert` puts this release's `fmt` outputs (a folder, or one file per dtype)."""
@@ -28,34 +33,33 @@ class Release:
             return form.outputs_in(store.release_dir(self.name, fmt))
         # convert writes beside a checkpoint folder outside the store (DIR-<fmt>/, DIR-<dtype><suffix>);
         # a release root laid out as the store (DIR/original, DIR/<fmt>/) is found too.
-        return form.outputs_beside(self.original)
+        return form.outputs_beside(self.beside)
 
 
 def pulled_names() -> list[str]:
     return [m.name for m in registry.releases() if store.original_state(m.name) == "verified"]
 
 
-KINDS = (tfcheckpoint.KIND, hf_source.KIND)  # source kinds a folder is detected as (convert's --from)
-ACCEPTED = {tfcheckpoint.KIND: "a TensorFlow checkpoint (*.index)",
-            hf_source.KIND: "a Hugging Face GPT-2 folder (config.json with model_type gpt2 + model.safetensors "
-                            "or pytorch_model.bin)"}
-
-
 def locate(target: str | os.PathLike | None, manifest: Path | str | None = None, *,
-           error: type[Gpt2hubError] = Gpt2hubError, complete: bool = True, kinds: tuple[str, ...] = (tfcheckpoint.KIND,),
+           error: type[Gpt2hubError] = Gpt2hubError, complete: bool = True, kinds: tuple[str, ...] | None = (tfcheckpoint.KIND,),
            from_: str | None = None) -> Release:
-    """NAME (or alias), DIR (a checkpoint folder, or a release root holding original/), or nothing: the one release pulled.
+    """NAME (or alias), PATH (a checkpoint folder or file, or a release root holding original/), or nothing: the one
+    release pulled.
 
-    A DIR is detected as one of `kinds` by its content (TF first), or read as `from_` when given.
+    A PATH is detected as one of `kinds` (None: every source kind) by its content, or read as `from_` when given.
     Every failure is `error` with one line: no such folder or no checkpoint in it, nothing pulled or several,
     a release not pulled (or, with `complete`, only partly pulled).
     """
+    kinds = source_kinds.names() if kinds is None else kinds
     if from_ is not None and from_ not in kinds:
         raise error(f"--from {from_}: not a source kind here; kinds: {', '.join(kinds)}")
     path = Path(target).expanduser() if target is not None else None
+    if path is not None and (path.is_file() and kinds != (tfcheckpoint.KIND,)):
+        path = path.absolute()
+        return Release(path.stem, path, False, None, _kind(path, path, kinds, from_, error))
     if path is not None and (path.is_dir() or os.sep in str(target)):
         if not path.is_dir():
-            raise error(f"{path}: no such folder")
+            raise error(f"{path}: no such {'folder' if kinds == (tfcheckpoint.KIND,) else 'file or folder'}")
         path = path.absolute()  # not resolve(): outputs are found beside the path as given, even through a link
         original = path / "original" if (path / "original").is_dir() else path
         kind = _kind(path, original, kinds, from_, error)
@@ -69,7 +73,7 @@ def locate(target: str | os.PathLike | None, manifest: Path | str | None = None,
         name = m.name if m else (original.parent.name if original.name == "original" else original.name)
         return Release(name, original, named_by_store, m, kind)
     if from_ not in (None, tfcheckpoint.KIND):
-        raise error(f"--from {from_} takes a folder; {target!r} is not one")
+        raise error(f"--from {from_} takes a path; {target!r} is not one")
     if target is None and manifest is None:
         pulled = pulled_names()
         if len(pulled) != 1:
@@ -86,17 +90,11 @@ def locate(target: str | os.PathLike | None, manifest: Path | str | None = None,
 
 
 def _kind(path: Path, original: Path, kinds: tuple[str, ...], from_: str | None, error: type[Gpt2hubError]) -> str:
-    """What the folder holds, from its content (or as --from says), among `kinds`; else one line saying what it
+    """What the path holds, from its content (or as --from says), among `kinds`; else one line saying what it
     looked like and what is accepted."""
-    found = {tfcheckpoint.KIND: any(original.glob("*.index")), hf_source.KIND: hf_source.is_hf_folder(original)}
-    wanted = [from_] if from_ else list(kinds)
-    for kind in wanted:
-        if found[kind]:
-            return kind
-    no_tf = f"no TensorFlow checkpoint (*.index) here or in {path / 'original'}"
+    found = source_kinds.detect(original, from_)
+    if found is not None and found.name in kinds:
+        return found.name
     if kinds == (tfcheckpoint.KIND,):  # the commands that read OpenAI's layout only
-        raise error(f"{path}: {no_tf}")
-    missing = {tfcheckpoint.KIND: no_tf, hf_source.KIND: "not a Hugging Face GPT-2 folder"}
-    accepted = f"accepted{' with --from ' + from_ if from_ else ''}: {' or '.join(ACCEPTED[k] for k in wanted)}"
-    raise error(f"{path}: {', and '.join(missing[k] for k in wanted)}: it holds {hf_source.describe(original)}; "
-                f"{accepted}")
+        raise error(f"{path}: no TensorFlow checkpoint (*.index) here or in {path / 'original'}")
+    raise source_kinds.refuse(original, from_, error)

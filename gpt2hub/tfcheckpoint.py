@@ -15,6 +15,7 @@ from typing import Callable
 
 from . import lazy
 from .errors import CheckpointError, ChecksumError
+from .source_kinds import SourceKind
 from .sstable import crc32c, read_table, read_varint, unmask_crc
 from .tfbundle import (DT_STRING, DTYPES, HEADER_KEY, ITEMSIZE, BundleHeader, TensorEntry, data_filename, parse_entry,
                        parse_header)
@@ -205,3 +206,11 @@ class Checkpoint:
     def __exit__(self, *exc) -> None:
         self.close()
 
+
+
+def _is_tf_folder(folder: Path) -> bool:
+    return any(folder.glob("*.index"))
+
+
+SOURCE = SourceKind(name=KIND, rank=0, accepts="a TensorFlow checkpoint folder (*.index)", is_file=False,
+                    detect=_is_tf_folder, open=None)

@@ -103,9 +103,8 @@ def test_a_new_module_is_a_new_format(tmp_path, monkeypatch):
 
 
 # The places a format's name is also something else's, not a branch on the format: "tf" is the pip extra
-# gpt2hub[tf] (doctor.py) and the source kind of OpenAI's layout (tfcheckpoint.KIND, and the CLI's --from choices in
-# __init__.py's SOURCE_KINDS, which a test holds equal to release.KINDS).
-OTHER_MEANINGS = {("doctor.py", "tf"), ("tfcheckpoint.py", "tf"), ("__init__.py", "tf")}
+# gpt2hub[tf] (doctor.py) and the source kind of OpenAI's layout (tfcheckpoint.KIND).
+OTHER_MEANINGS = {("doctor.py", "tf"), ("tfcheckpoint.py", "tf")}
 
 
 def test_no_format_name_is_spelled_out_in_gpt2hub():

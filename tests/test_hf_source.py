@@ -186,16 +186,16 @@ def test_the_output_goes_beside_the_folder_and_names_the_hf_files_as_its_source(
 
 
 def test_the_api_names_the_source_kinds_locate_detects():
-    from gpt2hub.release import KINDS
+    from gpt2hub import source_kinds
 
-    assert gpt2hub.SOURCE_KINDS == KINDS
+    assert gpt2hub.SOURCE_KINDS == source_kinds.names() and {"tf", "hf"} <= set(gpt2hub.SOURCE_KINDS)
 
 
 def test_from_hf_forces_the_kind_and_from_tf_refuses_an_hf_folder(folders, tmp_path):
     assert gpt2hub.convert(folders["base"], to="safetensors", out=tmp_path / "a", from_="hf").source_kind == "hf"
     line = one_line_error(invoke("convert", str(folders["base"]), "--to", "safetensors", "--from", "tf"),
-                          "no TensorFlow checkpoint (*.index) here", "it holds config.json with model_type 'gpt2' beside weights",
-                          "accepted with --from tf: a TensorFlow checkpoint (*.index)")
+                          "not a checkpoint gpt2hub reads", "it holds config.json with model_type 'gpt2' and files",
+                          "accepted with --from tf: a TensorFlow checkpoint folder (*.index)")
     assert "Hugging Face" not in line
 
 
@@ -281,8 +281,8 @@ def test_a_folder_that_is_neither_names_what_it_looked_like_and_what_is_accepted
     folder.mkdir()
     (folder / "README.txt").write_text("hello")
     (folder / "weights.bin").write_bytes(b"\0" * 16)
-    _refused(folder, "no TensorFlow checkpoint (*.index) here", "and not a Hugging Face GPT-2 folder: it holds files README.txt, weights.bin;",
-             "accepted: a TensorFlow checkpoint (*.index) or a Hugging Face GPT-2 folder (config.json with model_type gpt2")
+    _refused(folder, "not a checkpoint gpt2hub reads: it holds files README.txt, weights.bin;",
+             "accepted: a TensorFlow checkpoint folder (*.index)", "a Hugging Face GPT-2 folder (config.json with model_type gpt2")
     (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
     _refused(folder, "config.json with model_type 'llama'", "a Hugging Face GPT-2 folder")
 

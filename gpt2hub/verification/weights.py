@@ -17,10 +17,11 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from ..encodings import UNBLOCKED, decode, qtype as _qtype, raw_dtype, row_bytes, rows_cols
 from ..stored import Expected, Stored, StoredOutput
 
 CHUNK_BYTES = 16 << 20
-RAW_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}  # BF16 as its bits
+RAW_DTYPES = {e: raw_dtype(e) for e in UNBLOCKED}  # BF16 as its bits
 KIND = {"F32": "f32 bit-identical", "F16": "f16 = source rounded to nearest even",
         "BF16": "bf16 = source rounded to nearest even"}
 
@@ -35,22 +36,10 @@ def _q8_0_bound(amax: np.ndarray) -> np.ndarray:
 BLOCK_BOUNDS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"Q8_0": _q8_0_bound}
 
 
-def _qtype(encoding: str):
-    import gguf
-
-    return gguf.GGMLQuantizationType[encoding]
 
 
-def rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
-    return (1, shape[0]) if len(shape) == 1 else (math.prod(shape[:-1]), shape[-1])
 
 
-def row_bytes(encoding: str, cols: int) -> int:
-    if encoding in RAW_DTYPES:
-        return RAW_DTYPES[encoding].itemsize * cols
-    import gguf
-
-    return int(gguf.quants.quant_shape_to_byte_shape((1, cols), _qtype(encoding))[-1])
 
 
 def read_rows(s: Stored, r0: int, r1: int, f=None) -> np.ndarray:
@@ -85,19 +74,6 @@ def encode(x: np.ndarray, encoding: str) -> np.ndarray:
     return gguf.quants.quantize(np.ascontiguousarray(x), _qtype(encoding))
 
 
-def decode(raw: np.ndarray, encoding: str) -> np.ndarray:
-    """Stored rows back to float32 (for block types, gguf-py's dequantizer)."""
-    if encoding == "F32":
-        return raw
-    if encoding == "F16":
-        import torch
-
-        return torch.from_numpy(np.ascontiguousarray(raw)).to(torch.float32).numpy()
-    if encoding == "BF16":
-        return (raw.astype(np.uint32) << 16).view(np.float32)
-    import gguf
-
-    return gguf.quants.dequantize(raw, _qtype(encoding))
 
 
 def read_source(ckpt, name: str) -> np.ndarray:
