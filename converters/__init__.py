@@ -15,13 +15,13 @@ import importlib
 import math
 import os
 import pkgutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 from gpt2hub import lazy, source_tensors
 from gpt2hub.errors import CheckpointError, ConversionError
-from gpt2hub.layout import SCOPE, HParams, tensor_shapes
+from gpt2hub.layout import HEAD_TENSOR, SCOPE, VARIANT_DEFAULTS, HParams, tensor_shapes
 from gpt2hub.source_tensors import matrix_shape
 from gpt2hub.stored import StoredOutput
 
@@ -52,7 +52,7 @@ class Weights:
     (in, out)); values are numpy arrays or torch tensors in the dtype the file stores.
     """
 
-    config: dict[str, Any]  # n_vocab, n_ctx, n_embd, n_head, n_layer, eps, activation
+    config: dict[str, Any]  # n_vocab, n_ctx, n_embd, n_head, n_layer, eps, activation, n_inner, tied, attn_scale_by_layer
     tensors: dict[str, Any]
 
 
@@ -95,6 +95,10 @@ class Format:
     # Files beside the weights that are a function of the release alone: (source, folder, dtype) writes them
     side_files: Callable[[ConvertInput, Path, str], None] | None = None
     proof_reads: tuple[str, ...] = ()  # other files of an output that the exact weight proof parses and checks
+    # What of a GPT-2-family model the format cannot express: a field of layout.VARIANT_DEFAULTS (or ADDED_TOKENS)
+    # -> why; a model with any other value there is refused before anything is written. Fields not named: carried.
+    cannot_hold: dict[str, str] = field(default_factory=dict, hash=False)
+    approximates: frozenset[str] = frozenset()  # of those, what --allow-approximate-activation converts anyway
 
     @property
     def writes_folder(self) -> bool:
@@ -166,9 +170,13 @@ def detect(path: Path) -> Format | None:
     return next((f for f in formats() if f.is_output(path)), None)
 
 
-def expand(global_rules: dict[str, Rule], block_rules: dict[str, Rule], n_layer: int) -> dict[str, Rule]:
-    """A format's tables for n_layer blocks: full TF variable name -> Rule with the layer filled in."""
+def expand(global_rules: dict[str, Rule], block_rules: dict[str, Rule], n_layer: int,
+           head: Rule | None = None) -> dict[str, Rule]:
+    """A format's tables for n_layer blocks: full TF variable name -> Rule with the layer filled in; `head`: the
+    rule of an untied head (model/lm_head), for a model that has one."""
     rules = {SCOPE + k: r for k, r in global_rules.items()}
+    if head is not None:
+        rules[SCOPE + HEAD_TENSOR] = head
     for i in range(n_layer):
         rules.update({f"{SCOPE}h{i}/{k}": replace(r, name=r.name.format(i=i)) for k, r in block_rules.items()})
     return rules
@@ -192,11 +200,49 @@ class ConvertInput:
     source_kind: str = "tf"  # the source's kind (gpt2hub.source_kinds): "tf" is OpenAI's layout; others are read as one
     # Said in the output's metadata and report: e.g. "dequantized from Q4_K" (a GGUF source), "" when exact
     source_note: str = ""
+    # Fields the output computes at GPT-2's value instead of the source's (--allow-approximate-activation):
+    # the writer records them, so verify labels the output approximate and measures the gap
+    approximated: tuple[str, ...] = ()
 
     def entries(self) -> list[TensorEntry]:
         """Every model tensor, in data-file order (so the source is read sequentially)."""
         names = tensor_shapes(self.hparams)
         return sorted((self.ckpt.entries[n] for n in names), key=lambda e: (e.shard_id, e.offset))
+
+
+# --- what a format can hold -----------------------------------------------------------------
+
+ADDED_TOKENS = "added_tokens"  # Format.cannot_hold's key for a vocabulary with tokens added after the BPE ones
+APPROXIMATE_FLAG = "--allow-approximate-activation"
+
+
+def _differences(h: HParams, vocab: Vocab | None) -> dict[str, str]:
+    """Each way a model differs from OpenAI's GPT-2, by field, as an error names it: "n_inner 192"."""
+    out = {k: f"{k} {v}" for k, v in h.variant().items()}
+    added = getattr(vocab, "added", ()) if vocab is not None else ()
+    if added:
+        out[ADDED_TOKENS] = f"{len(added)} added token{'s' * (len(added) > 1)} ({added[0][1][:40]!r}{', ...' * (len(added) > 1)})"
+    return out
+
+
+def check_holds(fmt: Format, h: HParams, vocab: Vocab | None, allow_approximate: bool = False) -> list[str]:
+    """Refuse (ConversionError, one line naming the field) a model the format cannot express; with
+    allow_approximate, the fields it converts approximately are returned instead (e.g. ["activation"])."""
+    approximated = []
+    for key, said in _differences(h, vocab).items():
+        if key not in fmt.cannot_hold:
+            continue
+        if key in fmt.approximates and allow_approximate:
+            approximated.append(key)
+            continue
+        hint = f"; pass {APPROXIMATE_FLAG} to convert anyway" if key in fmt.approximates else ""
+        raise ConversionError(f"--to {fmt.name} cannot hold {said} ({fmt.cannot_hold[key]}){hint}")
+    return approximated
+
+
+def computed_hparams(h: HParams, approximated: list[str] | tuple[str, ...]) -> HParams:
+    """The model a target computes when it approximates these fields: each at GPT-2's value."""
+    return replace(h, **{k: VARIANT_DEFAULTS[k] for k in approximated if k in VARIANT_DEFAULTS})
 
 
 # --- names and shapes as tables ----------------------------------------------------------------
@@ -220,12 +266,18 @@ class Planned:
     shape: tuple[int, ...]  # the shape as written (after squeeze and transpose)
 
 
-def plan(source: ConvertInput, global_rules: dict[str, Rule], block_rules: dict[str, Rule]) -> list[Planned]:
-    """Every model tensor of the source, renamed and reshaped by a format's tables, in data order."""
+def plan(source: ConvertInput, global_rules: dict[str, Rule], block_rules: dict[str, Rule],
+         head: Rule | None = None) -> list[Planned]:
+    """Every model tensor of the source, renamed and reshaped by a format's tables (`head`: an untied head's
+    rule), in data order."""
     out = []
     for e in source.entries():
         rest = e.name[len(SCOPE):]
-        if rest in global_rules:
+        if rest == HEAD_TENSOR:
+            if head is None:  # refused before writing (Format.cannot_hold); never dropped
+                raise ConversionError(f"{e.name}: this format has no place for an untied head")
+            rule, name = head, head.name
+        elif rest in global_rules:
             rule = global_rules[rest]
             name = rule.name
         else:

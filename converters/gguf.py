@@ -28,7 +28,7 @@ from gpt2hub import lazy
 from gpt2hub.casts import CASTS
 from gpt2hub.errors import ConversionError
 from gpt2hub.ggufheader import Header, read_header
-from gpt2hub.layout import SCOPE, HParams
+from gpt2hub.layout import GELU_TANH, SCOPE, HParams
 from gpt2hub.stored import Expected, Stored, StoredOutput
 from gpt2hub.threads import pipelined
 
@@ -60,7 +60,8 @@ BLOCK_RULES: dict[str, Rule] = {
     "mlp/c_proj/w": Rule("blk.{i}.ffn_down.weight", transpose=True),
     "mlp/c_proj/b": Rule("blk.{i}.ffn_down.bias", keep_f32=True),
 }
-UNTIED_OUTPUT = Rule("output.weight")  # --untie: a copy of wte, for llama.cpp before March 2025
+UNTIED_OUTPUT = Rule("output.weight")  # an untied head (model/lm_head); with --untie, a copy of wte for llama.cpp before March 2025
+APPROXIMATED = "gpt2hub.approximated"  # the fields llama.cpp computes at GPT-2's value (--allow-approximate-activation)
 
 # --dtype -> (ggml tensor type of the 2-D weights, general.file_type), as gguf-py's enums name them.
 DTYPES = {
@@ -153,20 +154,39 @@ def _add_metadata(w, source: ConvertInput, dtype: str) -> None:
     w.add_block_count(h.n_layer)
     w.add_context_length(h.n_ctx)
     w.add_embedding_length(h.n_embd)
-    w.add_feed_forward_length(4 * h.n_embd)
+    w.add_feed_forward_length(h.n_ff)
     w.add_head_count(h.n_head)
-    w.add_layer_norm_eps(1e-5)
+    w.add_layer_norm_eps(h.eps)
     w.add_file_type(int(gguf.LlamaFileType[DTYPES[dtype][1]]))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
-    w.add_token_list(v.tokens)
-    w.add_token_types([gguf.TokenType.CONTROL if i == v.eot_id else gguf.TokenType.NORMAL for i in range(len(v.tokens))])
+    tokens, types = token_list(v, h.n_vocab)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
     w.add_token_merges(v.merges)
     w.add_bos_token_id(v.eot_id)
     w.add_eos_token_id(v.eot_id)
     w.add_string("general.source.release", source.release)
     w.add_string("general.converter", f"gpt2hub {source.version}")
+    if source.approximated:
+        w.add_array(APPROXIMATED, [f"{k} {getattr(h, k)}" for k in source.approximated])
+
+
+def token_list(v: Vocab, n_vocab: int) -> tuple[list[str], list[int]]:
+    """tokenizer.ggml.tokens and token_type: the BPE tokens (<|endoftext|> CONTROL), the added ones (CONTROL if
+    special, else USER_DEFINED), then "[PAD{id}]" (UNUSED) up to n_vocab, as llama.cpp's convert_hf_to_gguf pads."""
+    import gguf
+
+    T = gguf.TokenType
+    tokens = v.tokens + [content for _, content, _ in v.added]
+    if len(tokens) > n_vocab:
+        raise ConversionError(f"{v.encoder_json}: {len(tokens)} tokens, but wte has {n_vocab} rows "
+                              "(llama.cpp needs a row per token)")
+    types = [int(T.CONTROL if i == v.eot_id else T.NORMAL) for i in range(len(v.tokens))]
+    types += [int(T.CONTROL if special else T.USER_DEFINED) for _, _, special in v.added]
+    pads = range(len(tokens), n_vocab)
+    return tokens + [f"[PAD{i}]" for i in pads], types + [int(T.UNUSED)] * len(pads)
 
 
 class _Streamed:
@@ -198,11 +218,9 @@ def write(source: ConvertInput, out: Path, dtype: str, progress: Progress) -> li
 def _write_streamed(source: ConvertInput, out: Path, dtype: str, progress: Progress) -> None:
     import gguf
 
-    if len(source.vocab.tokens) != source.hparams.n_vocab:
-        raise ConversionError(f"{source.vocab.encoder_json}: {len(source.vocab.tokens)} tokens, but wte has "
-                              f"{source.hparams.n_vocab} rows (llama.cpp needs one token per row)")
-    planned = plan(source, GLOBAL_RULES, BLOCK_RULES)
-    if source.untie:
+    token_list(source.vocab, source.hparams.n_vocab)  # a row for every token, before anything is written
+    planned = plan(source, GLOBAL_RULES, BLOCK_RULES, UNTIED_OUTPUT)
+    if source.untie and source.hparams.tied:
         wte = next(p for p in planned if p.rule is GLOBAL_RULES["wte"])
         planned.append(Planned(wte.entry, UNTIED_OUTPUT.name, UNTIED_OUTPUT, wte.shape))
     w = gguf.GGUFWriter(None, ARCH)
@@ -275,7 +293,8 @@ def is_output(path: Path) -> bool:
 
 
 def read_config(header: Header, source: str) -> dict:
-    """GPTConfig's fields from a GGUF file's gpt2.* metadata (n_vocab from token_embd's shape)."""
+    """GPTConfig's fields from a GGUF file's gpt2.* metadata (n_vocab from token_embd's shape, an untied head from
+    output.weight); the activation and attention scaling are those llama.cpp's gpt2 graph computes."""
     import gguf
 
     keys = gguf.Keys
@@ -283,7 +302,8 @@ def read_config(header: Header, source: str) -> dict:
     if arch != ARCH:
         raise ConversionError(f"{source}: general.architecture is {arch!r}, not {ARCH!r}")
     fields = {"n_ctx": keys.LLM.CONTEXT_LENGTH, "n_embd": keys.LLM.EMBEDDING_LENGTH, "n_head": keys.Attention.HEAD_COUNT,
-              "n_layer": keys.LLM.BLOCK_COUNT, "eps": keys.Attention.LAYERNORM_EPS}
+              "n_layer": keys.LLM.BLOCK_COUNT, "eps": keys.Attention.LAYERNORM_EPS,
+              "n_inner": keys.LLM.FEED_FORWARD_LENGTH}
     values = {}
     for field, key in fields.items():
         v = header.fields.get(key.format(arch=ARCH))
@@ -294,7 +314,15 @@ def read_config(header: Header, source: str) -> dict:
     if embd is None or len(embd.dims) != 2:
         raise ConversionError(f"{source}: no 2-D {GLOBAL_RULES['wte'].name} tensor")
     values["n_vocab"] = embd.dims[1]  # GGUF dims are (ne0=n_embd, ne1=n_vocab)
+    values["tied"] = not any(t.name == UNTIED_OUTPUT.name for t in header.tensors)
+    values.update(activation=GELU_TANH, attn_scale_by_layer=False)
     return values
+
+
+def approximated(header: Header) -> list[str]:
+    """The fields the file records it computes at GPT-2's value (gpt2hub.approximated): ["activation"]."""
+    said = header.fields.get(APPROXIMATED)
+    return [str(x).split()[0] for x in said] if isinstance(said, list) else []
 
 
 def read_weights(path: Path) -> Weights:
@@ -304,11 +332,12 @@ def read_weights(path: Path) -> Weights:
     header = read_header(path)
     config = read_config(header, str(path))
     by_name = {t.name: t for t in header.tensors}
-    names = hf.reference_names(config["n_layer"])
+    tied = config["tied"]
+    names = hf.reference_names(config["n_layer"], tied)
     kept = {gguf.GGMLQuantizationType.F32: np.float32, gguf.GGMLQuantizationType.F16: np.float16}
     data = np.memmap(path, np.uint8, mode="r")
     tensors = {}
-    for tf, rule in expand(GLOBAL_RULES, BLOCK_RULES, config["n_layer"]).items():
+    for tf, rule in expand(GLOBAL_RULES, BLOCK_RULES, config["n_layer"], None if tied else UNTIED_OUTPUT).items():
         t = by_name.get(rule.name)
         if t is None:
             raise ConversionError(f"{path}: no tensor {rule.name}")
@@ -351,28 +380,33 @@ def read_stored(path: Path, hparams: HParams, vocab: Vocab) -> StoredOutput:
     header = read_header(path)
     dtype = read_dtype(path, header)
     weight_type = DTYPES[dtype][0] if dtype in DTYPES else None  # a llama-quantize mix: types vary per tensor
+    head = None if hparams.tied else UNTIED_OUTPUT
     expected = {r.name: Expected(tf, "F32" if r.keep_f32 else weight_type, r.transpose)
-                for tf, r in expand(GLOBAL_RULES, BLOCK_RULES, hparams.n_layer).items()}
+                for tf, r in expand(GLOBAL_RULES, BLOCK_RULES, hparams.n_layer, head).items()}
     tensors = {t.name: Stored(t.name, t.type.name, tuple(reversed(t.dims)), path, t.offset, t.nbytes)  # dims: ne0 first
                for t in header.tensors}
-    if UNTIED_OUTPUT.name in tensors:  # --untie: a copy of wte
+    if UNTIED_OUTPUT.name in tensors and hparams.tied:  # --untie: a copy of wte
         expected[UNTIED_OUTPUT.name] = Expected(SCOPE + "wte", weight_type, False)
     problems = []
     keys = gguf.Keys.Tokenizer
-    for key, want in ((keys.LIST, vocab.tokens), (keys.MERGES, vocab.merges)):
+    tokens, types = token_list(vocab, hparams.n_vocab)
+    for key, want in ((keys.LIST, tokens), (keys.TOKEN_TYPE, types), (keys.MERGES, vocab.merges)):
         got = header.fields.get(key)
         if got != want:
             where = "missing" if not isinstance(got, list) else f"{len(got)} entries" if len(got) != len(want) else \
                 f"entry {next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)} differs"
-            problems.append(f"{key}: {where}; encoder.json/vocab.bpe have {len(want)}")
+            problems.append(f"{key}: {where}; the release's vocabulary has {len(want)}")
     for key in (keys.BOS_ID, keys.EOS_ID):
         got = header.fields.get(key)
         if got != vocab.eot_id:
             problems.append(f"{key} is {got}, <|endoftext|> is {vocab.eot_id}")
-    return StoredOutput(dtype, read_config(header, str(path)), tensors, expected, problems)
+    return StoredOutput(dtype, read_config(header, str(path)), tensors, expected, problems, approximated(header))
 
 
 FORMAT = Format(name="gguf", rank=30, dtypes=(*DTYPES, *LLAMA_MIXES), default_dtype="f32", write=write, consumer="llama.cpp",
                 is_output=is_output, read_weights=read_weights, read_dtype=read_dtype, read_stored=read_stored, looks_like=f"a {SUFFIX} file",
                 file_suffix=SUFFIX, tokenizer=TokenizerReader("llama.cpp", "llama_cpp", lambda path: path, _llama_ids),
-                requires="gguf", extra="gguf", untie=True, demo_dtypes=("f16", "q8_0"), tags=("gguf",))
+                requires="gguf", extra="gguf", untie=True, demo_dtypes=("f16", "q8_0"), tags=("gguf",),
+                cannot_hold={"activation": "llama.cpp's gpt2 graph computes GPT-2's tanh GELU",
+                             "attn_scale_by_layer": "llama.cpp's gpt2 graph has no per-layer attention scaling"},
+                approximates=frozenset({"activation"}))

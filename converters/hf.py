@@ -9,28 +9,22 @@ is written. verify's exact proofs read both weight files back here, in place (he
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gpt2hub import lazy
 from gpt2hub.errors import ConversionError, load_json
-from gpt2hub.layout import HPARAM_KEYS, HParams
-from gpt2hub.stored import ITEM_BYTES, Expected, Stored, StoredOutput
+from gpt2hub.layout import GELU_EXACT, GELU_TANH, HPARAM_KEYS, HParams
+from gpt2hub.stored import Expected, Stored, StoredOutput
 from gpt2hub.tokenizer import ENDOFTEXT
-from gpt2hub.zipwriter import LOCAL_HEADER
+from gpt2hub.torch_zip import zip_tensors  # a pytorch_model.bin read in place (also hf_source's reader)
 
 from . import ConvertInput, Rule, TokenizerReader, Weights, expand
 
 if TYPE_CHECKING:
     from gpt2hub.vocabulary import Vocab
 
-# The registry imports every format at start-up; these load when a torch zip is read back.
-pickle = lazy.module("pickle")
-zipfile = lazy.module("zipfile")
 
 GLOBAL_RULES: dict[str, Rule] = {
     "wte": Rule("wte.weight"),
@@ -52,15 +46,23 @@ BLOCK_RULES: dict[str, Rule] = {
     "mlp/c_proj/w": Rule("h.{i}.mlp.c_proj.weight"),
     "mlp/c_proj/b": Rule("h.{i}.mlp.c_proj.bias"),
 }
+HEAD = Rule("lm_head.weight")  # an untied head (model/lm_head): GPT2LMHeadModel's own name, (n_vocab, n_embd)
 
 TORCH_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
 # config.json key for each GPTConfig field.
 CONFIG_KEYS = {
     "n_vocab": "vocab_size", "n_ctx": "n_positions", "n_embd": "n_embd", "n_head": "n_head",
     "n_layer": "n_layer", "eps": "layer_norm_epsilon", "activation": "activation_function",
+    "n_inner": "n_inner", "tied": "tie_word_embeddings", "attn_scale_by_layer": "scale_attn_by_inverse_layer_idx",
 }
-# Tensors in HF files that are not parameters: causal-mask buffers, and the head tied to wte.
-SKIPPED = (".attn.bias", ".attn.masked_bias", "lm_head.weight")
+CONFIG_DEFAULTS = {"eps": 1e-5, "activation": "gelu_new", "n_inner": None, "tied": True, "attn_scale_by_layer": False}
+# activation_function for each activation of gpt2hub.layout (transformers' ACT2FN names)
+ACTIVATION_NAMES = {GELU_TANH: "gelu_new", GELU_EXACT: "gelu"}
+# and every name a config may give it (gpt2hub's own, or transformers'), as gpt2hub.layout names it
+ACTIVATION_OF = {GELU_TANH: GELU_TANH, GELU_EXACT: GELU_EXACT, "gelu_new": GELU_TANH, "gelu_pytorch_tanh": GELU_TANH,
+                 "gelu_fast": GELU_TANH, "gelu": GELU_EXACT, "gelu_python": GELU_EXACT}
+# Tensors in HF files that are not parameters: causal-mask buffers (and lm_head.weight when the head is tied).
+SKIPPED = (".attn.bias", ".attn.masked_bias")
 # (single weights file, its shard index), in the order a reader prefers them.
 WEIGHT_FILES = (("model.safetensors", "model.safetensors.index.json"),
                 ("pytorch_model.bin", "pytorch_model.bin.index.json"))
@@ -78,19 +80,19 @@ def config(source: ConvertInput, dtype: str) -> dict:
         "n_embd": h.n_embd,
         "n_head": h.n_head,
         "n_layer": h.n_layer,
-        "n_inner": None,
-        "activation_function": "gelu_new",  # tanh GELU, as openai/gpt-2 src/model.py
-        "layer_norm_epsilon": 1e-5,
+        "n_inner": h.n_inner,  # None: 4 * n_embd
+        "activation_function": ACTIVATION_NAMES[h.activation],  # gelu_new: the tanh GELU of openai/gpt-2 src/model.py
+        "layer_norm_epsilon": h.eps,
         "initializer_range": 0.02,
         "resid_pdrop": 0.1,
         "embd_pdrop": 0.1,
         "attn_pdrop": 0.1,
         "scale_attn_weights": True,
-        "scale_attn_by_inverse_layer_idx": False,
+        "scale_attn_by_inverse_layer_idx": h.attn_scale_by_layer,
         "reorder_and_upcast_attn": False,
         "bos_token_id": eot,
         "eos_token_id": eot,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": h.tied,
         "use_cache": True,
         "torch_dtype": TORCH_DTYPES[dtype],
     }
@@ -104,8 +106,7 @@ def tokenizer_json(source: ConvertInput) -> dict:
         "version": "1.0",
         "truncation": None,
         "padding": None,
-        "added_tokens": [{"id": v.eot_id, "content": v.tokens[v.eot_id], "single_word": False, "lstrip": False,
-                          "rstrip": False, "normalized": True, "special": True}],
+        "added_tokens": special_tokens(v),
         "normalizer": None,
         "pre_tokenizer": byte_level,
         "post_processor": {**byte_level, "trim_offsets": False},
@@ -117,6 +118,15 @@ def tokenizer_json(source: ConvertInput) -> dict:
             "merges": v.merges,
         },
     }
+
+
+def special_tokens(v: Vocab) -> list[dict]:
+    """tokenizer.json's added_tokens: <|endoftext|>, then the tokens a fine-tune added (Vocab.added), as
+    transformers saves them."""
+    eot = {"id": v.eot_id, "content": ENDOFTEXT, "single_word": False, "lstrip": False, "rstrip": False,
+           "normalized": True, "special": True}
+    return [eot] + [{"id": i, "content": content, "single_word": False, "lstrip": False, "rstrip": False,
+                     "normalized": not special, "special": special} for i, content, special in v.added]
 
 
 def write_side_files(source: ConvertInput, out: Path, dtype: str) -> None:
@@ -132,9 +142,14 @@ def write_side_files(source: ConvertInput, out: Path, dtype: str) -> None:
         "tokenizer_config.json": {
             "tokenizer_class": "GPT2Tokenizer", "model_max_length": source.hparams.n_ctx,
             "bos_token": eot, "eos_token": eot, "unk_token": eot, "add_prefix_space": False, "add_bos_token": False,
+            "added_tokens_decoder": {str(t["id"]): {k: t[k] for k in ("content", "lstrip", "normalized", "rstrip",
+                                                                       "single_word", "special")}
+                                     for t in special_tokens(v)},
         },
         "special_tokens_map.json": {"bos_token": eot, "eos_token": eot, "unk_token": eot},
     }
+    if v.added:
+        files["added_tokens.json"] = {content: i for i, content, _ in v.added}
     for name, data in files.items():
         (out / name).write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     shutil.copyfile(v.encoder_json, out / "vocab.json")
@@ -143,9 +158,10 @@ def write_side_files(source: ConvertInput, out: Path, dtype: str) -> None:
 
 # --- reading a folder back --------------------------------------------------------------------
 
-def reference_names(n_layer: int) -> dict[str, str]:
-    """TF variable name -> gpt2hub's parameter name (this layout is the reference): model/h3/mlp/c_fc/w -> h.3.mlp.c_fc.weight."""
-    return {tf: rule.name for tf, rule in expand(GLOBAL_RULES, BLOCK_RULES, n_layer).items()}
+def reference_names(n_layer: int, tied: bool = True) -> dict[str, str]:
+    """TF variable name -> gpt2hub's parameter name (this layout is the reference): model/h3/mlp/c_fc/w -> h.3.mlp.c_fc.weight;
+    an untied head model/lm_head -> lm_head.weight."""
+    return {tf: rule.name for tf, rule in expand(GLOBAL_RULES, BLOCK_RULES, n_layer, None if tied else HEAD).items()}
 
 
 def is_output(path: Path) -> bool:
@@ -160,17 +176,16 @@ def read_config(folder: Path) -> dict:
     data = load_json(path, ConversionError)
     if not isinstance(data, dict):
         raise ConversionError(f"{path}: expected a JSON object")
-    defaults = {"eps": 1e-5, "activation": "gelu_new"}
     values = {}
     for field, key in CONFIG_KEYS.items():
         if key in data:
             values[field] = data[key]
-        elif field in defaults:
-            values[field] = defaults[field]
+        elif field in CONFIG_DEFAULTS:
+            values[field] = CONFIG_DEFAULTS[field]
         else:
             raise ConversionError(f"{path}: missing {key}")
     try:
-        HParams(**{k: values[k] for k in HPARAM_KEYS})
+        HParams(**{k: values[k] for k in HPARAM_KEYS}, n_inner=values["n_inner"])
     except ConversionError as e:  # named by config.json's key: "n_positions 2,000,000 is beyond ..."
         why = str(e).removeprefix("hparams: ")
         field = why.split()[0]
@@ -219,13 +234,28 @@ def _read_file(path: Path) -> dict:
 def read_weights(folder: Path) -> Weights:
     """config.json and the weights (model.safetensors or pytorch_model.bin, or their shards) as torch tensors."""
     config = read_config(folder)
+    skipped = SKIPPED + ((HEAD.name,) if config["tied"] is not False else ())
     tensors = {}
     for path in _weight_files(folder):
         for name, t in _read_file(path).items():
             name = name.removeprefix("transformer.")
-            if not name.endswith(SKIPPED):
+            if not name.endswith(skipped):
                 tensors[name] = t
     return Weights(config, tensors)
+
+
+def tokenizer_problems(folder: Path, vocab: Vocab) -> list[str]:
+    """Where tokenizer.json's added tokens differ from the release's (Vocab.added), in one line each."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return ["tokenizer.json: missing"]
+    data = load_json(path, ConversionError)
+    got = data.get("added_tokens") if isinstance(data, dict) else None
+    want = special_tokens(vocab)
+    if not isinstance(got, list) or [(t.get("id"), t.get("content"), t.get("special")) for t in got if isinstance(t, dict)] \
+            != [(t["id"], t["content"], t["special"]) for t in want]:
+        return [f"tokenizer.json: added_tokens are not <|endoftext|> and the release's {len(vocab.added)} added tokens"]
+    return []
 
 
 def _tokenizer_file(folder: Path) -> Path | None:
@@ -241,11 +271,10 @@ def _tokenizer_ids(path: Path, text: str) -> list[int]:
 TOKENIZER = TokenizerReader("tokenizers", "tokenizers", _tokenizer_file, _tokenizer_ids)
 
 # The fields every HF-folder format shares: what loads it, how it is read back.
-# config.json keys that change GPT-2's semantics in transformers, and the value OpenAI's model needs (HF's default if absent)
-SEMANTICS = {"tie_word_embeddings": True, "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
-             "reorder_and_upcast_attn": False}
+# config.json keys that change GPT-2's semantics in transformers and no HParams field carries, and the value every
+# GPT-2-family model needs (HF's default if absent); the fields HParams carries are compared by verify
+SEMANTICS = {"scale_attn_weights": True, "reorder_and_upcast_attn": False}
 ENCODINGS = {"f32": "F32", "f16": "F16", "bf16": "BF16"}  # dtype -> encoding of every tensor (gguf-py's type names)
-STORAGE_ENCODINGS = {"FloatStorage": "F32", "HalfStorage": "F16", "BFloat16Storage": "BF16"}  # torch's storage types
 
 
 def read_stored(folder: Path, hparams: HParams, vocab: Vocab) -> StoredOutput:
@@ -256,7 +285,8 @@ def read_stored(folder: Path, hparams: HParams, vocab: Vocab) -> StoredOutput:
     problems = [f"{key} is {data[key]!r}, GPT-2 needs {want!r}" for key, want in SEMANTICS.items() if data.get(key, want) != want]
     encoding = ENCODINGS.get(dtype, dtype)
     expected = {rule.name: Expected(tf, encoding, rule.transpose)
-                for tf, rule in expand(GLOBAL_RULES, BLOCK_RULES, hparams.n_layer).items()}
+                for tf, rule in expand(GLOBAL_RULES, BLOCK_RULES, hparams.n_layer, None if hparams.tied else HEAD).items()}
+    problems += tokenizer_problems(folder, vocab)
     tensors = {}
     for path in _weight_files(folder):
         for t in safetensors_tensors(path) if path.suffix == ".safetensors" else zip_tensors(path):
@@ -290,72 +320,6 @@ def safetensors_tensors(path: Path) -> list[Stored]:
             raise ConversionError(f"{path}: {name}: dtype {info['dtype']} or byte range {start}..{end} is not readable")
         tensors.append(Stored(name, info["dtype"], tuple(info["shape"]), path, 8 + n + start, end - start))
     return tensors
-
-
-@dataclass(frozen=True)
-class _TensorRef:
-    key: str
-    encoding: str
-    offset: int
-    shape: tuple[int, ...]
-    stride: tuple[int, ...]
-
-
-def _rebuild_tensor(storage, offset, shape, stride, *_):
-    _, storage_type, key, _location, _numel = storage
-    return _TensorRef(key, STORAGE_ENCODINGS[storage_type], offset, tuple(shape), tuple(stride))
-
-
-class _TorchStateDict(dict):
-    """OrderedDict as a state dict unpickles: a dict whose `_metadata` attribute (module versions, set by the
-    pickle's BUILD opcode on torch.save of `model.state_dict()`) is kept as data and never read."""
-
-
-def _state_dict_unpickler(stream) -> pickle.Unpickler:
-    """data.pkl read to (storage key, type, shape) without torch: torch.load(mmap=True) would keep every page it
-    reads resident (6 GB at 1558M). Anything but a plain state dict of tensors is refused."""
-
-    class StateDictUnpickler(pickle.Unpickler):
-        def find_class(self, module: str, name: str):
-            if (module, name) == ("collections", "OrderedDict"):
-                return _TorchStateDict
-            if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-                return _rebuild_tensor
-            if module == "torch" and name in STORAGE_ENCODINGS:
-                return name
-            raise pickle.UnpicklingError(f"{module}.{name} is not part of a plain state dict")
-
-        def persistent_load(self, pid):
-            return tuple(pid)
-
-    return StateDictUnpickler(stream)
-
-
-def zip_tensors(path: Path) -> list[Stored]:
-    """Every tensor of a torch.save zip (pytorch_model.bin): stored records, read in place."""
-    if not path.is_file():
-        raise ConversionError(f"{path}: no such file (named in the shard index)")
-    try:
-        with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
-            pkl = next((n for n in zf.namelist() if n.endswith("/data.pkl")), None)
-            if pkl is None:
-                raise ConversionError(f"{path}: no data.pkl (not a torch.save zip)")
-            stem = pkl[: -len("data.pkl")]
-            tensors = []
-            for name, ref in _state_dict_unpickler(zf.open(pkl)).load().items():
-                info = zf.getinfo(f"{stem}data/{ref.key}")
-                n, item = math.prod(ref.shape), ITEM_BYTES[ref.encoding]
-                contiguous = tuple(math.prod(ref.shape[i + 1:]) for i in range(len(ref.shape)))
-                if info.compress_type != zipfile.ZIP_STORED or ref.stride != contiguous or (ref.offset + n) * item > info.file_size:
-                    raise ConversionError(f"{path}: {name} is not a contiguous tensor in a stored record")
-                raw.seek(info.header_offset + 26)  # the local header's name and extra lengths
-                name_len, extra_len = struct.unpack("<HH", raw.read(4))
-                start = info.header_offset + LOCAL_HEADER + name_len + extra_len + ref.offset * item
-                tensors.append(Stored(name, ref.encoding, ref.shape, path, start, n * item))
-            return tensors
-    except (zipfile.BadZipFile, pickle.UnpicklingError, KeyError, ValueError, EOFError, struct.error) as e:
-        raise ConversionError(f"{path}: not a PyTorch state dict ({type(e).__name__}: {e})") from None
-
 
 FOLDER_FIELDS = dict(read_stored=read_stored, consumer="transformers", is_output=is_output, read_weights=read_weights, read_dtype=read_dtype,
                      looks_like="an HF model folder", tokenizer=TOKENIZER)

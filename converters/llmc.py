@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 from gpt2hub import lazy
 from gpt2hub.casts import CASTS
 from gpt2hub.errors import ConversionError
-from gpt2hub.layout import BLOCK_TENSORS, HPARAM_MAX, HParams
+from gpt2hub.layout import BLOCK_TENSORS, GELU_TANH, HPARAM_MAX, HParams
 from gpt2hub.stored import Expected, Stored, StoredOutput
 from gpt2hub.threads import pipelined
 from gpt2hub.tokenizer import byte_decoder
 
-from . import ConvertInput, Format, Planned, Progress, Rule, Weights, expand, plan, row_chunks
+from . import ADDED_TOKENS, ConvertInput, Format, Planned, Progress, Rule, Weights, expand, plan, row_chunks
 from . import hf
 
 if TYPE_CHECKING:
@@ -42,6 +42,8 @@ VOCAB_MULTIPLE = 128  # train_gpt2.py pad_vocab
 PADDED = "wte"  # the kind padded with zero rows to VOCAB_MULTIPLE
 ENCODINGS = {"f32": "F32", "bf16": "BF16"}  # dtype -> encoding of every tensor (gguf-py's type names)
 TOKENIZER_FILE = "gpt2_tokenizer.bin"
+# The fields written at GPT-2's value (--allow-approximate-activation), one per line; llm.c's header has no place
+APPROXIMATED_FILE = "gpt2hub-approximated.txt"
 
 # llm.c's ParameterTensors, in file order; "{i}" names a per-layer slice of a kind.
 GLOBAL_RULES: dict[str, Rule] = {
@@ -114,6 +116,8 @@ def write(source: ConvertInput, out: Path, dtype: str, progress: Progress) -> No
         raise ConversionError(f"{source.vocab.encoder_json}: {len(source.vocab.tokens)} tokens, but wte has "
                               f"{h.n_vocab} rows (llm.c decodes ids through the tokenizer file)")
     (out / TOKENIZER_FILE).write_bytes(tokenizer_bytes(source.vocab))
+    if source.approximated:
+        (out / APPROXIMATED_FILE).write_text("".join(f"{k} {getattr(h, k)}\n" for k in source.approximated))
     size, cast = CASTS[dtype]
     with open(out / model_filename(source.release, dtype), "wb") as f:
         f.write(model_header(source, dtype))
@@ -223,7 +227,15 @@ def _config(header: tuple[int, ...]) -> dict:
     """GPTConfig's fields from the header; eps and the activation are train_gpt2.c's constants."""
     _, _, n_ctx, n_vocab, n_layer, n_head, n_embd = header[:7]
     return dict(n_vocab=n_vocab, n_ctx=n_ctx, n_embd=n_embd, n_head=n_head, n_layer=n_layer, eps=1e-5,
-                activation="gelu_new")
+                activation=GELU_TANH, n_inner=None, tied=True, attn_scale_by_layer=False)
+
+
+def approximated(folder: Path) -> list[str]:
+    """The fields the folder records it computes at GPT-2's value (APPROXIMATED_FILE): ["activation"]."""
+    path = folder / APPROXIMATED_FILE
+    if not path.is_file() or path.stat().st_size > 4096:
+        return []
+    return [line.split()[0] for line in path.read_text(errors="replace").splitlines() if line.strip()]
 
 
 def read_stored(folder: Path, hparams: HParams, vocab: Vocab) -> StoredOutput:
@@ -244,7 +256,7 @@ def read_stored(folder: Path, hparams: HParams, vocab: Vocab) -> StoredOutput:
     if unused:
         problems.append(f"{model.name}: header int {unused[0]} is {header[unused[0]]} ({len(unused)} of ints 8-255 "
                         "nonzero), train_gpt2.py writes 0")
-    return StoredOutput(dtype, _config(header), tensors, expected, problems)
+    return StoredOutput(dtype, _config(header), tensors, expected, problems, approximated(folder))
 
 
 def _tokenizer_problems(path: Path, vocab: Vocab) -> list[str]:
@@ -279,4 +291,10 @@ def _layer_shape(key: str, c: int) -> tuple[int, ...]:
 FORMAT = Format(name="llmc", rank=40, dtypes=tuple(VERSIONS), default_dtype="f32", write=write, consumer="gpt2hub",
                 is_output=is_output, read_weights=read_weights, read_dtype=read_dtype, read_stored=read_stored,
                 looks_like="an llm.c folder", proof_reads=("gpt2_tokenizer.bin",),
-                demo_dtypes=("f32",), hub_prefix="llmc/", tags=("llm.c",))
+                demo_dtypes=("f32",), hub_prefix="llmc/", tags=("llm.c",),
+                # train_gpt2.c's GPT-2: layernorm eps 1e-5, tanh GELU, a 4 * C MLP, the head tied to wte
+                cannot_hold={"n_inner": "llm.c assumes 4 * n_embd", "eps": "llm.c's layernorm uses 1e-5",
+                             "activation": "llm.c computes GPT-2's tanh GELU", "tied": "llm.c ties the head to wte",
+                             "attn_scale_by_layer": "llm.c scales attention by 1/sqrt(head_dim) only",
+                             ADDED_TOKENS: "llm.c's gpt2_tokenizer.bin holds the BPE vocabulary only"},
+                approximates=frozenset({"activation"}))

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from gpt2hub import lazy
 from gpt2hub.casts import CASTS
 from gpt2hub.errors import ConversionError
-from gpt2hub.layout import HParams
+from gpt2hub.layout import GELU_EXACT, GELU_TANH, HParams
 from gpt2hub.stored import ITEM_BYTES, Expected, Stored, StoredOutput
 from gpt2hub.threads import pipelined
 
@@ -87,7 +87,7 @@ class _Graph:
 
 def _weights(source: ConvertInput, dtype: str) -> tuple[list[Planned], dict[str, str]]:
     """The tensors to store (HF names, Conv1D layout), and the graph name of each as float32."""
-    planned = plan(source, hf.GLOBAL_RULES, hf.BLOCK_RULES)
+    planned = plan(source, hf.GLOBAL_RULES, hf.BLOCK_RULES, hf.HEAD)
     return planned, {p.name: p.name if dtype == "f32" else f"{p.name}/f32" for p in planned}
 
 
@@ -128,7 +128,16 @@ def build_graph(source: ConvertInput, dtype: str, offsets: dict[str, tuple[int, 
     bias = g.op("Where", g.op("And", causal, padding), g.const(0.0, np.float32), g.const(MASKED, np.float32))
 
     def layer_norm(x: str, prefix: str) -> str:
-        return g.op("LayerNormalization", x, w[f"{prefix}.weight"], w[f"{prefix}.bias"], axis=-1, epsilon=1e-5)
+        return g.op("LayerNormalization", x, w[f"{prefix}.weight"], w[f"{prefix}.bias"], axis=-1, epsilon=h.eps)
+
+    def gelu(a: str) -> str:
+        if h.activation == GELU_EXACT:  # 0.5 a (1 + erf(a / sqrt(2))), torch's and HF's "gelu"
+            erf = g.op("Erf", g.op("Mul", a, g.const(1 / math.sqrt(2), np.float32)))
+            return g.op("Mul", g.op("Mul", a, g.const(0.5, np.float32)), g.op("Add", erf, g.const(1.0, np.float32)))
+        # tanh GELU, as openai/gpt-2: 0.5 a (1 + tanh(sqrt(2/pi) (a + 0.044715 a^3)))
+        inner = g.op("Mul", g.op("Add", a, g.op("Mul", g.op("Pow", a, g.const(3.0, np.float32)),
+                                                g.const(0.044715, np.float32))), g.const(math.sqrt(2 / math.pi), np.float32))
+        return g.op("Mul", g.op("Mul", a, g.const(0.5, np.float32)), g.op("Add", g.op("Tanh", inner), g.const(1.0, np.float32)))
 
     def linear(x: str, prefix: str) -> str:  # Conv1D: x @ W(in, out) + b
         return g.op("Add", g.op("MatMul", x, w[f"{prefix}.weight"]), w[f"{prefix}.bias"])
@@ -142,20 +151,18 @@ def build_graph(source: ConvertInput, dtype: str, offsets: dict[str, tuple[int, 
         q, k, v = g.ops("Split", [linear(layer_norm(x, f"{p}.ln_1"), f"{p}.attn.c_attn"), g.const([C, C, C])], 3, axis=2)
         k = g.named("Concat", [f"past_key_values.{i}.key", heads(k)], f"present.{i}.key", axis=2)  # (B, nh, S, hd)
         v = g.named("Concat", [f"past_key_values.{i}.value", heads(v)], f"present.{i}.value", axis=2)
+        scale = 1 / math.sqrt(hd) / (i + 1 if h.attn_scale_by_layer else 1)  # HF scale_attn_by_inverse_layer_idx
         scores = g.op("Mul", g.op("MatMul", heads(q), g.op("Transpose", k, perm=[0, 1, 3, 2])),
-                      g.const(1 / math.sqrt(hd), np.float32))  # (B, nh, T, S)
+                      g.const(scale, np.float32))  # (B, nh, T, S)
         y = g.op("MatMul", g.op("Softmax", g.op("Add", scores, bias), axis=-1), v)  # (B, nh, T, hd)
         y = g.op("Reshape", g.op("Transpose", y, perm=[0, 2, 1, 3]), g.const([0, 0, C]))  # (B, T, C)
         x = g.op("Add", x, linear(y, f"{p}.attn.c_proj"))
-        a = linear(layer_norm(x, f"{p}.ln_2"), f"{p}.mlp.c_fc")
-        # tanh GELU, as openai/gpt-2: 0.5 a (1 + tanh(sqrt(2/pi) (a + 0.044715 a^3)))
-        inner = g.op("Mul", g.op("Add", a, g.op("Mul", g.op("Pow", a, g.const(3.0, np.float32)),
-                                                g.const(0.044715, np.float32))), g.const(math.sqrt(2 / math.pi), np.float32))
-        gelu = g.op("Mul", g.op("Mul", a, g.const(0.5, np.float32)), g.op("Add", g.op("Tanh", inner), g.const(1.0, np.float32)))
-        x = g.op("Add", x, linear(gelu, f"{p}.mlp.c_proj"))
+        a = linear(layer_norm(x, f"{p}.ln_2"), f"{p}.mlp.c_fc")  # (B, T, n_ff)
+        x = g.op("Add", x, linear(gelu(a), f"{p}.mlp.c_proj"))
     x = layer_norm(x, "ln_f")
-    # Tied head: Gemm with transB reads wte (V, C) as it is stored, instead of a transposed copy.
-    flat = g.op("Gemm", g.op("Reshape", x, g.const([-1, C])), w["wte.weight"], transB=1)  # (B*T, V)
+    # The head, wte (tied) or lm_head (V, C): Gemm with transB reads it as it is stored, not a transposed copy.
+    head = w["wte.weight" if h.tied else hf.HEAD.name]
+    flat = g.op("Gemm", g.op("Reshape", x, g.const([-1, C])), head, transB=1)  # (B*T, V)
     shape = g.op("Concat", g.op("Shape", "input_ids"), g.const([h.n_vocab]), axis=0)
     g.named("Reshape", [flat, shape], "logits")
 
@@ -231,7 +238,8 @@ def read_weights(folder: Path) -> Weights:
     from the external data file."""
     config = hf.read_config(folder)
     tensors = {}
-    for s in stored_tensors(folder, _graph(folder), set(hf.reference_names(config["n_layer"]).values())):
+    names = set(hf.reference_names(config["n_layer"], config["tied"] is not False).values())
+    for s in stored_tensors(folder, _graph(folder), names):
         if s.encoding not in ("F32", "F16"):
             raise ConversionError(f"{folder / GRAPH}: {s.name} is {s.encoding}, not float32 or float16")
         if s.nbytes != math.prod(s.shape) * ITEM_BYTES[s.encoding] or s.offset + s.nbytes > s.path.stat().st_size:
@@ -246,15 +254,18 @@ def read_stored(folder: Path, hparams: HParams, vocab: Vocab) -> StoredOutput:
     graph = _graph(folder)
     dtype = hf.read_dtype(folder)
     encoding = hf.ENCODINGS.get(dtype, dtype)
-    expected = {rule.name: Expected(tf, encoding, rule.transpose)
-                for tf, rule in expand(hf.GLOBAL_RULES, hf.BLOCK_RULES, hparams.n_layer).items()}
+    expected = {rule.name: Expected(tf, encoding, rule.transpose) for tf, rule in
+                expand(hf.GLOBAL_RULES, hf.BLOCK_RULES, hparams.n_layer, None if hparams.tied else hf.HEAD).items()}
     tensors = {s.name: s for s in stored_tensors(folder, graph, set(expected))}
     config, problems = hf.read_config(folder), []
     eps = {a.f for n in graph.graph.node if n.op_type == "LayerNormalization" for a in n.attribute if a.name == "epsilon"}
     if len(eps) == 1:
         config["eps"] = eps.pop()  # what onnxruntime computes with, not what config.json says
     else:
-        problems.append(f"{GRAPH}: LayerNormalization epsilons {sorted(eps)}, GPT-2 has one (1e-5)")
+        problems.append(f"{GRAPH}: LayerNormalization epsilons {sorted(eps)}, GPT-2 has one")
+    # what onnxruntime computes with: the graph's GELU (Erf: the exact form), not what config.json says
+    config["activation"] = GELU_EXACT if any(n.op_type == "Erf" for n in graph.graph.node) else GELU_TANH
+    problems += hf.tokenizer_problems(folder, vocab)
     return StoredOutput(dtype, config, tensors, expected, problems)
 
 

@@ -162,7 +162,7 @@ def write(source: ConvertInput, out: Path, dtype: str, progress: Progress) -> No
 
 
 def _write_weights(source: ConvertInput, out: Path, dtype: str, progress: Progress) -> None:
-    planned = plan(source, hf.GLOBAL_RULES, hf.BLOCK_RULES)
+    planned = plan(source, hf.GLOBAL_RULES, hf.BLOCK_RULES, hf.HEAD)
     groups = shards(planned, dtype, source.max_shard_bytes or MAX_SHARD_BYTES)
     if len(groups) == 1:
         _write_shard(out / WEIGHTS, source, planned, [str(i) for i in range(len(planned))], dtype, progress)

@@ -52,7 +52,7 @@ def header(source: ConvertInput, planned: list[Planned], dtype: str, sha256: lis
 
 
 def write(source: ConvertInput, out: Path, dtype: str, progress: Progress) -> None:
-    planned = plan(source, hf.GLOBAL_RULES, hf.BLOCK_RULES)
+    planned = plan(source, hf.GLOBAL_RULES, hf.BLOCK_RULES, hf.HEAD)
     hashing = None if source.data_sha256 else BackgroundSha256(source.ckpt.data_paths, CHUNK_BYTES)
     try:
         with ThreadPoolExecutor(1) as pool:

@@ -28,7 +28,7 @@ from gpt2hub.sstable import mask_crc
 from gpt2hub.stored import Expected, Stored, StoredOutput
 from gpt2hub.tfbundle import TensorEntry
 
-from . import ConvertInput, Format, Progress, Weights, copy_runs, f32_size, matrix_shape
+from . import ADDED_TOKENS, ConvertInput, Format, Progress, Weights, copy_runs, f32_size, matrix_shape
 from . import hf
 
 if TYPE_CHECKING:
@@ -46,7 +46,6 @@ VOCAB_FILES = ("encoder.json", "vocab.bpe")
 # OpenAI's `checkpoint` file (77 bytes), as TF's Saver(save_relative_paths=True) writes it.
 CHECKPOINT_TEXT = b'model_checkpoint_path: "model.ckpt"\nall_model_checkpoint_paths: "model.ckpt"\n'
 DT_FLOAT = 1  # tensorflow/core/framework/types.proto
-EPS, ACTIVATION = 1e-5, "gelu_new"  # openai/gpt-2 src/model.py: norm()'s epsilon, the tanh GELU
 LOADERS = "tf.train.load_checkpoint, openai/gpt-2's src/model.py and gpt-2-simple read variables only"
 
 
@@ -131,8 +130,10 @@ def read_dtype(folder: Path) -> str:
 
 
 def _config(folder: Path) -> dict:
-    h = HParams.from_file(folder / HPARAMS)
-    return dict(h.to_dict(), eps=EPS, activation=ACTIVATION)
+    """GPTConfig's fields from hparams.json: the five numbers, and any variant field (GPT-2's value where absent)."""
+    import dataclasses
+
+    return dataclasses.asdict(HParams.from_file(folder / HPARAMS))
 
 
 def read_weights(folder: Path) -> Weights:
@@ -140,7 +141,7 @@ def read_weights(folder: Path) -> Weights:
     from gpt2hub.tfcheckpoint import Checkpoint
 
     config = _config(folder)
-    names = hf.reference_names(config["n_layer"])
+    names = hf.reference_names(config["n_layer"], config["tied"])
     ckpt = Checkpoint(folder / PREFIX)
     tensors = {}
     for tf_name, name in names.items():
@@ -234,4 +235,11 @@ def _same(path: Path, reference: Path | None) -> bool:
 FORMAT = Format(name="tf", rank=60, dtypes=("f32",), default_dtype="f32", write=write, consumer="tensorflow",
                 is_output=is_output, read_weights=read_weights, read_dtype=read_dtype, read_stored=read_stored,
                 looks_like="a TF checkpoint folder", side_files=write_side_files,
-                proof_reads=(INDEX, META), demo_dtypes=("f32",), hub_prefix="tf/", tags=("tensorflow",))
+                proof_reads=(INDEX, META), demo_dtypes=("f32",), hub_prefix="tf/", tags=("tensorflow",),
+                # openai/gpt-2's src/model.py hardcodes these; its HParams refuses hparams.json keys it does not know
+                cannot_hold={"n_inner": "openai/gpt-2's src/model.py assumes 4 * n_embd",
+                             "eps": "openai/gpt-2's src/model.py normalizes with 1e-5",
+                             "activation": "openai/gpt-2's src/model.py computes the tanh GELU",
+                             "tied": "openai/gpt-2's src/model.py ties the head to wte",
+                             "attn_scale_by_layer": "openai/gpt-2's src/model.py scales attention by 1/sqrt(head_dim) only",
+                             ADDED_TOKENS: "OpenAI's encoder.json and vocab.bpe hold the BPE vocabulary only"})

@@ -24,10 +24,12 @@ if TYPE_CHECKING:
     from .demo import DemoReport
     from .mirroring import MirrorReport
     from .housekeeping import Removal, Usage
+    from .hub_pull import HubPullResult
+    from .importing import ImportResult
     from .pulling import PullPlan, PullResult
     from .sampling import Samples
     from .tiktoken_cache import TiktokenReport
-    from .verifying import Report
+    from .verifying import ForeignProof, Report
 
 
 def __getattr__(name: str):
@@ -78,10 +80,15 @@ def disk_usage(name: str | None = None) -> list[Usage]:
 def pull(name: str, *, manifest: Path | str | None = None, sources: Sequence[str] | str = (), endpoint_url: str | None = None,
          connections: int = settings.CONNECTIONS, verify: bool = False, force: bool = False, only: Sequence[str] = (),
          to: Path | str | None = None, dry_run: bool = False,
-         progress: Reporter | None = None, public_mirrors: bool = True) -> PullResult | PullPlan:
+         progress: Reporter | None = None, public_mirrors: bool = True,
+         as_name: str | None = None) -> PullResult | PullPlan | HubPullResult:
     """Fetch and verify every file of a release into <home>/<name>/original/; a verified release is a quick no-op.
 
-    name: a release or alias, or a release a `sources` mirror publishes a manifest for.
+    name: a release or alias, or a release a `sources` mirror publishes a manifest for; or hf://ORG/REPO[@REVISION],
+        a Hugging Face Hub repo whose config, weights and tokenizer are fetched, each LFS file checked against the
+        sha256 the Hub lists (every other file against its git blob id), and imported as release `as_name`
+        (default: REPO); `connections`, `force` and `progress` apply, and `endpoint_url` is the Hub's (else
+        $HF_ENDPOINT). Returns a HubPullResult: .commit, .files (what each was checked against), .imported.
     manifest: a manifest file to use instead of looking `name` up.
     sources: base URLs, s3://bucket/prefix or folders laid out <src>/<folder>/<file>, tried first, in order.
     endpoint_url: the S3-compatible endpoint for s3:// sources.
@@ -97,18 +104,49 @@ def pull(name: str, *, manifest: Path | str | None = None, sources: Sequence[str
     .against, .verified), .verified, .warnings.
     Offline (GPT2HUB_OFFLINE=1): only folder sources are used; anything else is one OfflineError.
     """
+    from .hub_pull import is_hub, pull_hub
     from .pulling import pull as run
 
+    if is_hub(name):
+        asked = [o for o, v in (("manifest", manifest), ("sources", sources), ("only", only), ("to", to),
+                                ("dry_run", dry_run), ("verify", verify)) if v]
+        if asked:
+            raise Gpt2hubError(f"pull {name[:80]}: {', '.join(asked)} apply to gpt2hub releases, not to a Hub repo")
+        return pull_hub(name, name=as_name, endpoint_url=endpoint_url, connections=connections, force=force,
+                        progress=progress)
+    if as_name is not None:
+        raise Gpt2hubError("--name applies to pull hf://ORG/REPO only")
     sources = (sources,) if isinstance(sources, str) else tuple(sources)
     return run(name, manifest=manifest, sources=sources, endpoint_url=endpoint_url, connections=connections,
                verify=verify, force=force, only=tuple(only), to=to, dry_run=dry_run, progress=progress,
                public_mirrors=public_mirrors)
 
 
+def import_checkpoint(path: str | Path, name: str, *, from_: str | None = None, force: bool = False,
+                      vocab: Path | str | None = None, link: bool = False,
+                      progress: Reporter | None = None) -> ImportResult:
+    """Put a checkpoint of any kind in the store as a release of its own, <home>/<name>/original/ + its manifest.
+
+    path: a checkpoint of any kind in SOURCE_KINDS (a folder or a file), opened first: every refusal before a byte lands.
+    name: the release name: a plain folder name that is not a shipped release's name or alias.
+    from_: read `path` as this kind (None: detected from its content). force: replace a release of this name
+        (and remove its conversions). vocab: as for convert.
+    link: hard-link the files instead of copying them (same file system only; the store's copy then changes if
+        you rewrite your file in place, which `verify` reports against the sha256 recorded here).
+    progress: the reporting hook: one byte task "import".
+    Returns an ImportResult: .path, .manifest, .kind, .files (each with its size and measured sha256), .hparams.
+    Then list, info, convert, verify, sample, mirror, rm and du take `name` as they take OpenAI's releases.
+    """
+    from .importing import import_checkpoint as run
+
+    return run(path, name, from_=from_, force=force, vocab=vocab, link=link, progress=progress)
+
+
 def convert(name_or_dir: str | Path | None = None, to: str | None = None, dtype: str | None = None,
             out: Path | str | None = None, force: bool = False, *, untie: bool = False,
             hparams: Path | str | None = None, manifest: Path | str | None = None,
-            progress: Reporter | None = None, from_: str | None = None, vocab: Path | str | None = None) -> ConversionReport:
+            progress: Reporter | None = None, from_: str | None = None, vocab: Path | str | None = None,
+            allow_approximate_activation: bool = False) -> ConversionReport:
     """Convert a release to another format in bounded memory; nothing is written on a bad input.
 
     name_or_dir: a pulled release's name, a checkpoint of any kind in SOURCE_KINDS (a TF checkpoint folder, a
@@ -123,13 +161,16 @@ def convert(name_or_dir: str | Path | None = None, to: str | None = None, dtype:
     progress: the reporting hook: one byte task "<format> <dtype>" over the tensors read.
     from_: a name of SOURCE_KINDS to read the path as that kind (None: detected from its content).
     vocab: a folder with GPT-2's encoder.json + vocab.bpe, for a source that carries no vocabulary.
+    allow_approximate_activation: convert a model whose activation the target only approximates (exact GELU into
+        gguf or llmc: both compute the tanh form); the output records it and verify measures the gap. Any other
+        field a target cannot hold is refused in one line naming it.
     Returns a ConversionReport: .path, .format, .dtype, .tensors, .hparams and where they came from, and
     .notes (e.g. which ggml type llama.cpp gave each tensor of a K-quant mix).
     """
     from .conversion import convert as run
 
     return run(name_or_dir, to, dtype, out, force, untie=untie, hparams=hparams, manifest=manifest, progress=progress,
-               from_=from_, vocab=vocab)
+               from_=from_, vocab=vocab, allow_approximate_activation=allow_approximate_activation)
 
 
 def verify(name_or_dir: str | Path | None = None, *, formats: Sequence[str] | str | None = None, device: str = "cpu",
@@ -150,6 +191,34 @@ def verify(name_or_dir: str | Path | None = None, *, formats: Sequence[str] | st
 
     return run(name_or_dir, formats=formats, device=device, prompt=prompt, tokens=tokens, manifest=manifest,
                progress=progress)
+
+
+def verify_against(path: str | Path, against: str | None = None, *, logits: bool = True,
+                   device: str = "cpu", progress: Reporter | None = None) -> ForeignProof:
+    """Prove a GPT-2 file or folder anyone wrote against a release on disk, tensor by tensor, to a one-line verdict.
+
+    path: any checkpoint of SOURCE_KINDS (an HF folder, a GGUF, ...) or one .safetensors/.bin state dict; or
+        hf://ORG/REPO[@REVISION]: its files fetched into the store's cache (each the Hub's hash; kept, so a second
+        verify downloads nothing; `progress` shows the transfer) and proven as an HF folder: a RemoteProof, whose
+        .hub lists the files and what vouched for each and .proof is the ForeignProof.
+    against: a release on disk, by name or folder (None: each release on disk whose shapes the file has).
+    logits: then run a file whose tensors pass through its own consumer (transformers, llama.cpp, onnxruntime)
+        against the release's float64 reference: NMSE (llama.cpp's bands), KL, top-1/top-5. device: for torch.
+    Returns a ForeignProof: .tensors (each identical / rounded / blocks identical / within bound / differs, with
+    max |delta|, relative error and NMSE), .metadata, .verdict (one line), .passed, .to_text(), .to_dict().
+    """
+    from .verifying import verify_against as run
+
+    return run(path, against, logits=logits, device=device, progress=progress)
+
+
+def is_foreign_path(target: str | Path) -> bool:
+    """Whether `verify TARGET` names a file or folder to prove against a release (an HF folder, a GGUF, a state dict
+    file, ...) rather than a release itself (a name, an OpenAI checkpoint folder, a release root holding original/)."""
+    from .hub_pull import is_hub
+    from .verification.foreign import is_foreign
+
+    return (isinstance(target, str) and is_hub(target)) or is_foreign(target)
 
 
 def sample(name_or_dir: str | Path | None = None, *, prompt: str | None = None, nsamples: int = 1,
@@ -246,6 +315,7 @@ def tiktoken(name_or_dir: str | Path | None = None, *, cache_dir: Path | str | N
 
 __all__ = [
     "__version__", "Gpt2hubError", "ReleaseManifest", "Checkpoint", "ProgressEvent", "Reporter",
-    "releases", "resolve", "create_manifest", "list_releases", "info", "path", "remove", "disk_usage", "pull", "convert", "verify", "sample",
+    "releases", "resolve", "create_manifest", "list_releases", "info", "path", "remove", "disk_usage", "pull", "import_checkpoint",
+    "convert", "verify", "verify_against", "is_foreign_path", "sample",
     "sample_interactive", "mirror", "run_demo", "diagnose", "tiktoken",
 ]

@@ -15,7 +15,7 @@ from . import converters, registry, store
 from .errors import Gpt2hubError
 from .printing import (doctor_text, in_home, manifest_text, mirror_text, pull_plan_text, pull_text, releases_text,
                        size_text, usage_text)
-from .progress import TerminalProgress
+from .progress import MODES, TerminalProgress, resolve_mode
 
 
 class Gpt2hubGroup(click.Group):
@@ -47,6 +47,10 @@ manifest_option = click.option(
     "--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="Use this manifest file instead of looking NAME up in the registry.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+progress_option = click.option(
+    "--progress", "progress_mode", type=click.Choice(MODES), default=None,
+    help="bar (a terminal), plain (a line every 10% or 30 s: for logs), none; default auto: bar on a terminal, "
+         "else plain (also $GPT2HUB_PROGRESS).")
 
 
 def _names(formats) -> str:
@@ -146,24 +150,31 @@ def path(name: str, fmt: str, manifest: Path | None) -> None:
               help="Only your sources and OpenAI's, never the public third-party copies "
                    "(also $GPT2HUB_NO_PUBLIC_MIRRORS=1).")
 @offline_option
+@progress_option
 @manifest_option
 @json_option
+@click.option("--name", "as_name", default=None, metavar="NAME",
+              help="hf://ORG/REPO[@REVISION]: the release name to import the repo as (default: REPO).")
 def pull(name: str, sources: tuple[str, ...], connections: int, verify: bool, force: bool, quiet: bool,
          endpoint_url: str | None, only: tuple[str, ...], to: Path | None, dry_run: bool, no_public_mirrors: bool,
-         manifest: Path | None, as_json: bool) -> None:
+         progress_mode: str | None, manifest: Path | None, as_json: bool, as_name: str | None) -> None:
     """Download a release, check every file, and print where it is and what each file was checked against.
 
     "verified" means a published sha256, the sha256 of 124M's identical published file, or every tensor's
-    CRC32C from an index fetched from OpenAI; anything less is printed as what it is.
+    CRC32C from an index fetched from OpenAI; anything less is printed as what it is. NAME may also be
+    hf://ORG/REPO[@REVISION]: a Hub repo's GPT-2 files, checked against the Hub's hashes and imported.
     """
     from . import offline
 
     r = gpt2hub.pull(name, manifest=manifest, sources=sources, connections=connections, verify=verify, force=force,
                      endpoint_url=endpoint_url, only=[w for item in only for w in item.split(",") if w], to=to,
-                     dry_run=dry_run, progress=TerminalProgress(bars=not (quiet or as_json)),
-                     public_mirrors=not no_public_mirrors)
+                     dry_run=dry_run, progress=TerminalProgress(bars=not (quiet or as_json), mode=progress_mode),
+                     public_mirrors=not no_public_mirrors, as_name=as_name)
     if as_json:
         click.echo(json.dumps(r.to_dict(), indent=1))
+        return
+    if hasattr(r, "commit"):  # hf://: a HubPullResult
+        click.echo(r.to_text())
         return
     if dry_run:
         click.echo(pull_plan_text(r))
@@ -192,15 +203,20 @@ def pull(name: str, sources: tuple[str, ...], connections: int, verify: bool, fo
               help="Read PATH as this kind (default: detected from its content).")
 @click.option("--vocab", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="A folder with GPT-2's encoder.json + vocab.bpe, for a source that carries no vocabulary.")
+@click.option("--allow-approximate-activation", "approximate", is_flag=True,
+              help=f"{_names(f for f in converters.formats() if f.approximates)}: convert an exact-GELU model "
+              "although the target computes the tanh form (recorded; verify measures the gap).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@progress_option
 @manifest_option
 @json_option
 def convert(name_or_dir: str | None, fmt: str, dtype: str | None, out: Path | None, force: bool, untie: bool,
-            hparams_file: Path | None, from_: str | None, vocab: Path | None, quiet: bool, manifest: Path | None,
-            as_json: bool) -> None:
+            hparams_file: Path | None, from_: str | None, vocab: Path | None, approximate: bool, quiet: bool,
+            progress_mode: str | None, manifest: Path | None, as_json: bool) -> None:
     """Convert a pulled release (NAME, or the only one pulled) or a checkpoint PATH of any kind --from lists."""
     r = gpt2hub.convert(name_or_dir, fmt, dtype, out, force, untie=untie, hparams=hparams_file, manifest=manifest,
-                        progress=TerminalProgress(bars=not (quiet or as_json)), from_=from_, vocab=vocab)
+                        progress=TerminalProgress(bars=not (quiet or as_json), mode=progress_mode), from_=from_,
+                        vocab=vocab, allow_approximate_activation=approximate)
     if as_json:
         click.echo(json.dumps(r.to_dict(), indent=1))
         return
@@ -270,6 +286,26 @@ def du(name: str | None, as_json: bool) -> None:
     click.echo(usage_text(found, name))
 
 
+@main.command("import")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="The release name (not a shipped release's name or alias).")
+@click.option("--from", "from_", type=click.Choice(gpt2hub.SOURCE_KINDS), default=None,
+              help="Read PATH as this kind (default: detected from its content).")
+@click.option("--force", is_flag=True, help="Replace a release of this name (its conversions are removed too).")
+@click.option("--link", is_flag=True, help="Hard-link the files instead of copying them (same file system; the "
+              "store's copy then changes if you rewrite yours in place: verify reports it).")
+@click.option("--vocab", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="A folder with GPT-2's encoder.json + vocab.bpe, for a source that carries no vocabulary.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@json_option
+def import_cmd(path: Path, name: str, from_: str | None, force: bool, link: bool, vocab: Path | None, quiet: bool,
+               as_json: bool) -> None:
+    """Put a checkpoint of any kind (PATH) in the store as release NAME, with a manifest of its files' sha256."""
+    r = gpt2hub.import_checkpoint(path, name, from_=from_, force=force, vocab=vocab, link=link,
+                                  progress=TerminalProgress(bars=not (quiet or as_json)))
+    click.echo(json.dumps(r.to_dict(), indent=1) if as_json else r.to_text())
+
+
 @main.group()
 def manifest() -> None:
     """Create manifests for your own checkpoints."""
@@ -324,14 +360,15 @@ def completion(shell: str) -> None:
 @click.option("--private", is_flag=True, help="hf://: create the repo private.")
 @click.option("--revision", default=None, metavar="REV", help="hf://: the branch to commit to (created if missing).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@progress_option
 @manifest_option
 @json_option
 def mirror(name: str, dest: str, formats: str | None, endpoint_url: str | None, dry_run: bool, private: bool,
-           revision: str | None, quiet: bool, manifest: Path | None, as_json: bool) -> None:
+           revision: str | None, quiet: bool, progress_mode: str | None, manifest: Path | None, as_json: bool) -> None:
     """Upload a pulled release and its conversions to DEST: s3://bucket/prefix or hf://org/repo."""
     report = gpt2hub.mirror(name, dest, formats=formats.split(",") if formats else None, endpoint_url=endpoint_url,
                             dry_run=dry_run, private=private, revision=revision, manifest=manifest,
-                            progress=TerminalProgress(bars=not (quiet or as_json)))
+                            progress=TerminalProgress(bars=not (quiet or as_json), mode=progress_mode))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1))
         return
@@ -342,18 +379,37 @@ device_option = click.option("--device", default="cpu", show_default=True, help=
 
 
 @main.command("verify")
-@click.argument("name_or_dir", metavar="[NAME|DIR]", required=False)
+@click.argument("name_or_dir", metavar="[NAME|DIR|PATH]", required=False)
+@click.option("--against", default=None, metavar="NAME",
+              help="Prove PATH (any GPT-2 file or folder, whoever wrote it) tensor by tensor against this release on "
+                   "disk (default for a PATH that is no release: every release on disk with its shapes).")
+@click.option("--weights-only", is_flag=True, help="With a PATH: prove the tensors and metadata, run no consumer.")
 @click.option("--formats", default=None, metavar="LIST", help=f"Comma-separated: {','.join(store.FORMATS)} (default: all present).")
 @device_option
 @click.option("--prompt", default=None, help="Text whose logits are compared (default: a fixed paragraph).")
 @click.option("--tokens", "n_tokens", type=int, default=None, metavar="N", help="Compare on N seeded random token ids instead.")
+@progress_option
 @manifest_option
 @json_option
-def verify_cmd(name_or_dir: str | None, formats: str | None, device: str, prompt: str | None, n_tokens: int | None,
-               manifest: Path | None, as_json: bool) -> None:
-    """Check the original files, then compare every format's logits with the reference; exit 1 on any FAIL."""
+def verify_cmd(name_or_dir: str | None, against: str | None, weights_only: bool, formats: str | None, device: str, prompt: str | None,
+               n_tokens: int | None, progress_mode: str | None, manifest: Path | None, as_json: bool) -> None:
+    """Check the original files, then compare every format's logits with the reference; exit 1 on any FAIL.
+
+    With a PATH someone else wrote, or hf://ORG/REPO[@REV] (fetched into the store's cache, each file checked against
+    the Hub's hash), or --against NAME: prove it against a release, ending in a one-line verdict."""
+    if against is not None or (name_or_dir is not None and gpt2hub.is_foreign_path(name_or_dir)):
+        if name_or_dir is None:
+            raise gpt2hub.Gpt2hubError("--against NAME proves a PATH: name the file or folder to prove")
+        proof = gpt2hub.verify_against(name_or_dir, against, logits=not weights_only, device=device,
+                                       progress=None if as_json or resolve_mode(progress_mode) == "none"
+                                       else TerminalProgress(mode=progress_mode))
+        click.echo(json.dumps(proof.to_dict(), indent=1) if as_json else proof.to_text())
+        if not proof.passed:
+            sys.exit(1)
+        return
     report = gpt2hub.verify(name_or_dir, formats=formats, device=device, prompt=prompt, tokens=n_tokens, manifest=manifest,
-                            progress=None if as_json else TerminalProgress())
+                            progress=None if as_json or resolve_mode(progress_mode) == "none"
+                            else TerminalProgress(mode=progress_mode))
     click.echo(json.dumps(report.to_dict(), indent=1) if as_json else report.to_text())
     if not report.passed:
         sys.exit(1)
@@ -396,6 +452,8 @@ def demo(keep: Path | None, device: str) -> None:
     if not report.passed:
         raise gpt2hub.Gpt2hubError("demo: not every step passed (see above)")
     click.echo("demo: every step passed")
+    if report.next_steps:
+        click.echo(report.next_steps)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ next to the output and rename it into place only when it is complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.util
 import os
 import secrets
@@ -16,9 +17,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import atomic, converters, hashes, source_kinds, store, tfcheckpoint, vocabulary
+from . import atomic, converters, encodings, hashes, source_kinds, store, tfcheckpoint, vocabulary
 from .settings import CONVERT_LOCK
 from .version import __version__
+from .printing import size_text
 from .progress import ProgressEvent, Reporter, bytes_counter, emit
 from .release import Release, locate
 from .errors import ConversionError
@@ -54,7 +56,7 @@ def convert(name_or_dir: str | Path | None = None, to: str | None = None, dtype:
             out: Path | str | None = None, force: bool = False, *, untie: bool = False,
             hparams: Path | str | None = None, manifest: Path | str | None = None, progress: Reporter | None = None,
             max_shard_bytes: int | None = None, from_: str | None = None,
-            vocab: Path | str | None = None) -> ConversionReport:
+            vocab: Path | str | None = None, allow_approximate_activation: bool = False) -> ConversionReport:
     """Convert a release (a name, a folder, or the one pulled) to `to`; nothing is written on a bad input (see gpt2hub.convert)."""
     started = time.perf_counter()
     to = to or converters.DEFAULT
@@ -69,14 +71,17 @@ def convert(name_or_dir: str | Path | None = None, to: str | None = None, dtype:
         raise ConversionError(f"--untie applies to {untied} only ({to} ties the head to wte)")
 
     found = locate(name_or_dir, manifest, error=ConversionError, kinds=None, from_=from_)
-    options = source_kinds.OpenOptions(vocab=Path(vocab).expanduser() if vocab is not None else None)
+    from .original import open_options
+
+    options = open_options(found, vocab)  # --vocab, else GPT-2's vocabulary import stored beside a one-file checkpoint
     with _holding_lock(found, progress):
-        return _convert(found, converter, dtype, out, force, untie, hparams, progress, max_shard_bytes, started, options)
+        return _convert(found, converter, dtype, out, force, untie, hparams, progress, max_shard_bytes, started, options,
+                        allow_approximate_activation)
 
 
 def _convert(found: Release, converter: converters.Format, dtype: str, out: Path | str | None, force: bool, untie: bool,
              hparams: Path | str | None, progress: Reporter | None, max_shard_bytes: int | None,
-             started: float, options: source_kinds.OpenOptions) -> ConversionReport:
+             started: float, options: source_kinds.OpenOptions, allow_approximate: bool = False) -> ConversionReport:
     to = converter.name
     folder, release, m = found.original, found.name, found.manifest
     kind = source_kinds.get(found.kind)
@@ -102,10 +107,19 @@ def _convert(found: Release, converter: converters.Format, dtype: str, out: Path
         if e.sliced or DTYPES.get(e.dtype_code % 100) != DTYPES[1]:
             raise ConversionError(f"{ckpt.index_path}: {name} is {'sliced' if e.sliced else e.dtype_name}; "
                                   "only whole float32 tensors can be converted")
-    source = converters.ConvertInput(ckpt=ckpt, hparams=h, vocab=vocab or vocabulary.Vocab.from_folder(folder),
+    vocab = vocab or vocabulary.Vocab.from_folder(folder)
+    try:  # every field the target cannot hold is refused here, before anything is written
+        approximated = converters.check_holds(converter, h, vocab, allow_approximate)
+    except ConversionError:
+        ckpt.close()
+        raise
+    computed = converters.computed_hparams(h, approximated)
+    source_notes += [f"approximated: {k} {getattr(h, k)} computed as GPT-2's {getattr(computed, k)} "
+                     f"({converter.cannot_hold[k]}); verify measures the gap" for k in approximated]
+    source = converters.ConvertInput(ckpt=ckpt, hparams=h, vocab=vocab,
                                      release=release, version=__version__, data_sha256=_known_sha256(ckpt),
                                      untie=untie, max_shard_bytes=max_shard_bytes, source_kind=found.kind,
-                                     source_note="; ".join(source_notes))
+                                     source_note="; ".join(source_notes), approximated=tuple(approximated))
 
     final = _output_path(out, converter, dtype, release, found.beside)
     _check_replaceable(final, converter, force)
@@ -115,6 +129,7 @@ def _convert(found: Release, converter: converters.Format, dtype: str, out: Path
         (converters.f32_size(ckpt.entries["model/wte"]) if untie else 0)
     stats = [p.stat() for p in ckpt.data_paths]  # a hash measured while converting is remembered only if unchanged
     try:
+        _check_free_space(final, output_bytes(total, dtype), f"{to} {dtype}")
         if converter.writes_folder:
             tmp.mkdir()
         task = f"{to} {dtype}"
@@ -126,6 +141,12 @@ def _convert(found: Release, converter: converters.Format, dtype: str, out: Path
         _install(tmp, final)
         for path, st, digest in zip(ckpt.data_paths, stats, source.hashed or []):
             hashes.remember(path, digest, st)  # the next convert of these bytes need not hash them again
+    except OSError as e:
+        _remove(tmp)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ConversionError(f"{final}: no space left on the device ({e.strerror}) while writing {to} {dtype}; "
+                                  "nothing was left behind") from None
+        raise
     except BaseException:
         _remove(tmp)
         raise
@@ -134,6 +155,24 @@ def _convert(found: Release, converter: converters.Format, dtype: str, out: Path
     return ConversionReport(path=final, format=to, dtype=dtype, release=release, source=folder, tensors=len(model),
                             bytes_read=total, hparams=h.to_dict(), hparams_from=hparams_from, ignored=ignored,
                             notes=notes, seconds=time.perf_counter() - started, source_kind=found.kind)
+
+
+def output_bytes(f32_bytes: int, dtype: str) -> int:
+    """The least a conversion to `dtype` writes: the weights' float32 bytes at the dtype's bytes per value (a llama.cpp
+    mix, not one encoding, is made from a float32 file written beside the output first: its f32 bytes)."""
+    encoding = dtype.upper()
+    if not encodings.is_known(encoding):
+        return f32_bytes
+    block = encodings.block_size(encoding)
+    return f32_bytes * encodings.row_bytes(encoding, block) // (4 * block)
+
+
+def _check_free_space(final: Path, need: int, what: str) -> None:
+    """Refuse, before a byte is written, an output the filesystem it goes to has no room for."""
+    free = shutil.disk_usage(final.parent).free
+    if need > free:
+        raise ConversionError(f"{final}: not enough free space for {what}: needs at least {size_text(need)} "
+                              f"({need:,} bytes), {size_text(free)} ({free:,} bytes) free")
 
 
 def output_path(release: str, fmt: str, dtype: str) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shlex
 import shutil
 import tempfile
 import time
@@ -30,6 +31,7 @@ class Step:
 @dataclass
 class DemoReport:
     steps: list[Step] = field(default_factory=list)
+    next_steps: str = ""  # with a kept store: how to point gpt2hub at it, and a few commands to try
 
     @property
     def passed(self) -> bool:
@@ -44,6 +46,8 @@ def run_demo(workdir: Path | str | None = None, *, device: str = "cpu", progress
     """Build, serve, pull, convert, verify and sample a tiny release; each step's line an `output` event, none skipped silently."""
     report = DemoReport()
     keep = workdir is not None
+    if keep:
+        report.next_steps = next_steps(workdir)
     work = Path(workdir) if keep else Path(tempfile.mkdtemp(prefix="gpt2hub-demo-"))
     work.mkdir(parents=True, exist_ok=True)
 
@@ -64,7 +68,8 @@ def run_demo(workdir: Path | str | None = None, *, device: str = "cpu", progress
         return ok
 
     try:
-        with settings.overridden({settings.HOME: str(work / "home")}):  # the demo's own store, put back after
+        # The demo's own store (a kept one usable with GPT2HUB_HOME alone), put back after.
+        with settings.overridden({settings.HOME: str(work / "home"), settings.MANIFESTS: ""}):
             _steps(work, step, device)
         return report
     finally:
@@ -79,12 +84,12 @@ def _steps(work: Path, step: Callable[..., bool], device: str) -> None:
 
     served = work / "served"
     folder = served / DEMO_NAME
-    manifest_path = work / f"{DEMO_NAME}.json"
+    manifest_path = manifest_in(work / "home")  # where every command run with GPT2HUB_HOME=<work>/home finds it
 
     def build() -> str:
         build_demo_release(folder)  # a tiny GPT-2 trained on a page of text, so its sample reads like text
         m = registry.create_manifest(folder, DEMO_NAME)
-        registry.write_manifest(m, manifest_path)
+        registry.save_user_manifest(m)
         return (f"{m.parameters:,} trained parameters, {len(m.tensors)} tensors, TF bundle written without "
                 f"TensorFlow in {folder}")
 
@@ -107,7 +112,8 @@ def _steps(work: Path, step: Callable[..., bool], device: str) -> None:
                 return
     for fmt, dtype, needs in CONVERSIONS:
         def convert(fmt: str = fmt, dtype: str = dtype) -> str:
-            return str(gpt2hub.convert(DEMO_NAME, to=fmt, dtype=dtype, manifest=manifest_path).path)
+            # force: a demo kept in the same folder before converted these; they are the demo's own to replace
+            return str(gpt2hub.convert(DEMO_NAME, to=fmt, dtype=dtype, manifest=manifest_path, force=True).path)
 
         step(f"convert to {fmt} {dtype}", convert, needs)
 
@@ -118,6 +124,25 @@ def _steps(work: Path, step: Callable[..., bool], device: str) -> None:
         return repr(samples.texts[0])
 
     step("sample 8 tokens", sample, "torch")
+
+
+def manifest_in(home: Path) -> Path:
+    """The demo release's manifest in a store's home: <home>/manifests/gpt2hub-demo.json."""
+    return home / "manifests" / f"{DEMO_NAME}.json"
+
+
+def next_steps(workdir: Path | str) -> str:
+    """What to try on a store the demo kept: the line that points commands at it, then a few commands."""
+    home = Path(workdir).resolve() / "home"
+    return "\n".join(["the demo's store is kept; point gpt2hub at it with:",
+                       f"  export {settings.HOME}={shlex.quote(str(home))}",
+                       "then try:",
+                       *(f"  gpt2hub {command}" for command in TRY)])
+
+
+# What `demo --keep` suggests, each a command README shows with its output.
+TRY = ("list", f"du {DEMO_NAME}", f"verify {DEMO_NAME} --formats original,safetensors",
+       f'sample {DEMO_NAME} --prompt "The quick" --length 8 --seed 1')
 
 
 def _verify(manifest_path: Path, device: str) -> str:

@@ -220,8 +220,9 @@ class _Committer(threading.Thread):
                         self.record.add(a, b)
                 except Exception as e:  # noqa: BLE001 - any failure here must end the pull, not hang it
                     why = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
-                    self.error = DownloadError(f"{self.record.part.name}: cannot record finished bytes ({why}); "
-                                               "the spans recorded so far are kept")
+                    full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)  # no other source helps
+                    self.error = (DiskFull if full else DownloadError)(
+                        f"{self.record.part}: cannot record finished bytes ({why}); the spans recorded so far are kept")
                     self.stop.set()
             if None in batch:
                 return
@@ -321,7 +322,7 @@ def _parallel(remote, fd, work, record, written, connections, etag, retry, progr
         todo.put(item)
     stop = threading.Event()
     errors: list[BaseException] = []
-    part_name = Path(record.path.name.removesuffix(RECORD_SUFFIX)).name
+    part_name = str(record.path.with_name(record.path.name.removesuffix(RECORD_SUFFIX)))  # errors name the full path
     lock = threading.Lock()
     active: list[_Slot] = []
 
@@ -389,7 +390,7 @@ def _single_stream(remote, fd, record: RangeRecord, written: _Written, retry: Re
     """The whole file in one unranged request, for servers that ignore Range; retried from the start, and
     the bytes a failed try already wrote are skipped, not written again (the hasher may have read them)."""
     failures = 0
-    part_name = Path(record.path.name.removesuffix(RECORD_SUFFIX)).name
+    part_name = str(record.path.with_name(record.path.name.removesuffix(RECORD_SUFFIX)))  # errors name the full path
     have = 0  # bytes from the start already written by an earlier try
     while True:
         pos, mark = 0, 0

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import settings
+from . import settings, tfcheckpoint
 from .errors import ManifestError, parse_json, read_capped
 from .layout import HParams
 from .trust import HashStatus
@@ -27,6 +27,8 @@ MAX_TEXT = 4096  # description, note
 # Names gpt2hub gives its own files beside a release's: a manifest may not claim them.
 RESERVED_SUFFIXES = (".part", ".ranges.json", ".tmp", ".lock")
 RESERVED_NAMES = ("manifests", ".gpt2hub-verified.json", settings.PULL_LOCK)
+DEFAULT_KIND = tfcheckpoint.KIND  # a manifest without `kind` describes OpenAI's layout
+_KIND = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # a source kind's name (gpt2hub.source_kinds), checked when opened
 
 
 def check_name(value: object, where: str) -> str:
@@ -86,6 +88,7 @@ class ReleaseManifest:
     tensors: tuple[dict, ...]
     description: str = ""
     sources: tuple[str, ...] = ()
+    kind: str = DEFAULT_KIND  # what the original files are: a source kind (`gpt2hub import` records it)
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -125,6 +128,8 @@ class ReleaseManifest:
         }
         if self.sources:
             d["sources"] = list(self.sources)
+        if self.kind != DEFAULT_KIND:
+            d["kind"] = self.kind
         return d
 
     @classmethod
@@ -178,6 +183,10 @@ def _check_tensor(t: object, where: str) -> None:
         v = t[key]
         if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < MAX_BYTES:
             raise ManifestError(f"{where} ({t['name']}): {key!r} must be a byte count")
+    if "file" in t:
+        check_name(t["file"], f"{where} ({t['name']}): 'file'")
+    if not isinstance(t.get("transposed", False), bool):
+        raise ManifestError(f"{where} ({t['name']}): 'transposed' must be true or false")
 
 
 class _Fields:
@@ -236,12 +245,15 @@ def _checked_fields(data: object, source: str) -> dict:
     if not all(isinstance(v, str) and v and len(v) <= MAX_TEXT for v in sources):
         raise ManifestError(f"{source}: 'sources' must be a list of non-empty strings")
     parameters = get.need("parameters", int) if "parameters" in data else hparams.parameters
+    kind = data.get("kind", DEFAULT_KIND)
+    if not isinstance(kind, str) or not _KIND.match(kind):
+        raise ManifestError(f"{source}: 'kind' must be a source kind's name, got {short_repr(kind)}")
     released = data.get("released")
     if released is not None and not (isinstance(released, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", released)):
         raise ManifestError(f"{source}: 'released' must be a YYYY-MM-DD date or null")
     return dict(name=name, aliases=tuple(aliases), released=released, parameters=parameters, hparams=hparams,
                 folders=tuple(folders), files=tuple(files), tensors=tuple(tensors),
-                description=get.text(data.get("description", ""), "description"), sources=tuple(sources))
+                description=get.text(data.get("description", ""), "description"), sources=tuple(sources), kind=kind)
 
 
 def _file_record(f: object, where: str, get: _Fields) -> FileRecord:

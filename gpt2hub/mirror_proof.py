@@ -98,28 +98,25 @@ def _prove(m: ReleaseManifest, files: list[MirrorFile]) -> None:
     """Check every converted output that holds an unchecked file, all in one pass over the source (each source
     tensor read once): its tensors by verify's exact weight proof, its other files byte for byte as convert
     writes them. The first failure is a one-line MirrorError naming the file and what differs."""
-    from .layout import HParams
-    from .tfcheckpoint import Checkpoint
+    from .original import open_original
+    from .release import locate
     from .verification.consumers import one_line
     from .verification.outputs import read_back
     from .verification.weights import prove
 
-    original = store.release_dir(m.name)
     outputs = {o: v for o, v in _outputs(m, files).items() if any(not f.check for f in v[1])}
     try:
-        hp = HParams.from_file(original / "hparams.json")
-        read = []
-        for out, (fmt, _) in outputs.items():
-            try:
-                read.append(read_back(fmt, out, hp, original))
-            except Exception as e:  # a damaged output: the reader's own error, in one line
-                raise MirrorError(f"{out}: not uploaded: it cannot be read back for the exact weight proof "
-                                  f"({one_line(e)})") from None
-        ckpt = Checkpoint(original)
-        try:
-            proofs = prove(ckpt, [(o.stored.tensors, o.stored.expected) for o in read])
-        finally:
-            ckpt.close()
+        # the original as its kind reads it (OpenAI's layout, or an imported HF folder, ckpt.pt, .bin, .gguf)
+        with open_original(locate(m.name, error=MirrorError, complete=False, kinds=None)) as source:
+            hp, vocab = source.hparams, source.vocab
+            read = []
+            for out, (fmt, _) in outputs.items():
+                try:
+                    read.append(read_back(fmt, out, hp, vocab))
+                except Exception as e:  # a damaged output: the reader's own error, in one line
+                    raise MirrorError(f"{out}: not uploaded: it cannot be read back for the exact weight proof "
+                                      f"({one_line(e)})") from None
+            proofs = prove(source.ckpt, [(o.stored.tensors, o.stored.expected) for o in read])
     except Gpt2hubError as e:
         raise MirrorError(str(e)) from None
     except ImportError as e:  # f16/bf16 are checked with torch's rounding, block types with gguf-py's quantizer
@@ -135,7 +132,7 @@ def _prove(m: ReleaseManifest, files: list[MirrorFile]) -> None:
         if o.problems:
             raise MirrorError(f"{o.path}: not uploaded: its metadata differs from the release: {o.problems[0]}")
         fmt, members = outputs[o.path]
-        side = _side_files(m, fmt, o.dtype, hp, original)
+        side = _side_files(m, fmt, o.dtype, hp, vocab)
         _label_members(members, o, proof.detail(), side, converters.get(fmt).proof_reads)
         for f in members:
             f.checked_at = when
@@ -161,16 +158,16 @@ def _label_members(members: list[MirrorFile], output: Output, detail: str, side:
                               "checked it (remove it, or convert again)")
 
 
-def _side_files(m: ReleaseManifest, fmt: str, dtype: str, hp, original: Path) -> dict[str, bytes]:
-    """The files convert writes beside an output's weights (config, tokenizer), made again from the release."""
+def _side_files(m: ReleaseManifest, fmt: str, dtype: str, hp, vocab) -> dict[str, bytes]:
+    """The files convert writes beside an output's weights (config, tokenizer), made again from the release
+    (`vocab`: its vocabulary.Vocab, the original's own whatever its kind)."""
     write = converters.get(fmt).side_files
     if write is None:
         return {}
     from .version import __version__
-    from .vocabulary import Vocab
 
-    source = converters.ConvertInput(ckpt=None, hparams=hp, vocab=Vocab.from_folder(original), release=m.name,
-                                     version=__version__)
+    source = converters.ConvertInput(ckpt=None, hparams=hp, vocab=vocab, release=m.name, version=__version__,
+                                     source_kind=m.kind)
     with tempfile.TemporaryDirectory(prefix="gpt2hub-mirror-") as tmp:
         write(source, Path(tmp), dtype)
         return {p.name: p.read_bytes() for p in Path(tmp).iterdir()}

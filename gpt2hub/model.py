@@ -2,13 +2,16 @@
 
 tanh GELU; LayerNorm with biased variance and eps 1e-5; attention scaled by 1/sqrt(head_dim) under a
 causal mask counted from the lower-right corner (a query sees the whole cache); tied output head; a
-KV cache (`past`). Weights keep the checkpoints' Conv1D (in, out) layout and HF's GPT2Model names,
+KV cache (`past`). A GPT-2-family model's variant fields (gpt2hub.layout.HParams) are followed: exact
+(erf) GELU, an MLP n_inner wide, another eps, an untied head (`lm_head`), and layer i's attention
+scores further divided by i + 1 (HF's scale_attn_by_inverse_layer_idx). Weights keep the checkpoints' Conv1D (in, out) layout and HF's GPT2Model names,
 so the TF checkpoint and HF files load without transposes; only GGUF stores them (out, in).
 Read top to bottom: LayerNorm -> Conv1D -> Embedding -> Attention -> MLP -> Block -> GPT -> loaders.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +23,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import CheckpointError, ConversionError, Gpt2hubError
-from .layout import HParams, check_shapes
+from .layout import GELU_EXACT, GELU_TANH, HParams, check_shapes
 
-# `activation_function` of an HF config -> F.gelu's `approximate`. GPT-2 is "gelu_new" (tanh).
-ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "none"}
+# gpt2hub.layout's activations, and HF configs' `activation_function` names -> F.gelu's `approximate`.
+# GPT-2 is gelu_tanh ("gelu_new"); gelu_exact ("gelu") is the erf form.
+ACTIVATIONS = {GELU_TANH: "tanh", GELU_EXACT: "none",
+               "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "none", "gelu_python": "none"}
 
 # Names and layouts are the converters' (gpt2hub.converters.hf is the reference: parameters are named as
 # in HF's GPT2Model); other formats read themselves back into those names (Format.read_weights).
@@ -31,7 +36,8 @@ ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "ta
 
 @dataclass(frozen=True)
 class GPTConfig:
-    """hparams.json's five numbers plus what converted formats may (wrongly) change."""
+    """hparams.json's five numbers and the variant fields of gpt2hub.layout.HParams, as a format declares them
+    (the activation by gpt2hub's or HF's name)."""
 
     n_vocab: int
     n_ctx: int
@@ -39,21 +45,34 @@ class GPTConfig:
     n_head: int
     n_layer: int
     eps: float = 1e-5
-    activation: str = "gelu_new"
+    activation: str = GELU_TANH
+    n_inner: int | None = None
+    tied: bool = True
+    attn_scale_by_layer: bool = False
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
             raise ConversionError(f"activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
-        if self.n_embd % self.n_head:
-            raise ConversionError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        self.hparams()  # every field checked (and bounded) as HParams checks a manifest's
 
     @classmethod
     def from_hparams(cls, h: HParams) -> "GPTConfig":
-        return cls(h.n_vocab, h.n_ctx, h.n_embd, h.n_head, h.n_layer)
+        return cls(h.n_vocab, h.n_ctx, h.n_embd, h.n_head, h.n_layer, h.eps, h.activation, h.n_inner, h.tied,
+                   h.attn_scale_by_layer)
+
+    def hparams(self) -> HParams:
+        """The model as gpt2hub.layout describes it."""
+        activation = GELU_TANH if ACTIVATIONS[self.activation] == "tanh" else GELU_EXACT
+        return HParams(self.n_vocab, self.n_ctx, self.n_embd, self.n_head, self.n_layer, self.n_inner, self.eps,
+                       activation, self.tied, self.attn_scale_by_layer)
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def n_ff(self) -> int:
+        return self.n_inner if self.n_inner is not None else 4 * self.n_embd
 
 
 # --- the model ------------------------------------------------------------------------------
@@ -106,9 +125,11 @@ def causal_mask(t: int, s: int, device: torch.device) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, layer: int):
         super().__init__()
         self.n_head = cfg.n_head
+        # softmax(q k^T / sqrt(hs)); HF's scale_attn_by_inverse_layer_idx also divides layer i's scores by i + 1
+        self.scale = 1 / math.sqrt(cfg.head_dim) / (layer + 1 if cfg.attn_scale_by_layer else 1)
         self.c_attn = Conv1D(cfg.n_embd, 3 * cfg.n_embd)  # q | k | v, contiguous thirds
         self.c_proj = Conv1D(cfg.n_embd, cfg.n_embd)
 
@@ -124,11 +145,11 @@ class Attention(nn.Module):
         # softmax(q k^T / sqrt(hs), masked) v. A masked score of -inf (SDPA) or openai's -1e10 both
         # become exactly 0 after exp, so the result is the same.
         if T == 1:
-            y = F.scaled_dot_product_attention(q, k, v)  # one query sees every key
+            y = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # one query sees every key
         elif past is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, k.size(2), x.device))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, k.size(2), x.device), scale=self.scale)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads merged
         return self.c_proj(y), (k, v)
 
@@ -136,20 +157,20 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.c_fc = Conv1D(cfg.n_embd, 4 * cfg.n_embd)
-        self.c_proj = Conv1D(4 * cfg.n_embd, cfg.n_embd)
+        self.c_fc = Conv1D(cfg.n_embd, cfg.n_ff)
+        self.c_proj = Conv1D(cfg.n_ff, cfg.n_embd)
         self.approximate = ACTIVATIONS[cfg.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # approximate="tanh" is 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), openai's gelu
-        return self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate))  # (B, T, C)
+        # approximate="tanh" is 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), openai's gelu; "none" the erf form
+        return self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate))  # (B, T, n_ff) -> (B, T, C)
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, layer: int):
         super().__init__()
         self.ln_1 = LayerNorm(cfg.n_embd, cfg.eps)
-        self.attn = Attention(cfg)
+        self.attn = Attention(cfg, layer)
         self.ln_2 = LayerNorm(cfg.n_embd, cfg.eps)
         self.mlp = MLP(cfg)
 
@@ -170,8 +191,9 @@ class GPT(nn.Module):
         self.config = cfg
         self.wte = Embedding(cfg.n_vocab, cfg.n_embd)
         self.wpe = Embedding(cfg.n_ctx, cfg.n_embd)
-        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.h = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_f = LayerNorm(cfg.n_embd, cfg.eps)
+        self.lm_head = None if cfg.tied else Embedding(cfg.n_vocab, cfg.n_embd)  # an untied head: (V, C)
 
     def forward(self, idx: torch.Tensor, past: Past | None = None, last_only: bool = False) -> tuple[torch.Tensor, Past]:
         """Logits (B, T, n_vocab) (or (B, 1, n_vocab) with last_only) and the extended cache."""
@@ -188,7 +210,8 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if last_only:
             x = x[:, -1:, :]  # (B, 1, C)
-        return F.linear(x, self.wte.weight), presents  # tied head: (B, T, n_vocab)
+        head = self.wte if self.lm_head is None else self.lm_head
+        return F.linear(x, head.weight), presents  # (B, T, n_vocab)
 
     @property
     def device(self) -> torch.device:
@@ -256,11 +279,12 @@ def from_tensors(cfg: GPTConfig, tensors: Mapping[str, torch.Tensor], source: st
     return model.eval().requires_grad_(False)
 
 
-def tf_names(n_layer: int) -> dict[str, str]:
-    """TF variable name -> parameter name: model/h3/attn/c_attn/w -> h.3.attn.c_attn.weight."""
+def tf_names(n_layer: int, tied: bool = True) -> dict[str, str]:
+    """TF variable name -> parameter name: model/h3/attn/c_attn/w -> h.3.attn.c_attn.weight (model/lm_head ->
+    lm_head.weight for an untied head)."""
     from gpt2hub.converters import hf
 
-    return hf.reference_names(n_layer)
+    return hf.reference_names(n_layer, tied)
 
 
 def from_checkpoint(folder: Path | str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> GPT:
@@ -278,8 +302,29 @@ def from_checkpoint(folder: Path | str, device: str | torch.device = "cpu", dtyp
     with torch.device("meta"):
         shapes = {n: p.shape for n, p in GPT(cfg).named_parameters()}
     tensors = {param: _from_numpy(ckpt.tensor(tf)).view(shapes[param])  # [1, in, out] -> (in, out)
-               for tf, param in tf_names(h.n_layer).items()}
+               for tf, param in tf_names(h.n_layer, h.tied).items()}
     return from_tensors(cfg, tensors, str(folder), device, dtype)
+
+
+def from_source(path: Path | str, kind: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                options=None) -> GPT:
+    """The model from a checkpoint of any source kind (gpt2hub.source_kinds: an HF folder, ...) as convert reads
+    it: every field of its hparams followed, each tensor decoded to float32 in OpenAI's layout (`options`:
+    source_kinds.OpenOptions, e.g. where GPT-2's vocabulary is for a source that carries none)."""
+    from . import source_kinds, source_tensors
+
+    path = Path(path)
+    opener = source_kinds.get(kind).open
+    if opener is None:  # OpenAI's layout
+        return from_checkpoint(path, device, dtype)
+    ckpt = opener(path, options or source_kinds.OpenOptions())
+    try:
+        h = ckpt.hparams
+        tensors = {param: torch.from_numpy(source_tensors.read(ckpt.data_paths, ckpt.entries[tf]))
+                   for tf, param in tf_names(h.n_layer, h.tied).items()}
+    finally:
+        ckpt.close()
+    return from_tensors(GPTConfig.from_hparams(h), tensors, str(path), device, dtype)
 
 
 def load(path: Path | str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> GPT:
@@ -291,6 +336,11 @@ def load(path: Path | str, device: str | torch.device = "cpu", dtype: torch.dtyp
         return from_checkpoint(path, device, dtype)
     fmt = converters.detect(path)
     if fmt is None:
+        from . import source_kinds
+
+        kind = source_kinds.detect(path)
+        if kind is not None:  # a checkpoint no format writes (a nanoGPT ckpt.pt, ...), read as convert reads it
+            return from_source(path, kind.name, device, dtype)
         kinds = list(dict.fromkeys(["a TF checkpoint folder", *(f.looks_like for f in converters.formats())]))
         raise ConversionError(f"{path}: not {', '.join(kinds[:-1])} or {kinds[-1]}")
     weights = fmt.read_weights(path)

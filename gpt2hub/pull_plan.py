@@ -17,6 +17,7 @@ from . import offline, registry, settings, store
 from .errors import MAX_JSON_BYTES, DiskFull, DownloadError, TransferError, WrongFile
 from .integrity import read_record
 from .manifest import FileRecord, ReleaseManifest
+from .printing import size_text
 from .progress import ProgressEvent, Reporter, emit
 from .ranges import RangeRecord
 from .remote import ReleaseSource, Remote, RemoteStat
@@ -194,8 +195,7 @@ def check_free_space(job: PullJob) -> int:
         need, here = need + f.size - done, here + done
     free = shutil.disk_usage(job.dest).free
     if need + FREE_SPACE_MARGIN > free:
-        raise DownloadError(f"{job.dest}: not enough free space for {job.m.name}: "
-                            f"{gb(need)} to download, {gb(free)} free")
+        raise DiskFull(no_room(job.dest, job.m.name, need, free))
     return here
 
 
@@ -207,8 +207,7 @@ def check_announced(job: PullJob, f: FileRecord, url: str, size: int) -> None:
         raise WrongFile(f"{url} announces {size:,} bytes for {f.name}; it can hold at most {cap:,} ({why})")
     need, free = size - RangeRecord(job.part(f), size).done_bytes, shutil.disk_usage(job.dest).free
     if need + FREE_SPACE_MARGIN > free:
-        raise DiskFull(f"{job.dest}: not enough free space for {f.name}: {url} announces {size:,} bytes, "
-                       f"{gb(need)} to download, {gb(free)} free")
+        raise DiskFull(no_room(job.dest, f"{f.name} ({url} announces {size:,} bytes)", need, free))
 
 
 def size_cap(m: ReleaseManifest, f: FileRecord) -> tuple[int, str]:
@@ -236,8 +235,10 @@ def file_size(path: Path) -> int | None:
         return None
 
 
-def gb(n: int) -> str:
-    return f"{n / 1e9:.2f} GB"
+def no_room(dest: Path, what: str, need: int, free: int) -> str:
+    """The one line a pull refused for want of space says: the folder, what it needs and what is free."""
+    return (f"{dest}: not enough free space for {what}: needs {size_text(need + FREE_SPACE_MARGIN)} "
+            f"({size_text(need)} to download + {size_text(FREE_SPACE_MARGIN)} to spare), {size_text(free)} free")
 
 
 def short(e: Exception, spec: str) -> str:

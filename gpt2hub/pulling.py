@@ -61,8 +61,6 @@ def pull(name: str, *, manifest: Path | str | None = None, sources: list[str] | 
     the store, or into the folder `to`; a verified release is a quick no-op. `dry_run`: a PullPlan, no file
     touched (see gpt2hub.pull). Only a release OpenAI published (a shipped manifest) is ever asked of OpenAI
     and, unless `public_mirrors` is False or $GPT2HUB_NO_PUBLIC_MIRRORS is set, of the public copies."""
-    from filelock import FileLock, Timeout
-
     if connections < 1:
         raise DownloadError(f"--connections must be at least 1, not {connections}")
     for spec in user_sources(sources):
@@ -85,11 +83,18 @@ def pull(name: str, *, manifest: Path | str | None = None, sources: list[str] | 
     if dest.exists() and not dest.is_dir():
         raise DownloadError(f"{dest}: exists and is not a folder")
     dest.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(dest.parent / settings.PULL_LOCK if to is None else dest / TO_LOCK_NAME))
+    return run_locked(job, dest.parent / settings.PULL_LOCK if to is None else dest / TO_LOCK_NAME)
+
+
+def run_locked(job: PullJob, lock_path: Path) -> PullResult:
+    """Run a pull job while holding the lock at `lock_path` (waiting for another pull that holds it)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(lock_path))
     try:
         lock.acquire(timeout=0.2)
     except Timeout:
-        emit(progress, ProgressEvent.message(f"gpt2hub: another pull of {m.name} is running; waiting for it"))
+        emit(job.progress, ProgressEvent.message(f"gpt2hub: another pull of {job.m.name} is running; waiting for it"))
         lock.acquire()
     try:
         return _run(job)

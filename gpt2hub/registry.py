@@ -124,6 +124,16 @@ def _user_manifests() -> list[ReleaseManifest]:
     return out
 
 
+def owner(name: str) -> ReleaseManifest | None:
+    """The release whose name or alias `name` is (case-insensitive): a shipped one first, then the user's; or None."""
+    return next((m for m in (*_builtin_manifests(), *_user_manifests()) if name.lower() in _names(m)), None)
+
+
+def is_builtin(m: ReleaseManifest) -> bool:
+    """True for a manifest shipped in the wheel (OpenAI's releases), as loaded by the registry."""
+    return any(m is s for s in _builtin_manifests())
+
+
 def releases() -> list[ReleaseManifest]:
     """Every known release: the shipped ones, then each user manifest whose names are its own."""
     return sorted((*_builtin_manifests(), *_user_manifests()), key=lambda m: (m.parameters, m.name))

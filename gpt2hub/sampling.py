@@ -129,14 +129,17 @@ class Sampler:
     def __init__(self, target: str | os.PathLike | None = None, device: str = "cpu", manifest: Path | str | None = None):
         import torch
 
-        from .model import from_checkpoint, resolve_device
-        from .tokenizer import encoding
+        from .model import from_source, resolve_device
+        from .original import open_options, tokenizer_source
+        from .tokenizer import vocab_encoding
         from .release import locate
 
         self.device = resolve_device(device)
-        self.release = locate(target, manifest)
-        self.encoding = encoding(self.release.original)
-        self.model = from_checkpoint(self.release.original, self.device, torch.float32)
+        self.release = locate(target, manifest, kinds=None)
+        self.encoding = vocab_encoding(tokenizer_source(self.release))  # the source's own, added tokens included
+        # every field of the release's hparams followed (exact GELU, n_inner, eps, an untied head, ...), whatever its kind
+        self.model = from_source(self.release.original, self.release.kind, self.device, torch.float32,
+                                 open_options(self.release))
         self.n_ctx = self.model.config.n_ctx
 
     def context(self, prompt: str | None) -> list[int]:

@@ -23,6 +23,7 @@ ACCEPT_DIFFERENT_SHARED = "GPT2HUB_ACCEPT_DIFFERENT_SHARED"
 SPEED_LIMIT, SPEED_TIME = "GPT2HUB_SPEED_LIMIT", "GPT2HUB_SPEED_TIME"
 CONSUMER_TIMEOUT = "GPT2HUB_CONSUMER_TIMEOUT"  # seconds a consumer child may run
 CONSUMER_MEMORY = "GPT2HUB_CONSUMER_MEMORY"  # GiB of address space a consumer child may map
+PROGRESS = "GPT2HUB_PROGRESS"  # how long commands show progress: auto, bar, plain or none (--progress)
 
 CONNECTIONS = 8  # parallel connections of a pull or an upload
 CONVERT_LOCK = ".convert.lock"  # in <home>/<name>/: held by a convert of the release; rm refuses while it is
@@ -73,6 +74,16 @@ def number(name: str, default: float) -> float:
     if not (n > 0 and math.isfinite(n)):
         raise SettingError(f"${name}: must be a positive finite number, not {raw!r}")
     return n
+
+
+def choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    """One of `choices` (any case) from `name`, or `default` when unset or empty; any other word is refused."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if raw.lower() not in choices:
+        raise SettingError(f"${name}={raw!r}: choose one of {', '.join(choices)}")
+    return raw.lower()
 
 
 def raw_value(name: str) -> str | None:

@@ -24,6 +24,7 @@ class OpenOptions:
     """What the user said about a source beyond its path."""
 
     vocab: Path | None = None  # --vocab DIR: GPT-2's encoder.json + vocab.bpe for a source that carries none
+    vocab_kept: bool = False  # `vocab` is the copy import kept beside a one-file checkpoint in the store, not --vocab
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class SourceKind:
 
 
 # The modules that declare a SOURCE, in no particular order (rank orders them).
-MODULES = ("tfcheckpoint", "hf_source")
+MODULES = ("tfcheckpoint", "hf_source", "llmc_source", "gguf_source", "nanogpt_source")
 
 
 @functools.cache
@@ -87,7 +88,7 @@ def describe(path: Path) -> str:
         except Gpt2hubError:
             data = None
         model_type = data.get("model_type") if isinstance(data, dict) else None
-        return f"config.json with model_type {str(model_type)[:40]!r} and files " + _names(path)
+        return f"config.json with model_type {str(model_type)[:40]!r} and " + _names(path)
     return _names(path) if any(path.iterdir()) else "an empty folder"
 
 

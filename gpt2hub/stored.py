@@ -39,7 +39,9 @@ class StoredOutput:
     """An output as its format reads it back for the proofs: what it stores, what it must store, its metadata."""
 
     dtype: str
-    config: dict  # GPTConfig's fields as the output declares them: n_vocab, n_ctx, n_embd, n_head, n_layer, eps, activation
+    config: dict  # GPTConfig's fields as the output declares them: n_vocab, n_ctx, n_embd, n_head, n_layer, eps, activation,
+    # n_inner, tied, attn_scale_by_layer
     tensors: dict[str, Stored]
     expected: dict[str, Expected]
     problems: list[str] = field(default_factory=list)  # format-specific metadata that is wrong (tokenizer, semantics keys)
+    approximated: list[str] = field(default_factory=list)  # fields computed at GPT-2's value (--allow-approximate-activation)

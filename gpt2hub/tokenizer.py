@@ -56,33 +56,42 @@ def _read_text(path: Path) -> str:
         raise CheckpointError(f"{path}: unreadable ({e.strerror or e})") from None
 
 
-def mergeable_ranks(folder: Path) -> tuple[dict[bytes, int], int]:
-    """(token bytes -> id, id of <|endoftext|>) for tiktoken, whose merges by rank need merge i to make id 256 + i.
+def mergeable_ranks(folder: Path, enc_path: Path | None = None, bpe_path: Path | None = None) -> tuple[dict[bytes, int], int]:
+    """(token bytes -> id, id of <|endoftext|>) for tiktoken, whose merges by rank need merge i to make id 256 + i;
+    of the folder's encoder.json + vocab.bpe, or the two files named.
 
     Built here rather than with tiktoken.load.data_gym_to_mergeable_bpe_ranks, which caches
     files by path in the temp folder and so would return stale vocabularies for reused paths.
     """
-    tokens, merges, eot = read_vocab(folder)
+    enc_path, bpe_path = enc_path or folder / "encoder.json", bpe_path or folder / "vocab.bpe"
+    tokens, merges, eot = read_vocab_files(enc_path, bpe_path)
     decode = byte_decoder()
     try:
         ranks = {bytes(decode[c] for c in token): i for i, token in enumerate(tokens) if i != eot}
     except KeyError as e:
-        raise CheckpointError(f"{folder / 'encoder.json'}: character {e} is not in GPT-2's byte alphabet") from None
+        raise CheckpointError(f"{enc_path}: character {e} is not in GPT-2's byte alphabet") from None
     for i, line in enumerate(merges):
         merged = bytes(decode.get(c, 0) for c in line.replace(" ", "", 1))
         if ranks.get(merged) != 256 + i:
-            raise CheckpointError(f"{folder / 'vocab.bpe'}: merge {i + 1} ({line!r}) is not token {256 + i} of encoder.json")
+            raise CheckpointError(f"{bpe_path}: merge {i + 1} ({line!r}) is not token {256 + i} of {enc_path.name}")
     return ranks, eot
 
 
-def encoding(folder: Path | str):
-    """A tiktoken.Encoding for the release folder's encoder.json + vocab.bpe (GPT-2's regex)."""
+def encoding(folder: Path | str, enc_path: Path | None = None, bpe_path: Path | None = None,
+             added: tuple[tuple[int, str, bool], ...] = ()):
+    """A tiktoken.Encoding for the release folder's encoder.json + vocab.bpe (or the two files named), GPT-2's
+    regex; a fine-tune's added tokens (id, content, special) are tokens of their own, as transformers reads them."""
     import tiktoken
 
     folder = Path(folder)
-    ranks, eot = mergeable_ranks(folder)
-    return tiktoken.Encoding(name=f"gpt2:{folder}", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                             special_tokens={ENDOFTEXT: eot})
+    ranks, eot = mergeable_ranks(folder, enc_path, bpe_path)
+    return tiktoken.Encoding(name=f"gpt2:{enc_path or folder}", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={ENDOFTEXT: eot} | {content: i for i, content, _ in added})
+
+
+def vocab_encoding(vocab):
+    """encoding() of a vocabulary.Vocab: its two files, its added tokens."""
+    return encoding(vocab.encoder_json.parent, vocab.encoder_json, vocab.vocab_bpe, vocab.added)
 
 
 def bytes_to_unicode() -> dict[int, str]:

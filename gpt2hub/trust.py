@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from . import settings
 
-MEASURED_LABEL = "checked: the sha256 you measured yourself (manifest create)"  # never "published": not OpenAI's
+MEASURED_LABEL = "checked: the sha256 you measured yourself (manifest create or import)"  # never "published": not OpenAI's
 
 
 class HashStatus(str, enum.Enum):
@@ -22,11 +22,12 @@ class HashStatus(str, enum.Enum):
     EXPECTED = "expected"  # derived but not yet confirmed by anyone
     MEASURED = "measured"  # measured by `gpt2hub manifest create` from the user's own files
     MIRROR = "mirror"  # claimed by a mirror's own manifest: never more than that, whatever it says
+    HUB = "hub"  # the sha256 a Hugging Face Hub repo lists for an LFS file (`pull hf://`): the repo's word, not OpenAI's
 
     @property
     def vouches(self) -> bool:
         """True when a matching sha256 of this status verifies the file."""
-        return self in (HashStatus.PUBLISHED, HashStatus.SHARED, HashStatus.MEASURED)
+        return self in (HashStatus.PUBLISHED, HashStatus.SHARED, HashStatus.MEASURED, HashStatus.HUB)
 
     @property
     def whose(self) -> str:
@@ -50,6 +51,8 @@ class Check(str, enum.Enum):
     MIRROR_CRC32C = "mirror-crc32c"  # CRC32C from an index that came from a mirror only
     MIRROR_SHA256 = "mirror-sha256"  # the sha256 a mirror's own manifest gives
     SIZE = "size"  # the byte count only
+    HUB_SHA256 = "hub-sha256"  # the sha256 a Hub repo lists for an LFS file (`pull hf://`): the repo's word
+    HUB_GIT_OID = "hub-git-oid"  # the git blob id a Hub repo lists for a small (non-LFS) file: the repo's word
 
     @property
     def verified(self) -> bool:
@@ -71,9 +74,11 @@ class Check(str, enum.Enum):
 
 
 _WHOSE = {HashStatus.PUBLISHED: "published", HashStatus.MEASURED: "manifest's measured",
-          HashStatus.SHARED: "124M's published", HashStatus.MIRROR: "mirror's", HashStatus.EXPECTED: "expected"}
+          HashStatus.SHARED: "124M's published", HashStatus.MIRROR: "mirror's", HashStatus.EXPECTED: "expected",
+          HashStatus.HUB: "Hub's"}
 _SHA256_CHECKS = {HashStatus.PUBLISHED: Check.PUBLISHED_SHA256, HashStatus.MEASURED: Check.MEASURED_SHA256,
-                  HashStatus.SHARED: Check.SHARED_SHA256, HashStatus.MIRROR: Check.MIRROR_SHA256}
+                  HashStatus.SHARED: Check.SHARED_SHA256, HashStatus.MIRROR: Check.MIRROR_SHA256,
+                  HashStatus.HUB: Check.HUB_SHA256}
 _LABELS = {
     Check.PUBLISHED_SHA256: "verified: published sha256",
     Check.MEASURED_SHA256: MEASURED_LABEL,
@@ -83,6 +88,8 @@ _LABELS = {
     Check.MIRROR_CRC32C: "not verified: CRC32C from a mirror's index only",
     Check.MIRROR_SHA256: "not verified: the mirror's own sha256 only",
     Check.SIZE: "not verified: size only",
+    Check.HUB_SHA256: "checked: the sha256 the Hub lists for the file (the repo's word, not OpenAI's)",
+    Check.HUB_GIT_OID: "checked: the git blob id the Hub lists for the file (the repo's word, not OpenAI's)",
 }
 
 

@@ -1,12 +1,13 @@
 """Verify a release: the parts in gpt2hub/verification/, run in order.
 
-1. integrity of the original files (sizes, sha256 where known, every tensor's CRC32C, read in chunks);
+1. integrity of the original files (sizes, sha256 where known, every tensor's CRC32C, read in chunks; an imported
+   checkpoint of another kind: opened as its kind, its hparams and tensor layout as its manifest records);
 2. every converted output read back and proven exact: each tensor the transform its source implies (f32
    bit-identical, f16/bf16 rounded to nearest even, q8_0 blocks as gguf-py's quantizer), metadata as the
-   release's hparams and vocabulary;
+   release's hparams and vocabulary (the original read as its kind reads it: an HF folder, ckpt.pt, .bin, .gguf);
 3. per set of weights an output holds, a float64 reference streamed layer by layer, also run in each
    consumer's arithmetic to measure that arithmetic's noise on this model;
-4. each output loaded by its real consumer (transformers, llama.cpp; TensorFlow for the original), one
+4. each output loaded by its real consumer (transformers, llama.cpp; TensorFlow for an original in OpenAI's layout), one
    after another, judged against its reference within SAFETY x the measured noise;
 5. tokenization parity of every tokenizer the release ships.
 Every consumer (TensorFlow, gpt2hub.model, transformers, llama.cpp, tokenizers) runs in a child process of its
@@ -27,9 +28,12 @@ import numpy as np
 
 from . import converters, isolation, store
 from .progress import ProgressEvent, Reporter, emit
-from .errors import ConsumerCrashed, ConversionError, VerificationError
+from .errors import ConsumerCrashed, Gpt2hubError, VerificationError
 from .layout import HParams
-from .release import locate
+from .original import open_options, open_original
+from .release import Release, locate
+from .tfcheckpoint import KIND
+from .vocabulary import Vocab
 from .verification.consumers import (CONSUMER_MODULES, address_space, consumer_run, gpt2hub_logits, installed,  # noqa: F401
                                      one_line)
 from .verification.integrity import check_integrity
@@ -38,8 +42,11 @@ from .verification.outputs import Output, converted_outputs, read_back
 from .verification.references import F64, forward_lanes
 from .verification.report import IntegrityRow, OutputRow, Report, Row, TokenizerRow, format_report  # noqa: F401
 from .verification.tokenization import TOKENIZER_TEXT, check_tokenizers  # noqa: F401
-from .verification.tolerances import arithmetic_of, compare, judge  # noqa: F401
+from .verification.tolerances import approximate, arithmetic_of, compare, judge  # noqa: F401
 from .verification.weights import LayerCache, Proof, held_weights, prove
+from .verification.foreign import ForeignProof, verify_file
+from .verification.remote import RemoteProof, verify_remote
+from .hub_pull import is_hub
 
 # The default input: prose with punctuation, digits and a quote; long enough to exercise attention.
 DEFAULT_PROMPT = (
@@ -62,15 +69,18 @@ def parse_formats(formats: Sequence[str] | str | None) -> tuple[list[str], bool]
     return formats, True
 
 
-def input_tokens(original: Path, n_ctx: int, n_vocab: int, prompt: str | None, n_tokens: int | None) -> list[int]:
-    """The prompt's tokens, or n_tokens seeded random ids; at most n_ctx."""
+def input_tokens(original: Path, n_ctx: int, n_vocab: int, prompt: str | None, n_tokens: int | None,
+                 vocab=None) -> list[int]:
+    """The prompt's tokens (by the folder's encoder.json + vocab.bpe, or `vocab`: the original's own vocabulary),
+    or n_tokens seeded random ids; at most n_ctx."""
     if n_tokens is not None:
         if not 1 <= n_tokens <= n_ctx:
             raise VerificationError(f"--tokens {n_tokens}: must be between 1 and n_ctx ({n_ctx})")
         return np.random.default_rng(0).integers(0, n_vocab, n_tokens).tolist()
-    from .tokenizer import encoding
+    from .tokenizer import encoding, vocab_encoding
 
-    tokens = encoding(original).encode(DEFAULT_PROMPT if prompt is None else prompt, disallowed_special=())
+    enc = vocab_encoding(vocab) if vocab is not None else encoding(original)
+    tokens = enc.encode(DEFAULT_PROMPT if prompt is None else prompt, disallowed_special=())
     if not tokens:
         raise VerificationError("--prompt: the text has no tokens")
     return tokens[:n_ctx]
@@ -94,36 +104,64 @@ def verify(target: str | os.PathLike | None = None, *, formats: Sequence[str] | 
     from .tfcheckpoint import Checkpoint
 
     device = str(resolve_device(device))
-    release = locate(target, manifest, error=VerificationError, complete=False)  # integrity rows report the damage
+    # the integrity rows report the damage
+    release = locate(target, manifest, error=VerificationError, complete=False, kinds=_kinds(target))
     t0 = time.perf_counter()
+    opened = None
     try:
-        hp = HParams.from_file(release.original / "hparams.json")
-    except ConversionError as e:
-        raise VerificationError(str(e)) from None
-    ids = input_tokens(release.original, hp.n_ctx, hp.n_vocab, prompt, tokens)
-    report = Report(release.name, str(release.original), device, ids)
-
-    say("integrity of the original files")
-    report.integrity = check_integrity(release)
-    if any(c.name == "checkpoint" and not c.passed for c in report.integrity):  # nothing to run
+        if release.kind == KIND:
+            hp = HParams.from_file(release.original / "hparams.json")
+        else:  # an imported checkpoint: proven against, and the reference read from, the original as its kind reads it
+            opened = open_original(release)
+            hp = opened.hparams
+    except Gpt2hubError as e:
+        if release.kind == KIND or release.manifest is None:
+            raise VerificationError(str(e)) from None
+        report = Report(release.name, str(release.original), device, [])  # the integrity rows say what is wrong
+        report.integrity = check_integrity(release)
         report.seconds = time.perf_counter() - t0
         return report
-    ckpt = Checkpoint(release.original)
-    outputs = converted_outputs(release, fmts)
-    read = _read_outputs(report, outputs, explicit, hp, release.original)
-    say(f"exact weights and metadata of {len(read)} outputs")
-    proofs = _prove_outputs(report, ckpt, read)
-    layer_cache = LayerCache(ckpt)
-    groups = _consumer_groups(report, release.original, fmts, read, proofs, layer_cache, ids, device)
-    _judge_groups(report, groups, hp, ids, layer_cache, say)
-    say("tokenization parity")
-    report.tokenization = check_tokenizers(release.original, outputs)
+    try:
+        vocab = opened.vocab if opened is not None else None
+        ids = input_tokens(release.original, hp.n_ctx, hp.n_vocab, prompt, tokens, vocab)
+        report = Report(release.name, str(release.original), device, ids)
+        report.notes += [f"original ({release.kind}): {n}" for n in (opened.notes if opened is not None else [])]
+
+        say("integrity of the original files")
+        report.integrity = check_integrity(release)
+        if any(c.name == "checkpoint" and not c.passed for c in report.integrity):  # nothing to run
+            report.seconds = time.perf_counter() - t0
+            return report
+        ckpt = opened.ckpt if opened is not None else Checkpoint(release.original)
+        outputs = converted_outputs(release, fmts)
+        read = _read_outputs(report, outputs, explicit, hp, vocab or release.original)
+        say(f"exact weights and metadata of {len(read)} outputs")
+        proofs = _prove_outputs(report, ckpt, read)
+        layer_cache = LayerCache(ckpt)
+        groups = _consumer_groups(report, release, fmts, read, proofs, layer_cache, ids, device)
+        _judge_groups(report, groups, hp, ids, layer_cache, say)
+        say("tokenization parity")
+        report.tokenization = check_tokenizers(release.original, outputs, vocab=vocab)
+    finally:
+        if opened is not None:
+            opened.close()
     report.seconds = time.perf_counter() - t0
     return report
 
 
+def _kinds(target: str | os.PathLike | None) -> tuple[str, ...] | None:
+    """Every source kind for a release in the store (by name, or a path into the store); OpenAI's layout for a
+    folder elsewhere (a checkpoint of another kind is proven with `verify PATH --against NAME`)."""
+    if target is None:
+        return None
+    path = Path(target).expanduser()
+    if not (path.exists() or os.sep in str(target)):
+        return None
+    return None if path.absolute().is_relative_to(store.home().absolute()) else (KIND,)
+
+
 def _read_outputs(report: Report, outputs: list[tuple[str, Path | None]], explicit: bool, hp: HParams,
-                  original: Path) -> list[Output]:
+                  original: Path | Vocab) -> list[Output]:
     """Every converted output read back; one that cannot be is a row of its own, and its consumer still runs."""
     read: list[Output] = []
     for fmt, path in outputs:
@@ -151,22 +189,28 @@ def _prove_outputs(report: Report, ckpt, read: list[Output]) -> dict[int, Proof]
         proof = proofs[id(o)]
         report.files.append(OutputRow(o.format, o.dtype, "weights", str(o.path), proof.passed, proof.detail()))
         report.files.append(OutputRow(o.format, o.dtype, "metadata", str(o.path), not o.problems,
-                                      "; ".join(o.problems) or "hparams, eps and vocabulary as the release"))
+                                      "; ".join(o.problems) or "hparams, eps and vocabulary as the release"
+                                      + "".join(f"; {k} approximated, as recorded" for k in o.stored.approximated)))
     return proofs
 
 
-# The consumer rows that run on one set of weights: (those weights, [(row, how to get its logits)]).
-Group = tuple[Callable, list[tuple[Row, Callable[[], np.ndarray]]]]
+# The consumer rows that run on one set of weights: (those weights, [(row, how to get its logits)], the model they
+# compute where an output approximates a field of the release's (None: the release's own)).
+Group = tuple[Callable, list[tuple[Row, Callable[[], np.ndarray]]], HParams | None]
 
 
-def _consumer_groups(report: Report, original: Path, fmts: list[str], read: list[Output], proofs: dict[int, Proof],
+def _consumer_groups(report: Report, release: Release, fmts: list[str], read: list[Output], proofs: dict[int, Proof],
                      layer_cache: LayerCache, ids: list[int], device: str) -> list[Group]:
     """Every consumer row to run, grouped by the weights it runs on (the original's first, TensorFlow last of them)."""
     groups: dict[object, Group] = {}
+    original = release.original
     src = str(original)
+    # gpt2hub.model reads an imported original as its kind does (OpenAI's layout: as any folder it loads)
+    as_kind = (original, ids, device) if release.kind == KIND else \
+        (original, ids, device, release.kind, open_options(release))
 
-    def add(held: tuple, row: Row, run: Callable[[], np.ndarray]) -> None:
-        groups.setdefault(held[0], (held[1], []))[1].append((row, run))
+    def add(held: tuple, row: Row, run: Callable[[], np.ndarray], computes: HParams | None = None) -> None:
+        groups.setdefault((held[0], computes), (held[1], [], computes))[1].append((row, run))
 
     source = held_weights(layer_cache, None, None)
     if "original" in fmts:
@@ -174,7 +218,7 @@ def _consumer_groups(report: Report, original: Path, fmts: list[str], read: list
 
         def gpt2hub_run(which: str) -> np.ndarray:  # one model load for the one-pass and the cached rows
             if not torch_runs:
-                torch_runs["full"], torch_runs["cached"] = isolation.run(gpt2hub_logits, (original, ids, device),
+                torch_runs["full"], torch_runs["cached"] = isolation.run(gpt2hub_logits, as_kind,
                                                                          name="gpt2hub", memory_gib=address_space(device))
             return torch_runs.pop(which)
 
@@ -182,8 +226,12 @@ def _consumer_groups(report: Report, original: Path, fmts: list[str], read: list
         add(source, Row("original", "f32", "gpt2hub KV cache", src, note=device), lambda: gpt2hub_run("cached"))
     for o in read:
         add(held_weights(layer_cache, o.stored, proofs.get(id(o))),
-            *consumer_run(o.format, converters.get(o.format).consumer, o.path, o.dtype, ids, device))
-    if "original" in fmts and installed("tensorflow"):  # last of its weights: TensorFlow keeps ~2 GB after a 1558M run
+            *consumer_run(o.format, converters.get(o.format).consumer, o.path, o.dtype, ids, device),
+            o.computes)
+    if "original" in fmts and release.kind != KIND:  # OpenAI's graph runs on OpenAI's layout only
+        report.notes.append(f"an imported {release.kind} checkpoint: TensorFlow (OpenAI's graph) runs on OpenAI's "
+                            f"layout only, so not run; `gpt2hub convert {release.name} --to tf` writes it")
+    elif "original" in fmts and installed("tensorflow"):  # last of its weights: TensorFlow keeps ~2 GB after a 1558M run
         tf_row = Row("original", "f64", "tensorflow", src)
 
         def tf_run() -> np.ndarray:  # OpenAI's graph (f32) if model.ckpt.meta has the forward, else a transcription (f64)
@@ -199,24 +247,42 @@ def _consumer_groups(report: Report, original: Path, fmts: list[str], read: list
 def _judge_groups(report: Report, groups: list[Group], hp: HParams, ids: list[int], layer_cache: LayerCache,
                   say: Callable[[str], None]) -> None:
     """Per group, the float64 reference and its noise in each consumer's arithmetic; then each consumer, judged."""
+    if any(computes is not None for _, _, computes in groups) and \
+            not any(w is layer_cache and computes is None for w, _, computes in groups):
+        groups.append((layer_cache, [], None))  # the source's exact model: what an approximation is measured against
+    exact = next((i for i, (w, _, computes) in enumerate(groups) if w is layer_cache and computes is None), None)
     lanes = []
-    for weights, members in groups:
+    for weights, members, computes in groups:
         wanted = [arithmetic_of(r.consumer.split(" (")[0], r.dtype) for r, _ in members]
-        lanes.append((weights, list({a.name: a for a in [F64, *wanted] if a is not None}.values())))
+        lanes.append((weights, list({a.name: a for a in [F64, *wanted] if a is not None}.values()), computes or hp))
     say(f"float64 reference on {len(lanes)} set(s) of weights, and its noise in "
-        + ", ".join(sorted({a.name for _, arithmetics in lanes for a in arithmetics[1:]})))
+        + ", ".join(sorted({a.name for _, arithmetics, _ in lanes for a in arithmetics[1:]})))
     references = forward_lanes(lanes, hp, ids)
     layer_cache.items.clear()
-    for (_, members), (_, arithmetics), runs in zip(groups, lanes, references):
+    exact_reference = references[exact][0] if exact is not None else None
+    for (_, members, computes), (_, arithmetics, _), runs in zip(groups, lanes, references):
         reference = runs[0]
         noise = {a.name: float(np.abs(r - reference).max()) for a, r in zip(arithmetics, runs)}
         for row, run in members:
             say(f"{row.format} {row.dtype} through {row.consumer}")
             try:
-                report.rows.append(judge(row, reference, run(), noise))
+                logits = run()
+                report.rows.append(judge(row, reference, logits, noise))
+                if computes is not None:  # judged as the model it computes; the gap to the release's shown
+                    approximate(row, exact_reference, logits, hp, computes, reference)
             except Exception as e:  # what a consumer raises on a bad file is that file's FAIL row; a crash, ERROR
                 row.tolerance, row.note, row.crashed = "-", one_line(e), isinstance(e, ConsumerCrashed)
                 report.rows.append(row)
             gc.collect()
         runs.clear()
 
+
+def verify_against(path: str | os.PathLike, against: str | None = None, *, logits: bool = True,
+                   device: str = "cpu", progress: Reporter | None = None) -> ForeignProof | RemoteProof:
+    """Prove a file or folder anyone wrote (any source kind, or one .safetensors/.bin state dict; or hf://ORG/REPO,
+    fetched through the store's cache) tensor by tensor against a release on disk (`against`; None: every release
+    on disk with its shapes), ending in a verdict; then, with `logits`, run it through its own consumer against the
+    release's float64 reference."""
+    if isinstance(path, str) and is_hub(path):
+        return verify_remote(path, against, logits=logits, device=device, progress=progress)
+    return verify_file(path, against, logits=logits, device=device)

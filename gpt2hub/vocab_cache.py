@@ -3,6 +3,10 @@ vocabulary's files in `<home>/.cache/vocab/`, so an identical vocabulary is pars
 
 Every cached file is checked against the sha256 recorded when it was written; one that differs, or any
 failure to read or write the cache, means building it again: the cache can only save time.
+
+`kept_files` is the other use: a vocabulary read from somewhere other than two files of its own (an HF
+tokenizer.json, tiktoken's shared cache) is written out as encoder.json + vocab.bpe under the sha256 of their
+bytes, in `<home>/.cache/vocab/files/`, never beside the user's files.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from . import atomic, store
 
 CACHE = Path(".cache") / "vocab"
 INDEX = "index.json"  # file name -> sha256 of its text
+FILES = "files"  # kept_files' folder under CACHE
 
 
 def key(paths: list[Path], salt: str) -> str:
@@ -70,3 +75,34 @@ def _sha(text: str) -> str:
 
 def _write(path: Path, text: str) -> None:
     atomic.write_text(path, text, durable=False)  # a cache: after a power cut it is rebuilt, never read torn
+
+
+def kept_files(contents: dict[str, bytes]) -> dict[str, Path]:
+    """Files named by `contents` ({file name: bytes}) kept together under the sha256 of them all, reused when
+    already there with the same bytes; in a private temporary folder (removed at exit) where the home is not
+    writable. Returns {file name: path}."""
+    h = hashlib.sha256()
+    for name, data in sorted(contents.items()):
+        h.update(hashlib.sha256(name.encode()).digest() + hashlib.sha256(data).digest())
+    try:
+        return _keep(store.home() / CACHE / FILES / h.hexdigest(), contents)
+    except (OSError, atomic.UnsafeDestination):
+        import atexit  # here, not at start-up: rarely needed
+        import shutil
+        import tempfile
+
+        scratch = Path(tempfile.mkdtemp(prefix="gpt2hub-vocab-"))
+        atexit.register(shutil.rmtree, scratch, True)
+        return _keep(scratch, contents)
+
+
+def _keep(d: Path, contents: dict[str, bytes]) -> dict[str, Path]:
+    d.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, data in contents.items():
+        path = d / name
+        atomic.refuse_link(path)
+        if not (path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data):
+            atomic.write_bytes(path, data, durable=False)  # a cache: rewritten whenever it differs
+        paths[name] = path
+    return paths

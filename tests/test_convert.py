@@ -561,12 +561,19 @@ def test_missing_file_is_named_and_nothing_is_written(tiny_release, tmp_path, mi
     assert not (tmp_path / "pt").exists() and no_leftovers(tmp_path)
 
 
-def test_gguf_needs_one_token_per_embedding_row(tiny_release, tmp_path):
+def test_gguf_needs_an_embedding_row_per_token_and_pads_rows_past_the_vocabulary(tiny_release, tmp_path):
+    from gpt2hub.ggufheader import read_header
+
     wte = np.array(Checkpoint(tiny_release).tensor("model/wte"))
-    folder = copy_checkpoint(tiny_release, tmp_path / "big", replace={"model/wte": np.vstack([wte, wte[:8]])})
-    with pytest.raises(ConversionError, match=r"encoder.json: 50257 tokens, but wte has 50265 rows"):
+    folder = copy_checkpoint(tiny_release, tmp_path / "small", replace={"model/wte": wte[:-8]})
+    with pytest.raises(ConversionError, match=r"encoder.json: 50257 tokens, but wte has 50249 rows"):
         convert(folder, to="gguf", out=tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists() and no_leftovers(tmp_path)
+    # rows past the vocabulary (a resized embedding) get tokens "[PAD<id>]", as llama.cpp's convert_hf_to_gguf writes
+    folder = copy_checkpoint(tiny_release, tmp_path / "big", replace={"model/wte": np.vstack([wte, wte[:8]])})
+    convert(folder, to="gguf", out=tmp_path / "big.gguf")
+    assert read_header(tmp_path / "big.gguf").fields["tokenizer.ggml.tokens"][50256:] == \
+        ["<|endoftext|>"] + [f"[PAD{i}]" for i in range(50257, 50265)]
 
 
 def test_gguf_without_the_gguf_package_names_the_extra(tiny_release, tmp_path):

@@ -65,20 +65,32 @@ def _gpt2hub(*args: str, **kw) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.heavy
-def test_demo_runs_every_step_and_exits_zero(tmp_path):
-    pytest.importorskip("torch")
-    pytest.importorskip("gguf")
-    r = _gpt2hub("demo", "--keep", str(tmp_path / "work"))
-    assert r.returncode == 0, r.stdout + r.stderr
-    steps = [line for line in r.stdout.splitlines() if line.startswith("[")]
+def test_demo_runs_every_step_and_exits_zero(kept_demo):
     from gpt2hub.demo import CONVERSIONS
 
+    steps = [line for line in kept_demo.output if line.startswith("[")]
     # build, pull, one step per conversion, verify, sample
-    assert len(steps) == 4 + len(CONVERSIONS) and all(line.startswith("[ok]") for line in steps), r.stdout
-    assert "Traceback" not in r.stderr
-    home = tmp_path / "work" / "home" / "gpt2hub-demo"
-    assert (home / "safetensors" / "model.safetensors").is_file()
-    assert sorted(p.name for p in (home / "gguf").iterdir()) == ["gpt2hub-demo-f16.gguf", "gpt2hub-demo-q8_0.gguf"]
+    assert len(steps) == 4 + len(CONVERSIONS) and all(line.startswith("[ok]") for line in steps), kept_demo.output
+    assert "demo: every step passed" in kept_demo.output and not any("Traceback" in x for x in kept_demo.output)
+    assert "gpt2hub-demo/safetensors/model.safetensors" in kept_demo.files
+    assert [f for f in kept_demo.files if f.startswith("gpt2hub-demo/gguf/")] == [
+        "gpt2hub-demo/gguf/gpt2hub-demo-f16.gguf", "gpt2hub-demo/gguf/gpt2hub-demo-q8_0.gguf"]
+
+
+@pytest.mark.heavy
+def test_a_kept_demo_says_how_to_use_its_store_and_it_works_with_gpt2hub_home_alone(kept_demo):
+    """The manifest is in the home's manifests/, so GPT2HUB_HOME=~/demo/home is all a command needs."""
+    from gpt2hub.demo import TRY
+
+    assert "manifests/gpt2hub-demo.json" in kept_demo.files
+    assert kept_demo.output[-len(TRY) - 4:] == [
+        "demo: every step passed", "the demo's store is kept; point gpt2hub at it with:",
+        "  export GPT2HUB_HOME=/home/me/demo/home", "then try:", *(f"  gpt2hub {c}" for c in TRY)]
+    assert {k for k in kept_demo.run.env if k.startswith("GPT2HUB_")} <= {"GPT2HUB_HOME", "GPT2HUB_STRICT_TESTS"}
+    listed = kept_demo.run("gpt2hub list")
+    assert listed[1].split()[:5] == ["gpt2hub-demo", "143,936", "586.0", "KB", "verified"], listed
+    sampled = kept_demo.run(f"gpt2hub {TRY[-1]}")
+    assert sampled[1] == " brown fox jumps over", sampled  # what the demo's own sample step said
 
 
 def test_demo_in_a_folder_that_cannot_be_made_is_a_one_line_error(tmp_path):

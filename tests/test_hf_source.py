@@ -238,42 +238,57 @@ def _refused(folder: Path, *needles: str) -> str:
     return line
 
 
-def test_a_bf16_folder_is_refused_naming_the_dtype(tiny_release, tmp_path):
-    folder = tmp_path / "bf16"
-    _model(tiny_release).to(torch.bfloat16).save_pretrained(folder)
-    _tokenizer_files(tiny_release, folder)
-    _refused(folder, "is bfloat16", "only float32", "not supported yet")
+@pytest.mark.parametrize("config, needle", [
+    ({"activation_function": "relu"}, "activation_function is 'relu'; gpt2hub converts gelu_new"),
+    ({"scale_attn_weights": False}, "scale_attn_weights is False"),
+    ({"add_cross_attention": True}, "add_cross_attention is True"),
+])
+def test_a_config_field_gpt2hub_cannot_honour_is_refused_naming_it(folders, tmp_path, config, needle):
+    folder = tmp_path / "odd"
+    shutil.copytree(folders["base"], folder)
+    data = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**data, **config}))
+    _refused(folder, "config.json: " + needle)
 
 
 @pytest.mark.parametrize("config, needle", [
-    ({"n_inner": 5 * N_EMBD}, "n_inner is 320"),
-    ({"activation_function": "relu"}, "activation_function is 'relu'"),
-    ({"tie_word_embeddings": False}, "tie_word_embeddings is False"),
-    ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx is True"),
-    ({"layer_norm_epsilon": 1e-6}, "layer_norm_epsilon is 1e-06"),
+    ({"layer_norm_epsilon": 0.5}, "layer_norm_epsilon must be a number in (0, 0.1], got '0.5'"),
+    ({"n_inner": -3}, "n_inner must be a positive integer, got '-3'"),
+    ({"tie_word_embeddings": "no"}, "tie_word_embeddings is 'no', not true or false"),
+    ({"n_ctx": 32}, "n_ctx is 32 but n_positions is 64"),
 ])
-def test_a_config_field_gpt2hub_cannot_honour_is_refused_naming_it(tiny_release, tmp_path, config, needle):
-    folder = tmp_path / "odd"
-    model = transformers.GPT2LMHeadModel(_config(**config)) if "n_inner" in config else _model(tiny_release, **config)
-    model.save_pretrained(folder)
-    _tokenizer_files(tiny_release, folder)
-    _refused(folder, "config.json: " + needle, "not supported yet")
+def test_a_config_field_with_a_value_no_gpt2_has_is_refused_naming_it(folders, tmp_path, config, needle):
+    folder = tmp_path / "bad"
+    shutil.copytree(folders["base"], folder)
+    data = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**data, **config}))
+    _refused(folder, "config.json: " + needle)
 
 
-def test_added_tokens_in_vocab_size_are_refused_for_now(folders, tmp_path):
+def test_a_vocab_size_that_is_not_wtes_rows_is_refused_naming_the_shapes(folders, tmp_path):
     folder = tmp_path / "added"
     shutil.copytree(folders["base"], folder)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "vocab_size": 50258}))
-    _refused(folder, "vocab_size is 50258")
+    _refused(folder, "wte.weight has shape [50257, 64], config.json implies [50258, 64]")
 
 
-def test_a_folder_without_vocab_json_and_merges_txt_is_refused(folders, tmp_path):
+def test_a_folder_without_tokenizer_files_and_no_gpt2_vocabulary_anywhere_names_the_three_ways(folders, tmp_path,
+                                                                                              monkeypatch):
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-tiktoken-cache"))
     folder = tmp_path / "no-tokenizer"
     shutil.copytree(folders["base"], folder)
     (folder / "vocab.json").unlink()
     (folder / "merges.txt").unlink()
-    _refused(folder, "no vocab.json and merges.txt", "not supported yet")
+    _refused(folder, "no-tokenizer: no tokenizer files (vocab.json + merges.txt or tokenizer.json)",
+             "pass --vocab DIR", "gpt2hub pull 124M --only tokenizer", "tiktoken's cache")
+
+
+def test_a_folder_with_half_a_vocabulary_is_refused(folders, tmp_path):
+    folder = tmp_path / "half"
+    shutil.copytree(folders["base"], folder)
+    (folder / "merges.txt").unlink()
+    _refused(folder, "vocab.json without merges.txt (and no tokenizer.json)")
 
 
 def test_a_folder_that_is_neither_names_what_it_looked_like_and_what_is_accepted(tmp_path):

@@ -73,13 +73,15 @@ def _numpy(logits) -> np.ndarray:
     return (t if t.dtype == torch.float64 else t.float()).numpy()[0]
 
 
-def gpt2hub_logits(path: Path, tokens: Sequence[int], device: str) -> tuple[np.ndarray, np.ndarray]:
-    """gpt2hub.model in float32 on `device` from any format: (one pass, KV cache in two passes), (T, V) each."""
+def gpt2hub_logits(path: Path, tokens: Sequence[int], device: str, kind: str | None = None,
+                   options=None) -> tuple[np.ndarray, np.ndarray]:
+    """gpt2hub.model in float32 on `device` from any format, or from a checkpoint read as source `kind` (with
+    source_kinds.OpenOptions `options`): (one pass, KV cache in two passes), (T, V) each."""
     import torch
 
-    from ..model import load
+    from ..model import from_source, load
 
-    model = load(path, device, torch.float32)
+    model = load(path, device, torch.float32) if kind is None else from_source(path, kind, device, torch.float32, options)
     idx = torch.tensor([list(tokens)], device=device)
     with torch.inference_mode():
         full, _ = model(idx)

@@ -16,15 +16,17 @@ from .report import IntegrityRow
 
 def check_integrity(release: Release) -> list[IntegrityRow]:
     """Sizes and sha256 from the manifest (where known), hparams, and every tensor's CRC32C (read in chunks)."""
-    from ..tfcheckpoint import Checkpoint
+    from ..tfcheckpoint import KIND, Checkpoint
 
-    folder = release.original
+    folder = release.folder  # a one-file kind's file lies in it with the manifest's other files
     if release.manifest is None:
         checks = [IntegrityRow("manifest", True, "none for a folder: sizes and sha256 not checked (use --manifest)")]
     else:
         record = store.read_verified(release.name) if release.in_store else None
         pulled = record.files if record is not None else {}
         checks = [_file_row(rec, folder / rec.name, pulled.get(rec.name)) for rec in release.manifest.files]
+    if release.kind != KIND:
+        return checks + _source_rows(release)
     try:
         hparams = HParams.from_file(folder / "hparams.json")
         ckpt = Checkpoint(folder)
@@ -45,6 +47,34 @@ def check_integrity(release: Release) -> list[IntegrityRow]:
     detail = f"all {n} tensors match the index" if not bad else f"{len(bad)} of {n} tensors fail, e.g. {bad[0]}"
     checks.append(IntegrityRow("CRC32C", not bad, detail))
     return checks
+
+
+def _source_rows(release: Release) -> list[IntegrityRow]:
+    """A checkpoint of another kind (no CRC32C of its own; its files' sha256 are the rows above): opened as its
+    kind, its hparams and tensor layout (names, shapes, encodings, byte ranges) as the manifest recorded at import."""
+    from ..importing import tensor_row
+    from ..original import open_original
+
+    try:
+        with open_original(release) as o:
+            hparams, layout = o.hparams, [tensor_row(e, o.ckpt.data_paths) for e in o.ckpt.entries.values()]
+    except Gpt2hubError as e:
+        return [IntegrityRow("checkpoint", False, str(e))]
+    m = release.manifest
+    if m is None:
+        return [IntegrityRow("checkpoint", True, f"opened as {release.kind}: {len(layout)} tensors")]
+    rows = [IntegrityRow("hparams", hparams == m.hparams, "as the manifest records" if hparams == m.hparams
+                         else f"{hparams.to_dict()} != manifest {m.hparams.to_dict()}")]
+    recorded = {t["name"]: t for t in m.tensors}
+    differ = [t["name"] for t in layout if recorded.get(t["name"]) != t]
+    if len(recorded) != len(layout) or differ:
+        first = differ[0] if differ else sorted(set(recorded) - {t["name"] for t in layout})[0]
+        rows.append(IntegrityRow("checkpoint", False, f"opened as {release.kind}: the tensor layout differs from "
+                                 f"the manifest's, e.g. {first}"))
+    else:
+        rows.append(IntegrityRow("checkpoint", True, f"opened as {release.kind}: all {len(layout)} tensors where "
+                                 "the manifest records them"))
+    return rows
 
 
 def _file_row(rec: FileRecord, path: Path, info: FileCheck | None) -> IntegrityRow:

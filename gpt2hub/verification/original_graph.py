@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import settings
 from ..errors import CheckpointError, VerificationError, one_line, read_capped
-from ..layout import HParams
+from ..layout import GELU_EXACT, HParams
 from ..trust import HashStatus
 
 META = "model.ckpt.meta"
@@ -124,13 +124,14 @@ def _import_tensorflow():
 
 def openai_model(tf, hp: HParams, X, var: Callable[[str], object], dtype) -> object:
     """openai/gpt-2 src/model.py's forward, op for op, on today's TensorFlow: logits (B*T, n_vocab) for ids X.
-    `var(name)` gives a variable ("h0/attn/c_attn/w", ...) in `dtype`."""
+    `var(name)` gives a variable ("h0/attn/c_attn/w", ...) in `dtype`. hp's variant fields are followed (eps, the
+    erf GELU, n_inner, an untied head "lm_head", layer i's scores divided by i + 1), as transformers computes them."""
 
     def shape_list(x):
         static, dynamic = x.shape.as_list(), tf.shape(x)
         return [dynamic[i] if s is None else s for i, s in enumerate(static)]
 
-    def norm(x, scope, epsilon=1e-5):
+    def norm(x, scope, epsilon=hp.eps):
         g, b = var(scope + "/g"), var(scope + "/b")
         u = tf.reduce_mean(x, axis=-1, keepdims=True)
         s = tf.reduce_mean(tf.square(x - u), axis=-1, keepdims=True)
@@ -154,7 +155,7 @@ def openai_model(tf, hp: HParams, X, var: Callable[[str], object], dtype) -> obj
         j = tf.range(ns)
         return tf.cast(i >= j - ns + nd, dtype)
 
-    def attn(x, scope, n_state, past):
+    def attn(x, scope, n_state, past, layer):
         def split_heads(x):
             return tf.transpose(split_states(x, hp.n_head), [0, 2, 1, 3])
 
@@ -166,6 +167,8 @@ def openai_model(tf, hp: HParams, X, var: Callable[[str], object], dtype) -> obj
         def multihead_attn(q, k, v):
             w = tf.matmul(q, k, transpose_b=True)
             w = w * tf.math.rsqrt(tf.cast(shape_list(v)[-1], dtype))
+            if hp.attn_scale_by_layer:  # HF's scale_attn_by_inverse_layer_idx
+                w = w / tf.cast(layer + 1, dtype)
             w = tf.nn.softmax(mask_attn_weights(w), axis=-1)
             return tf.matmul(w, v)
 
@@ -179,24 +182,27 @@ def openai_model(tf, hp: HParams, X, var: Callable[[str], object], dtype) -> obj
         return conv1d(a, scope + "/c_proj", n_state), present
 
     def gelu(x):
+        if hp.activation == GELU_EXACT:
+            return 0.5 * x * (1 + tf.math.erf(x / np.sqrt(2)))
         return 0.5 * x * (1 + tf.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * tf.pow(x, 3))))
 
     def mlp(x, scope, n_state):
         return conv1d(gelu(conv1d(x, scope + "/c_fc", n_state)), scope + "/c_proj", shape_list(x)[-1])
 
-    def block(x, scope, past):
-        a, present = attn(norm(x, scope + "/ln_1"), scope + "/attn", x.shape[-1], past)
+    def block(x, scope, past, layer):
+        a, present = attn(norm(x, scope + "/ln_1"), scope + "/attn", x.shape[-1], past, layer)
         x = x + a
-        x = x + mlp(norm(x, scope + "/ln_2"), scope + "/mlp", x.shape[-1] * 4)
+        x = x + mlp(norm(x, scope + "/ln_2"), scope + "/mlp", hp.n_ff)
         return x, present
 
     batch, sequence = shape_list(X)
     wte, wpe = var("wte"), var("wpe")
     h = tf.gather(wte, X) + tf.gather(wpe, tf.range(sequence)[None, :])
     for layer in range(hp.n_layer):
-        h, _ = block(h, f"h{layer}", None)
+        h, _ = block(h, f"h{layer}", None, layer)
     h = norm(h, "ln_f")
-    return tf.matmul(tf.reshape(h, [batch * sequence, hp.n_embd]), wte, transpose_b=True)  # (B*T, n_vocab)
+    head = wte if hp.tied else var("lm_head")
+    return tf.matmul(tf.reshape(h, [batch * sequence, hp.n_embd]), head, transpose_b=True)  # (B*T, n_vocab)
 
 
 def graph_logits_tensor(graph, n_vocab: int):
@@ -222,6 +228,8 @@ def tensorflow_logits(original: Path, tokens: Sequence[int]) -> tuple[np.ndarray
     v1 = tf.compat.v1
     graph = tf.Graph()
     meta, basis = read_meta_graph(original)
+    if hp.variant():  # OpenAI's graph computes GPT-2 itself, not this model
+        meta, basis = None, f"hparams.json sets {', '.join(hp.variant())}: OpenAI's graph does not compute them"
     why, found = basis, None
     with graph.as_default():
         if meta is not None:

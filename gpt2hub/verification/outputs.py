@@ -9,12 +9,11 @@ from typing import Sequence
 import numpy as np
 
 from .. import converters
-from ..layout import HParams
+from ..errors import Gpt2hubError
+from ..layout import GELU_TANH, HParams
 from ..release import Release
 from ..stored import StoredOutput
 from ..vocabulary import Vocab
-
-EPS = 1e-5  # openai/gpt-2 src/model.py norm()
 
 
 @dataclass
@@ -25,6 +24,9 @@ class Output:
     path: Path
     stored: StoredOutput | None
     problems: list[str]  # metadata that differs from the release
+    # The model its consumer computes where the output records approximated fields (--allow-approximate-activation):
+    # the release's, those fields at GPT-2's value; None: the release's own
+    computes: HParams | None = None
 
     @property
     def dtype(self) -> str:
@@ -47,21 +49,42 @@ def converted_outputs(release: Release, formats: Sequence[str]) -> list[tuple[st
     return out
 
 
-def read_back(fmt: str, path: Path, hparams: HParams, original: Path) -> Output:
-    """An output's stored tensors and what they must be, and its metadata compared with the release."""
+def read_back(fmt: str, path: Path, hparams: HParams, original: Path | Vocab) -> Output:
+    """An output's stored tensors and what they must be, and its metadata compared with the release (`original`:
+    the release's vocabulary, or an OpenAI-layout folder holding it)."""
     form = converters.get(fmt)
     if form.read_stored is None:
         raise NotImplementedError(f"not proven: the {fmt} format declares no exact read-back (Format.read_stored)")
-    stored = form.read_stored(path, hparams, Vocab.in_folder(original))  # the vocabulary read only where compared
-    want = {"n_vocab": hparams.n_vocab, "n_ctx": hparams.n_ctx, "n_embd": hparams.n_embd, "n_head": hparams.n_head,
-            "n_layer": hparams.n_layer, "eps": EPS}
+    vocab = original if isinstance(original, Vocab) else Vocab.in_folder(original)  # read only where compared
+    stored = form.read_stored(path, hparams, vocab)
+    computes = converters.computed_hparams(hparams, stored.approximated) if stored.approximated else None
+    return Output(fmt, path, stored, config_problems(stored, hparams) + stored.problems, computes)
+
+
+def config_problems(stored: StoredOutput, hparams: HParams) -> list[str]:
+    """Each field the output declares otherwise than the release's hparams (an approximated field: as recorded)."""
+    from ..converters.hf import ACTIVATION_OF
+
+    config = dict(stored.config)
+    activation = config.get("activation", GELU_TANH)
+    if activation not in ACTIVATION_OF:
+        return [f"activation {str(activation)[:40]!r} is not one of {', '.join(ACTIVATION_OF)}"]
+    config["activation"] = ACTIVATION_OF[activation]
+    try:  # the output's declaration, every field checked and named as gpt2hub.layout names it
+        declared = HParams(**{k: config[k] for k in HParams.__dataclass_fields__ if k in config})
+    except (Gpt2hubError, TypeError) as e:
+        return [f"config: {str(e).removeprefix('hparams: ')}"]
+    want = converters.computed_hparams(hparams, stored.approximated)
     problems = []
-    for key, value in want.items():
-        got = stored.config.get(key)
-        same = got == value if key != "eps" else got is not None and np.float32(got) == np.float32(value)  # f32 in GGUF
+    for key in ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer", "eps", "activation", "attn_scale_by_layer"):
+        got, value = getattr(declared, key), getattr(want, key)
+        same = got == value if key != "eps" else np.float32(got) == np.float32(value)  # f32 in GGUF
         if not same:
+            if key == "eps":  # as float32, as GGUF and ONNX store it: 1e-06, not 9.999999974752427e-07
+                got, value = str(np.float32(got)), str(np.float32(value))
             problems.append(f"{key} is {got}, the release has {value}")
-    activation = stored.config.get("activation", "gelu_new")
-    if activation not in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
-        problems.append(f"activation {activation!r} is not GPT-2's tanh GELU")
-    return Output(fmt, path, stored, problems + stored.problems)
+    if declared.n_ff != want.n_ff:
+        problems.append(f"n_inner is {declared.n_ff}, the release has {want.n_ff}")
+    if declared.tied and not want.tied:  # a tied release may be written with the head copied (--untie): proven
+        problems.append("the head is tied to wte, the release has its own (model/lm_head)")
+    return problems

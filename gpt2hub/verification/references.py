@@ -5,7 +5,8 @@ output holds, decoded), so the float64 forward never holds more than one layer i
 the same at 124M and 1558M. The same pass can run in other arithmetics (`Arithmetic`): float32, or float32
 with activations rounded where a consumer rounds them (transformers in f16/bf16, ggml's matmul inputs and
 GELU table); the spread of those runs from float64 is the noise measured on this model that tolerances
-are scaled by.
+are scaled by. Every variant field of the model's HParams is followed (eps, the exact erf GELU, an n_inner-wide
+MLP, an untied head model/lm_head, layer i's attention scores divided by i + 1).
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..layout import BLOCK_TENSORS, SCOPE, HParams
+from ..layout import BLOCK_TENSORS, GELU_EXACT, HEAD_TENSOR, SCOPE, HParams
 
 WeightFn = Callable[[str], np.ndarray]  # TF variable name -> float32 array in the checkpoint layout (squeezed)
-EPS = 1e-5
 HEAD_ROWS = 4096  # rows of wte per step of the output head
 
 
@@ -62,23 +62,34 @@ def round_to(x: np.ndarray, kind: str | None) -> np.ndarray:
     raise ValueError(f"unknown rounding {kind!r}")
 
 
-def _layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
     u = x.mean(axis=-1, keepdims=True)
     d = x - u
     s = (d * d).mean(axis=-1, keepdims=True)
-    return d / np.sqrt(s + EPS) * g + b
+    return d / np.sqrt(s + x.dtype.type(eps)) * g + b
 
 
-def _gelu(x: np.ndarray, table: str | None) -> np.ndarray:
-    """openai gelu (tanh); through a table as ggml computes it: f16 in, f16 out, |x| >= 10 passed or zeroed."""
+def _erf(x: np.ndarray) -> np.ndarray:
+    """erf in x's own precision (numpy has none; torch's is the C library's, correctly rounded to a few ulp)."""
+    import torch
+
+    return torch.special.erf(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+
+
+def _gelu(x: np.ndarray, table: str | None, exact: bool = False) -> np.ndarray:
+    """openai gelu (tanh), or the exact erf form; through a table as ggml computes it: f16 in, f16 out, |x| >= 10
+    passed or zeroed."""
     xr = round_to(x, table)
-    y = 0.5 * xr * (1 + np.tanh(math.sqrt(2 / math.pi) * (xr + 0.044715 * xr * xr * xr)))
+    if exact:
+        y = 0.5 * xr * (1 + _erf(xr * xr.dtype.type(1 / math.sqrt(2))))
+    else:
+        y = 0.5 * xr * (1 + np.tanh(math.sqrt(2 / math.pi) * (xr + 0.044715 * xr * xr * xr)))
     if table is None:
         return y
     return np.where(x >= 10, x, np.where(x <= -10, 0, round_to(y, table))).astype(x.dtype)
 
 
-def _block(x: np.ndarray, w: dict[str, np.ndarray], n_head: int, a: Arithmetic) -> np.ndarray:
+def _block(x: np.ndarray, w: dict[str, np.ndarray], h: HParams, layer: int, a: Arithmetic) -> np.ndarray:
     def c(k: str) -> np.ndarray:
         return w[k].astype(a.dtype, copy=False)
 
@@ -89,16 +100,18 @@ def _block(x: np.ndarray, w: dict[str, np.ndarray], n_head: int, a: Arithmetic) 
         return act(round_to(y, a.matmul_inputs) @ c(scope + "/w") + c(scope + "/b"))
 
     T, C = x.shape
-    hd = C // n_head
-    qkv = conv1d(act(_layer_norm(x, c("ln_1/g"), c("ln_1/b"))), "attn/c_attn")  # (T, 3C)
+    n_head, hd = h.n_head, C // h.n_head
+    scale = 1 / math.sqrt(hd) / (layer + 1 if h.attn_scale_by_layer else 1)
+    qkv = conv1d(act(_layer_norm(x, c("ln_1/g"), c("ln_1/b"), h.eps)), "attn/c_attn")  # (T, 3C)
     q, k, v = (t.reshape(T, n_head, hd).transpose(1, 0, 2) for t in np.split(qkv, 3, axis=1))  # (nh, T, hs)
-    att = act(q @ k.transpose(0, 2, 1) * (1 / math.sqrt(hd)))  # (nh, T, T)
+    att = act(q @ k.transpose(0, 2, 1) * scale)  # (nh, T, T)
     att = np.where(np.tri(T, dtype=bool), att, -np.inf)  # causal: query i sees keys j <= i
     att = np.exp(att - att.max(axis=-1, keepdims=True))
     att = act(att / att.sum(axis=-1, keepdims=True))
     y = act(att @ v).transpose(1, 0, 2).reshape(T, C)  # heads merged: (T, C)
     x = act(x + conv1d(y, "attn/c_proj"))
-    u = act(_gelu(conv1d(act(_layer_norm(x, c("ln_2/g"), c("ln_2/b"))), "mlp/c_fc"), a.gelu))  # (T, 4C)
+    u = conv1d(act(_layer_norm(x, c("ln_2/g"), c("ln_2/b"), h.eps)), "mlp/c_fc")  # (T, n_ff)
+    u = act(_gelu(u, a.gelu, h.activation == GELU_EXACT))
     return act(x + conv1d(u, "mlp/c_proj"))
 
 
@@ -107,30 +120,38 @@ def forward(weights: WeightFn, h: HParams, tokens: Sequence[int], arithmetics: S
     return forward_lanes([(weights, arithmetics)], h, tokens)[0]
 
 
-def forward_lanes(lanes: Sequence[tuple[WeightFn, Sequence[Arithmetic]]], h: HParams, tokens: Sequence[int]) -> list[list[np.ndarray]]:
+def forward_lanes(lanes: Sequence[tuple[WeightFn, Sequence[Arithmetic]] | tuple[WeightFn, Sequence[Arithmetic], HParams]],
+                  h: HParams, tokens: Sequence[int]) -> list[list[np.ndarray]]:
     """forward() for several sets of weights in one pass over the layers, so weights derived from the same
-    source layer (the checkpoint, its f16 rounding, ...) are read from disk once for all of them."""
+    source layer (the checkpoint, its f16 rounding, ...) are read from disk once for all of them. A lane may
+    name the model it computes (a third item: an output that approximates a field computes another model
+    than `h`); the shapes are h's in every lane."""
     ids = np.asarray(tokens)
-    heads = []
+    models = [lane[2] if len(lane) > 2 else h for lane in lanes]
+    lanes = [(lane[0], lane[1]) for lane in lanes]
+    heads = []  # a tied head is wte, kept from the first read (each tensor is read once)
     xs: list[list[np.ndarray]] = []
-    for weights, arithmetics in lanes:
+    for (weights, arithmetics), model in zip(lanes, models):
         wte, wpe = weights(SCOPE + "wte"), weights(SCOPE + "wpe")
-        heads.append(wte)
+        heads.append(wte if model.tied else None)
         xs.append([round_to(wte[ids].astype(a.dtype) + wpe[: len(ids)].astype(a.dtype), a.activations) for a in arithmetics])
+        del wte, wpe
     for i in range(h.n_layer):
         for lane, (weights, arithmetics) in enumerate(lanes):
             w = {k: weights(f"{SCOPE}h{i}/{k}") for k in BLOCK_TENSORS}
-            xs[lane] = [_block(x, w, h.n_head, a) for x, a in zip(xs[lane], arithmetics)]
+            xs[lane] = [_block(x, w, models[lane], i, a) for x, a in zip(xs[lane], arithmetics)]
             del w
     out = []
-    for (weights, arithmetics), wte, lane_xs in zip(lanes, heads, xs):
+    for (weights, arithmetics), model, head, lane_xs in zip(lanes, models, heads, xs):
         g, b = weights(SCOPE + "ln_f/g"), weights(SCOPE + "ln_f/b")
+        head = weights(SCOPE + HEAD_TENSOR) if head is None else head  # (V, C)
         logits_per = []
         for x, a in zip(lane_xs, arithmetics):
-            x = round_to(round_to(_layer_norm(x, g.astype(a.dtype), b.astype(a.dtype)), a.activations), a.matmul_inputs)
+            x = _layer_norm(x, g.astype(a.dtype), b.astype(a.dtype), model.eps)
+            x = round_to(round_to(x, a.activations), a.matmul_inputs)
             logits = np.empty((len(ids), h.n_vocab), a.dtype)
-            for r in range(0, h.n_vocab, HEAD_ROWS):  # tied head: x @ wte^T, wte cast a slice at a time
-                logits[:, r:r + HEAD_ROWS] = x @ wte[r:r + HEAD_ROWS].astype(a.dtype).T
+            for r in range(0, h.n_vocab, HEAD_ROWS):  # x @ head^T, the head cast a slice at a time
+                logits[:, r:r + HEAD_ROWS] = x @ head[r:r + HEAD_ROWS].astype(a.dtype).T
             logits_per.append(round_to(logits, a.activations))
         out.append(logits_per)
     return out

@@ -32,14 +32,17 @@ class OutputRow:
 
 
 class Judged:
-    """PASS, FAIL, or ERROR when the consumer's process died: for rows with `passed` and `crashed`."""
+    """PASS, FAIL, or ERROR when the consumer's process died: for rows with `passed` and `crashed`; APPROX for a
+    passing row of an output that approximates the release (--allow-approximate-activation; its note gives the gap)."""
 
     passed: bool
     crashed: bool
 
     @property
     def status(self) -> str:
-        return "ERROR" if self.crashed else "PASS" if self.passed else "FAIL"
+        if self.crashed:
+            return "ERROR"
+        return ("APPROX" if getattr(self, "approximate", False) else "PASS") if self.passed else "FAIL"
 
 
 @dataclass
@@ -60,6 +63,11 @@ class Row(Judged):
     passed: bool = False
     note: str = ""
     crashed: bool = False  # the consumer's process died (note says how): status ERROR
+    # The output computes another model than the release's (approximated fields): judged against that model's
+    # reference; the note gives its gap to the release's exact model. Status APPROX when it passes.
+    approximate: bool = False
+    gap_max_abs: float | None = None  # max|delta| from the float64 reference of the release's exact model
+    gap_top1: float | None = None
 
 
 @dataclass

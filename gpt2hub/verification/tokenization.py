@@ -8,6 +8,7 @@ from typing import Sequence
 
 from .. import converters, isolation
 from ..errors import ConsumerCrashed
+from ..vocabulary import Vocab
 from .consumers import one_line
 from .report import TokenizerRow
 
@@ -27,11 +28,13 @@ def _first_difference(a: Sequence[int], b: Sequence[int]) -> str:
     return f"differs at token {i} ({list(a[i:i + 3])} vs tiktoken {list(b[i:i + 3])})"
 
 
-def check_tokenizers(original: Path, outputs: Sequence[tuple[str, Path | None]], text: str = TOKENIZER_TEXT) -> list[TokenizerRow]:
-    """tiktoken's ids for `text`, and whether every other tokenizer of the release gives the same."""
-    from ..tokenizer import encoding
+def check_tokenizers(original: Path, outputs: Sequence[tuple[str, Path | None]], text: str = TOKENIZER_TEXT,
+                     vocab: Vocab | None = None) -> list[TokenizerRow]:
+    """tiktoken's ids for `text` (on the release folder's encoder.json + vocab.bpe, or `vocab`: the original's own,
+    added tokens included), and whether every other tokenizer of the release gives the same."""
+    from ..tokenizer import encoding, vocab_encoding
 
-    enc = encoding(original)
+    enc = vocab_encoding(vocab) if vocab is not None else encoding(original)
     ref = enc.encode(text)
     round_trip = enc.decode(ref) == text
     rows = [TokenizerRow("tiktoken", str(original), len(ref), round_trip,

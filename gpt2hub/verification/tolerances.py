@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConversionError
+from ..layout import HParams
 from .references import F32, F64, Arithmetic
 from .report import Row
 
@@ -84,4 +85,23 @@ def judge(row: Row, reference: np.ndarray, logits: np.ndarray, noise: dict[str, 
     row.noise = noise.get(arithmetic.name, 0.0)
     row.bound, row.tolerance = bound(arithmetic, row.noise, noise.get(F32.name, 0.0), max(1.0, float(np.abs(reference).max())))
     row.passed = m["max_abs"] <= row.bound
+    return row
+
+
+def approximate(row: Row, exact: np.ndarray | None, logits: np.ndarray, release: HParams, computes: HParams,
+                reference: np.ndarray | None = None) -> Row:
+    """Label a row whose output computes another model than the release's (--allow-approximate-activation): it was
+    judged against that model's float64 `reference`; the note adds the measured gap of its logits to the release's
+    exact model, and the part of it the approximation alone makes (the two float64 references apart)."""
+    row.approximate = True
+    fields = ", ".join(f"{k} {getattr(release, k)} as {getattr(computes, k)}" for k in release.variant()
+                       if getattr(release, k) != getattr(computes, k))
+    said = f"approximate: {fields}"
+    if exact is not None:
+        gap = compare(exact, logits)
+        row.gap_max_abs, row.gap_top1 = gap["max_abs"], gap["top1"]
+        said += f"; gap to the exact model max|Δ| {gap['max_abs']:.2e}, top-1 {gap['top1']:.3f}, KL {gap['kl']:.2e}"
+        if reference is not None:
+            said += f" (the approximation alone: max|Δ| {float(np.abs(reference - exact).max()):.2e})"
+    row.note = f"{row.note}; {said}" if row.note else said
     return row

@@ -18,6 +18,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..encodings import UNBLOCKED, decode, qtype as _qtype, raw_dtype, row_bytes, rows_cols
+from .. import source_tensors
+from ..source_tensors import SourceTensor
 from ..stored import Expected, Stored, StoredOutput
 
 CHUNK_BYTES = 16 << 20
@@ -77,8 +79,11 @@ def encode(x: np.ndarray, encoding: str) -> np.ndarray:
 
 
 def read_source(ckpt, name: str) -> np.ndarray:
-    """A checkpoint tensor read with read(2) (not the memory map), Conv1D's leading 1 dropped."""
+    """A checkpoint tensor read with read(2) (not the memory map), Conv1D's leading 1 dropped: float32 in OpenAI's
+    matrix layout whatever the source's kind (a SourceTensor decoded from its encoding and layout)."""
     e = ckpt.entries[name]
+    if isinstance(e, SourceTensor):
+        return source_tensors.read(ckpt.data_paths, e)
     a = np.fromfile(ckpt.data_paths[e.shard_id], e.dtype, e.numel, offset=e.offset)
     shape = e.shape[1:] if len(e.shape) == 3 and e.shape[0] == 1 else e.shape
     return a.reshape(shape)
