@@ -19,11 +19,10 @@ from .converters import expand
 from .errors import ConversionError
 from .hf_source import CAUSAL_MASK, HEAD, MASKED_BIAS, PREFIX, check_buffer
 from .layout import HParams, infer_hparams, tensor_shapes, SCOPE, HEAD_TENSOR
-from .source_tensors import SourceTensor, matrix_shape, stored_shape as stored_layout
+from .source_tensors import SourceTensor, matrix_shape, same_bytes, stored_shape as stored_layout
 from .stored import ITEM_BYTES, Stored
 
 SAFETENSORS_SUFFIX = ".safetensors"
-HEAD_BYTES_STEP = 8 << 20
 
 
 def is_state_dict_file(path: Path) -> bool:
@@ -122,14 +121,7 @@ class StateDictFile:
             return False
         if (a.path, a.offset) == (b.path, b.offset):  # torch.save of a tied model: one storage
             return True
-        with open(a.path, "rb") as fa, open(b.path, "rb") as fb:
-            for pos in range(0, a.nbytes, HEAD_BYTES_STEP):
-                n = min(HEAD_BYTES_STEP, a.nbytes - pos)
-                fa.seek(a.offset + pos)
-                fb.seek(b.offset + pos)
-                if fa.read(n) != fb.read(n):
-                    return False
-        return True
+        return same_bytes(a.path, a.offset, b.path, b.offset, a.nbytes)
 
     def close(self) -> None:
         pass

@@ -23,7 +23,7 @@ from .errors import ConversionError
 from .ggufheader import Header, TensorInfo, read_header
 from .layout import ACTIVATIONS, HParams, tensor_shapes
 from .source_kinds import OpenOptions, SourceKind
-from .source_tensors import SourceTensor, stored_shape
+from .source_tensors import SourceTensor, same_bytes, stored_shape
 from .tokenizer import ENDOFTEXT
 from .vocabulary import Vocab
 
@@ -33,7 +33,6 @@ KIND = FORMAT.name  # a source of this kind is a file of the gguf format
 MAGIC, VERSIONS = b"GGUF", (2, 3)  # gguf.GGUF_MAGIC as bytes, gguf.READER_SUPPORTED_VERSIONS: detect needs no gguf
 TOKENIZER_MODEL = "gpt2"  # tokenizer.ggml.model of a byte-level BPE vocabulary
 PAD = re.compile(r"\[PAD(\d+)\]")  # convert_hf_to_gguf's stand-in for an id the tokenizer lacks (type UNUSED)
-COMPARE_BYTES = 8 << 20
 
 
 def is_gguf(path: Path) -> bool:
@@ -135,15 +134,7 @@ class GgufCheckpoint:
         """Whether two tensors of the file hold the same type, dims and bytes (compared in bounded pieces)."""
         if b is None or a.dims != b.dims or a.type != b.type or a.nbytes != b.nbytes:
             return False
-        with open(self.path, "rb") as f:
-            for pos in range(0, a.nbytes, COMPARE_BYTES):
-                n = min(COMPARE_BYTES, a.nbytes - pos)
-                f.seek(a.offset + pos)
-                x = f.read(n)
-                f.seek(b.offset + pos)
-                if x != f.read(n):
-                    return False
-        return True
+        return same_bytes(self.path, a.offset, self.path, b.offset, a.nbytes)
 
     def _entries(self) -> dict[str, SourceTensor]:
         h = self.hparams

@@ -25,7 +25,7 @@ from .converters import expand, matrix_shape
 from .errors import CheckpointError, ConversionError, load_json
 from .layout import GELU_EXACT, GELU_TANH, HEAD_TENSOR, HPARAM_KEYS, HPARAM_MAX, SCOPE, HParams, tensor_shapes
 from .source_kinds import OpenOptions, SourceKind
-from .source_tensors import SourceTensor
+from .source_tensors import SourceTensor, same_bytes
 from .stored import ITEM_BYTES, Stored
 from .torch_zip import zip_tensors
 from .vocabulary import Vocab
@@ -260,15 +260,9 @@ class HfCheckpoint:
         if head.encoding != wte.encoding or tuple(head.shape) != wte.shape or head.nbytes != wte.size:
             raise ConversionError(f"{head.path}: {head.name} is not wte's copy, yet config.json ties the head "
                                   "(tie_word_embeddings); refusing an ambiguous head")
-        step = 8 << 20
-        with open(head.path, "rb") as a, open(self.data_paths[wte.shard_id], "rb") as b:
-            for pos in range(0, wte.size, step):
-                a.seek(head.offset + pos)
-                b.seek(wte.offset + pos)
-                n = min(step, wte.size - pos)
-                if a.read(n) != b.read(n):
-                    raise ConversionError(f"{head.path}: {head.name} differs from wte, yet config.json ties the head "
-                                          "(tie_word_embeddings); refusing an ambiguous head")
+        if not same_bytes(head.path, head.offset, self.data_paths[wte.shard_id], wte.offset, wte.size):
+            raise ConversionError(f"{head.path}: {head.name} differs from wte, yet config.json ties the head "
+                                  "(tie_word_embeddings); refusing an ambiguous head")
         self.ignored.append(head.name)
 
     def close(self) -> None:

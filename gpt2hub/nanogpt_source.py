@@ -16,7 +16,7 @@ from . import lazy, torch_zip, vocab_fallback
 from .errors import ConversionError
 from .layout import GELU_EXACT, SCOPE, HParams, tensor_shapes
 from .source_kinds import OpenOptions, SourceKind
-from .source_tensors import ZEROS, SourceTensor, stored_shape
+from .source_tensors import ZEROS, SourceTensor, same_bytes, stored_shape
 from .stored import Stored
 
 np = lazy.module("numpy")
@@ -265,15 +265,7 @@ def _same_bytes(path: Path, a: Stored, b: Stored) -> bool:
     """Whether two tensors of one file hold the same bytes, compared in bounded pieces."""
     if (a.nbytes, a.encoding, a.shape) != (b.nbytes, b.encoding, b.shape):
         return False
-    step = 8 << 20
-    with open(path, "rb") as f, open(path, "rb") as g:
-        for pos in range(0, a.nbytes, step):
-            n = min(step, a.nbytes - pos)
-            f.seek(a.offset + pos)
-            g.seek(b.offset + pos)
-            if f.read(n) != g.read(n):
-                return False
-    return True
+    return same_bytes(path, a.offset, path, b.offset, a.nbytes)
 
 
 SOURCE = SourceKind(name=KIND, rank=20, is_file=True, detect=is_nanogpt, open=NanoGptCheckpoint,

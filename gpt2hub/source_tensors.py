@@ -41,6 +41,19 @@ class SourceTensor(TensorEntry):
                             size=size, crc32c=0, encoding=encoding, transposed=transposed)
 
 
+def same_bytes(a: Path, a_offset: int, b: Path, b_offset: int, size: int, step: int = 8 << 20) -> bool:
+    """Whether `size` bytes at two places (of one file or two) are equal, compared `step` bytes at a time (a tied
+    head saved twice is 321 MB at 1558M)."""
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        for pos in range(0, size, step):
+            n = min(step, size - pos)
+            fa.seek(a_offset + pos)
+            fb.seek(b_offset + pos)
+            if fa.read(n) != fb.read(n):
+                return False
+    return True
+
+
 def is_plain(e: TensorEntry) -> bool:
     """Whether a tensor's bytes are OpenAI's float32 bytes as they are (so they may be copied, not decoded)."""
     return not isinstance(e, SourceTensor) or (e.encoding == "F32" and not e.transposed)

@@ -233,17 +233,6 @@ def test_the_stores_own_copy_cannot_be_imported_over_itself(home, tiny_release):
 
 # --- the round trip through a mirror: import -> convert -> verify -> mirror -> pull elsewhere -> verify ------
 
-@pytest.fixture
-def aws(monkeypatch, tmp_path):
-    for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-
-
 @pytest.mark.parametrize("kind", ["tf", "hf"])
 def test_import_convert_verify_mirror_then_pull_on_a_second_home_and_verify(
         home, aws, tiny_release, hf_folder, s3_server, tmp_path, monkeypatch, kind):

@@ -191,17 +191,6 @@ def test_import_keeps_gpt2s_vocabulary_beside_a_file_that_carries_none(imported,
     assert r.exit_code == 0, r.output
 
 
-@pytest.fixture
-def aws(monkeypatch, tmp_path):
-    for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-
-
 @pytest.mark.parametrize("label", ["nanogpt", "gguf-q8_0"])
 def test_mirror_then_pull_on_a_second_home_and_verify(imported, aws, s3_server, tmp_path, monkeypatch, label):
     pytest.importorskip("boto3")
