@@ -36,24 +36,11 @@ def home(tmp_path, monkeypatch) -> Path:
 def hf_folder(tiny_release, tmp_path_factory) -> Path:
     """The tiny release's weights in transformers' GPT2LMHeadModel, saved by save_pretrained, with GPT-2's
     tokenizer files as the Hub's GPT-2 repos carry them (vocab.json, merges.txt)."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from gpt2hub.converters.hf import reference_names
-    from gpt2hub.tfcheckpoint import Checkpoint
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from gpt2hub.testing.hf import save_as_hf
 
-    config = transformers.GPT2Config(n_layer=N_LAYER, n_embd=N_EMBD, n_head=N_HEAD, n_positions=N_CTX,
-                                     vocab_size=50257)
-    model = transformers.GPT2LMHeadModel(config)
-    params = dict(model.named_parameters())
-    with Checkpoint(tiny_release) as ckpt, torch.no_grad():
-        for tf, name in reference_names(N_LAYER).items():
-            value = ckpt.tensor(tf)
-            params["transformer." + name].copy_(torch.from_numpy(np.array(value[0] if value.ndim == 3 else value)))
-    folder = tmp_path_factory.mktemp("hf") / "my-gpt2"
-    model.save_pretrained(folder)
-    shutil.copyfile(tiny_release / "encoder.json", folder / "vocab.json")
-    shutil.copyfile(tiny_release / "vocab.bpe", folder / "merges.txt")
-    return folder
+    return save_as_hf(tiny_release, tmp_path_factory.mktemp("hf") / "my-gpt2")
 
 
 def _digests(folder: Path) -> dict[str, str]:

@@ -11,7 +11,6 @@ for the module; tests that damage a file restore it.
 from __future__ import annotations
 
 import json
-import shutil
 import struct
 import uuid
 from pathlib import Path
@@ -36,22 +35,10 @@ KIND = {"hf": "hf", "hf-bf16": "hf", "nanogpt": "nanogpt", "llmc": "llmc", "gguf
 def _hf_folder(tiny_release: Path, folder: Path, dtype: str) -> Path:
     """The tiny release's weights in transformers' GPT2LMHeadModel, saved by save_pretrained in `dtype`, with GPT-2's
     tokenizer files as the Hub's GPT-2 repos carry them."""
-    import torch
-    transformers = pytest.importorskip("transformers")
-    from gpt2hub.converters.hf import reference_names
-    from gpt2hub.tfcheckpoint import Checkpoint
+    pytest.importorskip("transformers")
+    from gpt2hub.testing.hf import save_as_hf
 
-    config = transformers.GPT2Config(n_layer=N_LAYER, n_embd=N_EMBD, n_head=N_HEAD, n_positions=N_CTX, vocab_size=50257)
-    model = transformers.GPT2LMHeadModel(config)
-    params = dict(model.named_parameters())
-    with Checkpoint(tiny_release) as ckpt, torch.no_grad():
-        for tf, name in reference_names(N_LAYER).items():
-            value = ckpt.tensor(tf)
-            params["transformer." + name].copy_(torch.from_numpy(np.array(value[0] if value.ndim == 3 else value)))
-    model.to(getattr(torch, dtype)).save_pretrained(folder)
-    shutil.copyfile(tiny_release / "encoder.json", folder / "vocab.json")
-    shutil.copyfile(tiny_release / "vocab.bpe", folder / "merges.txt")
-    return folder
+    return save_as_hf(tiny_release, folder, dtype)
 
 
 @pytest.fixture(scope="module")
