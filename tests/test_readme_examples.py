@@ -79,7 +79,7 @@ def test_every_console_example_is_what_the_command_prints(kept_demo):
         pytest.skip("README's no-network example needs unshare (util-linux)")
     run, demo_output = kept_demo.run, kept_demo.output
     found, skipped = examples(README.read_text())
-    assert len(found) >= 20 and all(skipped) and len(skipped) <= 2, (len(found), skipped)
+    assert len(found) >= 20 and all(skipped) and len(skipped) <= 3, (len(found), skipped)  # each not run says why
     wrong = []
     for ex in found:
         actual = demo_output if ex.command == DEMO else run(ex.command)
