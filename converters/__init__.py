@@ -15,6 +15,7 @@ import importlib
 import math
 import os
 import pkgutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
@@ -34,6 +35,7 @@ np = lazy.module("numpy")
 
 DEFAULT = "safetensors"  # what `gpt2hub convert` writes when no format is named
 CHUNK_BYTES = 32 << 20  # source bytes per conversion step: bounds the working set
+PREFETCH_BYTES = 64 << 20  # a decoded tensor up to this size is read ahead whole (GPT-2 XL's largest matrix: 41 MB)
 Progress = Callable[[int], None]
 
 
@@ -319,7 +321,8 @@ def copy_range(src, dst, offset: int, dst_pos: int, size: int, progress: Progres
 def copy_runs(source: ConvertInput, entries: list[TensorEntry], f, progress: Progress) -> None:
     """f32 outputs in OpenAI's layout: the entries' float32 bytes, in the order given, from f's position on.
     Plain entries (source_tensors.is_plain) adjacent in the data file go as one copy (the kernel's where it can);
-    any other is decoded a row-chunk at a time."""
+    any other is decoded: a matrix whole, on a thread while the one before it is written (reading and transposing
+    overlap the writes), a larger tensor a row-chunk at a time."""
     runs: list[list] = []  # [shard, offset, size] of plain bytes, or [entry] to decode
     for e in entries:
         if not source_tensors.is_plain(e):
@@ -328,22 +331,34 @@ def copy_runs(source: ConvertInput, entries: list[TensorEntry], f, progress: Pro
             runs[-1][2] += e.size
         else:
             runs.append([e.shard_id, e.offset, e.size])
+    ahead = iter([i for i, run in enumerate(runs) if len(run) == 1 and f32_size(run[0]) <= PREFETCH_BYTES])
     f.flush()
     dst_pos = f.tell()
-    for run in runs:
-        if len(run) == 1:
-            f.seek(dst_pos)
-            for block in source_tensors.rows(source.ckpt.data_paths, run[0], transpose=False):
-                data = np.ascontiguousarray(block, "<f4")
-                f.write(memoryview(data).cast("B"))
-                progress(data.nbytes)
-            f.flush()
-            dst_pos = f.tell()
-            continue
-        shard, offset, size = run
-        with open(source.ckpt.data_paths[shard], "rb") as src:
-            copy_range(src, f, offset, dst_pos, size, progress)
-            dst_pos += size
+    with ThreadPoolExecutor(1) as pool:
+        def decode_next() -> tuple[int, Future] | None:  # one tensor decoded ahead at most: memory stays bounded
+            i = next(ahead, None)
+            return None if i is None else (i, pool.submit(source_tensors.read, source.ckpt.data_paths, runs[i][0]))
+
+        pending = decode_next()
+        for i, run in enumerate(runs):
+            if len(run) == 1:
+                f.seek(dst_pos)
+                if pending is not None and pending[0] == i:
+                    blocks = [pending[1].result()]
+                    pending = decode_next()
+                else:
+                    blocks = source_tensors.rows(source.ckpt.data_paths, run[0], transpose=False)
+                for block in blocks:
+                    data = np.ascontiguousarray(block, "<f4")
+                    f.write(memoryview(data).cast("B"))
+                    progress(data.nbytes)
+                f.flush()
+                dst_pos = f.tell()
+                continue
+            shard, offset, size = run
+            with open(source.ckpt.data_paths[shard], "rb") as src:
+                copy_range(src, f, offset, dst_pos, size, progress)
+                dst_pos += size
     f.seek(dst_pos)
 
 
