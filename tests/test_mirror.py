@@ -30,16 +30,9 @@ MiB = 1 << 20
 # --- fixtures --------------------------------------------------------------------------------
 
 @pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """An empty GPT2HUB_HOME, and AWS credentials that SeaweedFS (anonymous) accepts."""
+def home(tmp_path, monkeypatch, aws) -> Path:
+    """An empty GPT2HUB_HOME, and AWS credentials that SeaweedFS (anonymous) accepts (conftest's aws)."""
     monkeypatch.setenv("GPT2HUB_HOME", str(tmp_path / "home"))
-    for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret-never-printed")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     return tmp_path / "home"
 
 
